@@ -1,0 +1,28 @@
+//! Backup Lambda: an event naming a BackupSession → a verified raft snapshot in S3.
+
+use lambda_runtime::{Error, LambdaEvent, run, service_fn};
+use serde_json::{Value, json};
+use stashless::backup::{Context, Settings, run as backup};
+use stashless::cluster::ClusterSource;
+use stashless::events::SessionRef;
+
+#[tokio::main]
+async fn main() -> Result<(), Error> {
+    stashless::init_tracing();
+    let client = ClusterSource::from_env().client().await?;
+    let ctx = Context::new(client, Settings::from_env());
+    run(service_fn(|event: LambdaEvent<Value>| {
+        let ctx = ctx.clone();
+        async move {
+            let deadline = stashless::lambda::deadline_instant(event.context.deadline);
+            let result = async {
+                let target = SessionRef::from_event(&event.payload, "BackupSession")?;
+                let outcome = backup(&ctx, &target, deadline).await?;
+                Ok(json!({ "outcome": format!("{outcome:?}") }))
+            }
+            .await;
+            stashless::lambda::respond(result)
+        }
+    }))
+    .await
+}

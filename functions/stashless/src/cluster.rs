@@ -1,0 +1,168 @@
+//! Talking to Kubernetes as a client: building the `kube::Client`, reading Secrets,
+//! recording Events. Nothing here knows Vault or S3.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{Event, EventSource, ObjectReference, Secret};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta, Time};
+use kube::api::PostParams;
+use kube::{Api, Client, Config, Resource, ResourceExt};
+
+use crate::error::{Error, Result, api_code};
+
+/// Where the API server is. Resolved once per process (Lambda keeps it across invocations).
+#[derive(Debug, Clone, Default)]
+pub enum ClusterSource {
+    /// `STASHLESS_KUBE_URL` (+ optional `STASHLESS_KUBE_TOKEN`): a plain URL, for local runs and tests.
+    Url { url: String, token: Option<String> },
+    /// Kubeconfig (`KUBECONFIG`, `~/.kube/config`) or in-cluster service account.
+    #[default]
+    Infer,
+}
+
+impl ClusterSource {
+    pub fn from_env() -> Self {
+        match std::env::var("STASHLESS_KUBE_URL") {
+            Ok(url) if !url.is_empty() => ClusterSource::Url {
+                url,
+                token: std::env::var("STASHLESS_KUBE_TOKEN").ok().filter(|t| !t.is_empty()),
+            },
+            _ => ClusterSource::Infer,
+        }
+    }
+
+    pub async fn client(&self) -> Result<Client> {
+        crate::install_crypto_provider();
+        let config = match self {
+            ClusterSource::Url { url, token } => {
+                let uri = url
+                    .parse()
+                    .map_err(|e| Error::Invalid(format!("STASHLESS_KUBE_URL {url:?} is not a URL: {e}")))?;
+                let mut config = Config::new(uri);
+                if let Some(token) = token {
+                    config.auth_info.token = Some(token.clone().into());
+                }
+                config
+            }
+            ClusterSource::Infer => Config::infer().await.map_err(|e| {
+                Error::Invalid(format!(
+                    "no Kubernetes configuration: {e} (set KUBECONFIG, run in-cluster, or set STASHLESS_KUBE_URL)"
+                ))
+            })?,
+        };
+        Client::try_from(config).map_err(|e| Error::kube("building the client", e))
+    }
+}
+
+/// A Secret's data, decoded. Values are never logged.
+pub async fn read_secret(client: &Client, namespace: &str, name: &str, used_for: &str) -> Result<BTreeMap<String, Vec<u8>>> {
+    let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
+    match api.get(name).await {
+        Ok(secret) => {
+            let mut out: BTreeMap<String, Vec<u8>> = secret
+                .data
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(k, v)| (k, v.0))
+                .collect();
+            for (k, v) in secret.string_data.unwrap_or_default() {
+                out.insert(k, v.into_bytes());
+            }
+            Ok(out)
+        }
+        Err(e) if api_code(&e) == Some(404) => Err(Error::NotFound {
+            kind: "Secret",
+            namespace: namespace.into(),
+            name: name.into(),
+            hint: format!(" (needed for {used_for})"),
+        }),
+        Err(e) if api_code(&e) == Some(403) => Err(Error::Invalid(format!(
+            "not allowed to read Secret {namespace}/{name} (needed for {used_for}): grant the function's identity `get` on secrets in {namespace}"
+        ))),
+        Err(e) => Err(Error::kube(format!("reading Secret {namespace}/{name}"), e)),
+    }
+}
+
+/// One key of a Secret as UTF-8 text, with an error that names the Secret and key.
+pub fn secret_text(data: &BTreeMap<String, Vec<u8>>, namespace: &str, name: &str, key: &str) -> Result<Option<String>> {
+    match data.get(key) {
+        None => Ok(None),
+        Some(bytes) => {
+            let text = std::str::from_utf8(bytes).map_err(|_| {
+                Error::Invalid(format!("Secret {namespace}/{name} key {key:?} is not UTF-8 text"))
+            })?;
+            let text = text.trim();
+            if text.is_empty() {
+                return Err(Error::Invalid(format!("Secret {namespace}/{name} key {key:?} is empty")));
+            }
+            if text.chars().any(|c| c.is_control()) {
+                return Err(Error::Invalid(format!(
+                    "Secret {namespace}/{name} key {key:?} holds control characters"
+                )));
+            }
+            Ok(Some(text.to_string()))
+        }
+    }
+}
+
+/// Event type: "Normal" or "Warning".
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventType {
+    Normal,
+    Warning,
+}
+
+/// Record a Kubernetes Event about `obj`. Best effort: an Event that cannot be written
+/// is logged and never fails the session.
+pub async fn record_event<K>(client: &Client, obj: &K, kind: EventType, reason: &str, message: &str)
+where
+    K: Resource<DynamicType = ()>,
+{
+    let namespace = obj.namespace().unwrap_or_else(|| "default".into());
+    let now = k8s_openapi::jiff::Timestamp::now();
+    let event = Event {
+        metadata: ObjectMeta {
+            generate_name: Some(format!("{}.", obj.name_any())),
+            namespace: Some(namespace.clone()),
+            ..Default::default()
+        },
+        involved_object: ObjectReference {
+            api_version: Some(K::api_version(&()).into_owned()),
+            kind: Some(K::kind(&()).into_owned()),
+            name: Some(obj.name_any()),
+            namespace: Some(namespace.clone()),
+            uid: obj.meta().uid.clone(),
+            resource_version: obj.meta().resource_version.clone(),
+            ..Default::default()
+        },
+        reason: Some(reason.into()),
+        message: Some(message.chars().take(1024).collect()),
+        type_: Some(match kind {
+            EventType::Normal => "Normal".into(),
+            EventType::Warning => "Warning".into(),
+        }),
+        first_timestamp: Some(Time(now)),
+        last_timestamp: Some(Time(now)),
+        event_time: Some(MicroTime(now)),
+        count: Some(1),
+        action: Some(reason.into()),
+        reporting_component: Some("stashless".into()),
+        reporting_instance: Some(hostname()),
+        source: Some(EventSource {
+            component: Some("stashless".into()),
+            host: None,
+        }),
+        ..Default::default()
+    };
+    let api: Api<Event> = Api::namespaced(client.clone(), &namespace);
+    if let Err(e) = api.create(&PostParams::default(), &event).await {
+        tracing::warn!(error = %e, reason, "could not record a Kubernetes Event");
+    }
+}
+
+/// The name this process reports as (Lambda: the function name).
+pub fn hostname() -> String {
+    std::env::var("AWS_LAMBDA_FUNCTION_NAME")
+        .or_else(|_| std::env::var("HOSTNAME"))
+        .unwrap_or_else(|_| "stashless".into())
+}

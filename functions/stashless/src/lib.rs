@@ -1,0 +1,46 @@
+//! stashless: Stash-compatible backup and restore of Vault/OpenBao raft snapshots,
+//! as small functions. Each module owns one step of the flow and talks to at most one
+//! outside system; `backup` and `scheduler` compose them into the Lambda handlers.
+
+pub mod api;
+pub mod archive;
+pub mod backup;
+pub mod cluster;
+pub mod error;
+pub mod events;
+pub mod lambda;
+pub mod metrics;
+pub mod repository;
+pub mod retention;
+pub mod resolve;
+pub mod schedule;
+pub mod scheduler;
+pub mod session;
+pub mod vault;
+
+pub use error::{Error, Result};
+
+/// rustls needs exactly one process-wide crypto provider; kube, reqwest and the AWS SDK
+/// are all built on aws-lc-rs here. Idempotent.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+}
+
+/// A Kubernetes timestamp as chrono.
+pub fn k8s_time(t: &k8s_openapi::apimachinery::pkg::apis::meta::v1::Time) -> chrono::DateTime<chrono::Utc> {
+    chrono::DateTime::from_timestamp(t.0.as_second(), t.0.subsec_nanosecond().max(0) as u32).unwrap_or_default()
+}
+
+/// Logging set-up for the function binaries: JSON when Lambda asks for it
+/// (`AWS_LAMBDA_LOG_FORMAT=JSON`), text otherwise; level from `RUST_LOG`, default info.
+pub fn init_tracing() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let json = std::env::var("AWS_LAMBDA_LOG_FORMAT").is_ok_and(|v| v.eq_ignore_ascii_case("json"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_target(false);
+    let _ = if json {
+        builder.json().with_current_span(true).without_time().try_init()
+    } else {
+        builder.try_init()
+    };
+}

@@ -1,0 +1,225 @@
+//! From Stash objects to connection settings: Repository (+ storage Secret) → S3 location
+//! and credentials; AppBinding (+ token Secret) → Vault address, TLS and token. Shared by
+//! backup and restore. Reads Kubernetes only; opening the connections is the caller's.
+
+use base64::Engine;
+use kube::{Api, Client, ResourceExt};
+
+use crate::api::{AppBinding, ObjectRef, Repository, TargetRef};
+use crate::cluster::{read_secret, secret_text};
+use crate::error::{Error, Result, api_code};
+use crate::repository::{Location, StaticCredentials, Tuning, normalise_prefix};
+use crate::vault::VaultTarget;
+
+/// Annotation on a Repository selecting the SDK checksum mode: `when-required` for
+/// S3-compatible stores that break on the SDK's default request checksums.
+pub const CHECKSUM_ANNOTATION: &str = "stashless.io/s3-checksums";
+
+pub const DEFAULT_REGION: &str = "us-east-1";
+
+/// Everything needed to open a Repository.
+#[derive(Debug, Clone)]
+pub struct RepositorySettings {
+    pub repository: Repository,
+    pub location: Location,
+    pub credentials: Option<StaticCredentials>,
+    pub ca_pem: Option<Vec<u8>>,
+    pub tuning: Tuning,
+}
+
+async fn get<K>(client: &Client, namespace: &str, name: &str, kind: &'static str, hint: &str) -> Result<K>
+where
+    K: kube::Resource<Scope = kube::core::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
+    let api: Api<K> = Api::namespaced(client.clone(), namespace);
+    match api.get(name).await {
+        Ok(k) => Ok(k),
+        Err(e) if api_code(&e) == Some(404) => Err(Error::NotFound {
+            kind,
+            namespace: namespace.into(),
+            name: name.into(),
+            hint: hint.into(),
+        }),
+        Err(e) => Err(Error::kube(format!("reading {kind} {namespace}/{name}"), e)),
+    }
+}
+
+/// Resolve the Repository a session names (namespace defaults to the session's).
+pub async fn repository(client: &Client, session_ns: &str, r: &ObjectRef, tuning: Tuning) -> Result<RepositorySettings> {
+    let ns = r.namespace.as_deref().filter(|s| !s.is_empty()).unwrap_or(session_ns);
+    let repo: Repository = get(client, ns, &r.name, "Repository", " (spec.repository)").await?;
+    let label = format!("Repository {ns}/{}", r.name);
+    let s3 = repo.spec.backend.s3.clone().ok_or_else(|| {
+        Error::Invalid(format!(
+            "{label} has no spec.backend.s3: stashless stores snapshots in S3 or an S3-compatible store"
+        ))
+    })?;
+    let prefix = normalise_prefix(s3.prefix.as_deref().unwrap_or(""))?;
+    let endpoint = s3_endpoint(&s3.endpoint, &label)?;
+    if s3.insecure_tls == Some(true) && endpoint.as_deref().is_some_and(|e| e.starts_with("https://")) {
+        return Err(Error::Invalid(format!(
+            "{label} sets insecureTLS, which stashless does not support: put the store's CA certificate in the storage Secret's CA_CERT_DATA instead"
+        )));
+    }
+    let region = s3
+        .region
+        .clone()
+        .filter(|r| !r.is_empty())
+        .unwrap_or_else(|| DEFAULT_REGION.into());
+    let location = Location {
+        endpoint,
+        region,
+        bucket: s3.bucket.clone(),
+        prefix,
+    };
+    crate::repository::validate_bucket(&location.bucket)?;
+
+    let (mut credentials, mut ca_pem) = (None, None);
+    if let Some(secret_name) = repo.spec.backend.storage_secret_name.as_deref().filter(|s| !s.is_empty()) {
+        let data = read_secret(client, ns, secret_name, &format!("{label} storage credentials")).await?;
+        let ak = secret_text(&data, ns, secret_name, "AWS_ACCESS_KEY_ID")?;
+        let sk = secret_text(&data, ns, secret_name, "AWS_SECRET_ACCESS_KEY")?;
+        credentials = match (ak, sk) {
+            (Some(a), Some(s)) => Some(StaticCredentials {
+                access_key_id: a,
+                secret_access_key: s,
+                session_token: secret_text(&data, ns, secret_name, "AWS_SESSION_TOKEN")?,
+            }),
+            (None, None) => None,
+            (Some(_), None) => {
+                return Err(Error::Invalid(format!(
+                    "Secret {ns}/{secret_name} has AWS_ACCESS_KEY_ID but no AWS_SECRET_ACCESS_KEY"
+                )));
+            }
+            (None, Some(_)) => {
+                return Err(Error::Invalid(format!(
+                    "Secret {ns}/{secret_name} has AWS_SECRET_ACCESS_KEY but no AWS_ACCESS_KEY_ID"
+                )));
+            }
+        };
+        ca_pem = data.get("CA_CERT_DATA").cloned().filter(|c| !c.is_empty());
+    }
+    let tuning = Tuning {
+        checksums_when_required: repo
+            .annotations()
+            .get(CHECKSUM_ANNOTATION)
+            .is_some_and(|v| v == "when-required"),
+        ..tuning
+    };
+    Ok(RepositorySettings {
+        repository: repo,
+        location,
+        credentials,
+        ca_pem,
+        tuning,
+    })
+}
+
+/// Stash users write `s3.amazonaws.com` (or a regional AWS host) for AWS itself: let the
+/// SDK resolve that from the region. Anything else is an S3-compatible endpoint.
+fn s3_endpoint(raw: &str, label: &str) -> Result<Option<String>> {
+    let raw = raw.trim();
+    if raw.is_empty() {
+        return Ok(None);
+    }
+    let with_scheme = if raw.contains("://") {
+        raw.to_string()
+    } else {
+        format!("https://{raw}")
+    };
+    let url: http::Uri = with_scheme
+        .parse()
+        .map_err(|_| Error::Invalid(format!("{label} spec.backend.s3.endpoint {raw:?} is not a URL")))?;
+    if !matches!(url.scheme_str(), Some("http") | Some("https")) {
+        return Err(Error::Invalid(format!("{label} spec.backend.s3.endpoint must be http or https")));
+    }
+    if url.authority().is_some_and(|a| a.as_str().contains('@')) {
+        return Err(Error::Invalid(format!(
+            "{label} spec.backend.s3.endpoint carries credentials in the URL: put them in the storage Secret"
+        )));
+    }
+    let host = url.host().unwrap_or("");
+    if host.ends_with("amazonaws.com") {
+        return Ok(None);
+    }
+    Ok(Some(with_scheme.trim_end_matches('/').to_string()))
+}
+
+/// Resolve the AppBinding a session targets into a Vault address, TLS settings and token.
+pub async fn vault_target(client: &Client, session_ns: &str, target: Option<&TargetRef>) -> Result<(AppBinding, VaultTarget)> {
+    let target = target.ok_or_else(|| Error::Invalid("spec.target.ref is not set: name the Vault's AppBinding".into()))?;
+    if let Some(kind) = target.kind.as_deref()
+        && kind != "AppBinding"
+    {
+        return Err(Error::Invalid(format!(
+            "spec.target.ref.kind is {kind:?}: stashless backs up Vault through an AppBinding (kind: AppBinding)"
+        )));
+    }
+    let ns = target.namespace.as_deref().filter(|s| !s.is_empty()).unwrap_or(session_ns);
+    let ab: AppBinding = get(client, ns, &target.name, "AppBinding", " (spec.target.ref)").await?;
+    let label = format!("AppBinding {ns}/{}", target.name);
+    let cc = &ab.spec.client_config;
+    let addr = match (&cc.url, &cc.service) {
+        (Some(url), _) if !url.is_empty() => url.trim_end_matches('/').to_string(),
+        (_, Some(svc)) => {
+            let svc_ns = svc.namespace.as_deref().unwrap_or(ns);
+            let path = svc.path.as_deref().unwrap_or("").trim_end_matches('/');
+            format!("{}://{}.{svc_ns}.svc:{}{path}", svc.scheme, svc.name, svc.port)
+        }
+        _ => {
+            return Err(Error::Invalid(format!(
+                "{label} has neither spec.clientConfig.url nor spec.clientConfig.service"
+            )));
+        }
+    };
+    let parsed: http::Uri = addr
+        .parse()
+        .map_err(|_| Error::Invalid(format!("{label} spec.clientConfig.url {addr:?} is not a URL")))?;
+    if parsed.authority().is_some_and(|a| a.as_str().contains('@')) {
+        return Err(Error::Invalid(format!(
+            "{label} spec.clientConfig.url carries credentials: put the token in a Secret instead"
+        )));
+    }
+    if !matches!(parsed.scheme_str(), Some("http") | Some("https")) {
+        return Err(Error::Invalid(format!("{label} spec.clientConfig.url must be http or https")));
+    }
+    let ca_pem = match cc.ca_bundle.as_deref().filter(|c| !c.is_empty()) {
+        None => None,
+        Some(b64) => Some(
+            base64::engine::general_purpose::STANDARD
+                .decode(b64.trim())
+                .map_err(|_| Error::Invalid(format!("{label} spec.clientConfig.caBundle is not base64")))?,
+        ),
+    };
+    // KubeVault puts the backup token's Secret in parameters.backupTokenSecretRef; a plain
+    // AppBinding uses spec.secret. Either holds the token under `token`.
+    let token_secret = ab
+        .spec
+        .parameters
+        .as_ref()
+        .and_then(|p| p.get("backupTokenSecretRef"))
+        .and_then(|r| r.get("name"))
+        .and_then(|n| n.as_str())
+        .map(str::to_string)
+        .or_else(|| ab.spec.secret.as_ref().map(|s| s.name.clone()))
+        .ok_or_else(|| {
+            Error::Invalid(format!(
+                "{label} names no token Secret: set spec.parameters.backupTokenSecretRef.name or spec.secret.name"
+            ))
+        })?;
+    let data = read_secret(client, ns, &token_secret, &format!("the Vault token of {label}")).await?;
+    let token = secret_text(&data, ns, &token_secret, "token")?
+        .ok_or_else(|| Error::Invalid(format!("Secret {ns}/{token_secret} has no key \"token\" (the Vault token)")))?;
+    Ok((
+        ab.clone(),
+        VaultTarget {
+            addr,
+            token,
+            ca_pem,
+            insecure_skip_tls_verify: cc.insecure_skip_tls_verify.unwrap_or(false),
+        },
+    ))
+}

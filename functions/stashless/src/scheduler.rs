@@ -1,0 +1,202 @@
+//! The scheduler function's logic: one tick → one BackupSession per BackupConfiguration
+//! whose cron slot is due. Idempotent: session names come from the slot, so a duplicate
+//! or retried tick gets AlreadyExists and creates nothing.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use kube::api::{ListParams, PostParams};
+use kube::{Api, Client, Resource, ResourceExt};
+use serde::Serialize;
+use serde_json::json;
+
+use crate::api::{
+    BackupConfiguration, BackupInvokerRef, BackupSession, BackupSessionSpec, Condition, LABEL_INVOKER_NAME,
+    LABEL_INVOKER_TYPE, LABEL_MANAGED_BY, MANAGED_BY, STASH_GROUP, condition, set_condition,
+};
+use crate::error::{Error, Result, api_code};
+use crate::events::Tick;
+use crate::schedule::{Schedule, session_name};
+use crate::session;
+
+#[derive(Debug, Clone)]
+pub struct SchedulerSettings {
+    /// A slot older than this at tick time is missed, not run (CronJob's startingDeadlineSeconds).
+    pub starting_deadline: chrono::Duration,
+    /// Namespaces to look in; empty: all.
+    pub namespaces: Vec<String>,
+}
+
+impl Default for SchedulerSettings {
+    fn default() -> Self {
+        SchedulerSettings {
+            starting_deadline: chrono::Duration::minutes(5),
+            namespaces: Vec::new(),
+        }
+    }
+}
+
+impl SchedulerSettings {
+    /// `STASHLESS_STARTING_DEADLINE_SECONDS`, `STASHLESS_NAMESPACES` (comma separated).
+    pub fn from_env() -> Self {
+        let mut s = SchedulerSettings::default();
+        if let Some(secs) = std::env::var("STASHLESS_STARTING_DEADLINE_SECONDS")
+            .ok()
+            .and_then(|v| v.parse::<i64>().ok())
+        {
+            s.starting_deadline = chrono::Duration::seconds(secs.clamp(60, 7 * 24 * 3600));
+        }
+        if let Ok(ns) = std::env::var("STASHLESS_NAMESPACES") {
+            s.namespaces = ns.split(',').map(str::trim).filter(|n| !n.is_empty()).map(String::from).collect();
+        }
+        s
+    }
+}
+
+/// What a tick did, per configuration (`namespace/name`).
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct TickReport {
+    pub time: String,
+    /// Sessions created by this tick (`namespace/name`).
+    pub created: Vec<String>,
+    /// Due sessions that already existed (a duplicate or retried tick).
+    pub existing: Vec<String>,
+    pub paused: Vec<String>,
+    /// Configurations with a schedule that does not parse, and why.
+    pub invalid: BTreeMap<String, String>,
+    /// Configurations whose session could not be created, and why.
+    pub errors: BTreeMap<String, String>,
+}
+
+/// Run one tick at `tick.time` (or now).
+pub async fn tick(client: &Client, tick: &Tick, settings: &SchedulerSettings) -> Result<TickReport> {
+    let now = tick.time.unwrap_or_else(Utc::now);
+    let mut report = TickReport {
+        time: crate::api::timestamp(now),
+        ..Default::default()
+    };
+    let mut configs = Vec::new();
+    if settings.namespaces.is_empty() {
+        let api: Api<BackupConfiguration> = Api::all(client.clone());
+        configs = list(&api).await?;
+    } else {
+        for ns in &settings.namespaces {
+            let api: Api<BackupConfiguration> = Api::namespaced(client.clone(), ns);
+            configs.extend(list(&api).await?);
+        }
+    }
+    for config in configs {
+        let ns = config.namespace().unwrap_or_default();
+        let key = format!("{ns}/{}", config.name_any());
+        let schedule = match config.spec.schedule.as_deref().unwrap_or("").parse::<Schedule>() {
+            Ok(s) => s,
+            Err(e) => {
+                mark_validity(client, &config, Err(e.to_string())).await;
+                report.invalid.insert(key, e.to_string());
+                continue;
+            }
+        };
+        mark_validity(client, &config, Ok(())).await;
+        if config.spec.paused == Some(true) {
+            report.paused.push(key);
+            continue;
+        }
+        let created_at = config.metadata.creation_timestamp.as_ref().map(crate::k8s_time);
+        let Some(slot) = schedule.due_slot(now, settings.starting_deadline, created_at) else {
+            continue;
+        };
+        let session = new_session(&config, slot);
+        let name = format!("{ns}/{}", session.name_any());
+        let api: Api<BackupSession> = Api::namespaced(client.clone(), &ns);
+        match api.create(&PostParams::default(), &session).await {
+            Ok(_) => {
+                tracing::info!(session = %name, slot = %slot, "created BackupSession");
+                report.created.push(name);
+            }
+            Err(e) if api_code(&e) == Some(409) => report.existing.push(name),
+            Err(e) => {
+                tracing::warn!(config = %key, error = %e, "could not create BackupSession");
+                report.errors.insert(key, e.to_string());
+            }
+        }
+    }
+    Ok(report)
+}
+
+async fn list(api: &Api<BackupConfiguration>) -> Result<Vec<BackupConfiguration>> {
+    api.list(&ListParams::default())
+        .await
+        .map(|l| l.items)
+        .map_err(|e| Error::kube("listing BackupConfigurations", e))
+}
+
+/// The BackupSession Stash's CronJob would create for `slot`: invoker labels, `spec.invoker`,
+/// and an ownerReference to the configuration.
+pub fn new_session(config: &BackupConfiguration, slot: DateTime<Utc>) -> BackupSession {
+    let name = session_name(&config.name_any(), slot);
+    let labels = BTreeMap::from([
+        (LABEL_INVOKER_TYPE.to_string(), "BackupConfiguration".to_string()),
+        (LABEL_INVOKER_NAME.to_string(), config.name_any()),
+        (LABEL_MANAGED_BY.to_string(), MANAGED_BY.to_string()),
+    ]);
+    let owner = OwnerReference {
+        api_version: BackupConfiguration::api_version(&()).into_owned(),
+        kind: BackupConfiguration::kind(&()).into_owned(),
+        name: config.name_any(),
+        uid: config.uid().unwrap_or_default(),
+        controller: Some(true),
+        block_owner_deletion: Some(true),
+    };
+    let mut session = BackupSession::new(
+        &name,
+        BackupSessionSpec {
+            invoker: BackupInvokerRef {
+                api_group: Some(STASH_GROUP.into()),
+                kind: "BackupConfiguration".into(),
+                name: config.name_any(),
+            },
+            retry_left: None,
+        },
+    );
+    session.metadata = ObjectMeta {
+        name: Some(name),
+        namespace: config.namespace(),
+        labels: Some(labels),
+        owner_references: Some(vec![owner]),
+        ..Default::default()
+    };
+    session
+}
+
+/// Set the configuration's phase (Ready / Invalid) and ValidationPassed condition, writing
+/// only when something changes so ticks do not churn resourceVersions.
+async fn mark_validity(client: &Client, config: &BackupConfiguration, validity: std::result::Result<(), String>) {
+    let status = config.status.clone().unwrap_or_default();
+    let (phase, cond) = match &validity {
+        Ok(()) => (
+            "Ready",
+            Condition::new(condition::VALIDATION_PASSED, true, "ResourceValidationPassed", "schedule is valid"),
+        ),
+        Err(msg) => ("Invalid", Condition::new(condition::VALIDATION_PASSED, false, "ResourceValidationFailed", msg.clone())),
+    };
+    let unchanged = status.phase.as_deref() == Some(phase)
+        && status
+            .conditions
+            .iter()
+            .any(|c| c.type_ == cond.type_ && c.status == cond.status && c.message == cond.message);
+    if unchanged {
+        return;
+    }
+    let mut conditions = status.conditions.clone();
+    set_condition(&mut conditions, cond);
+    let api: Api<BackupConfiguration> = Api::namespaced(client.clone(), &config.namespace().unwrap_or_default());
+    let body = json!({
+        "phase": phase,
+        "observedGeneration": config.metadata.generation,
+        "conditions": conditions,
+    });
+    if let Err(e) = session::patch_status(&api, &config.name_any(), body).await {
+        tracing::warn!(config = %config.name_any(), error = %e, "could not write BackupConfiguration status");
+    }
+}

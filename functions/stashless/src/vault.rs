@@ -1,0 +1,225 @@
+//! Vault/OpenBao over HTTP: health, active-node discovery, the raft snapshot stream out
+//! and (for restores) in. Knows nothing of Kubernetes or S3.
+
+use std::fmt;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::{Stream, StreamExt};
+use serde::Deserialize;
+
+use crate::error::{Error, Result};
+
+/// How to reach one Vault cluster, resolved from an AppBinding.
+#[derive(Clone)]
+pub struct VaultTarget {
+    /// Base address, e.g. `https://vault.vault.svc:8200` (no trailing slash).
+    pub addr: String,
+    pub token: String,
+    /// PEM CA bundle to trust, from the AppBinding's `caBundle`.
+    pub ca_pem: Option<Vec<u8>>,
+    pub insecure_skip_tls_verify: bool,
+}
+
+impl fmt::Debug for VaultTarget {
+    // The token never reaches a log line.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("VaultTarget")
+            .field("addr", &self.addr)
+            .field("token", &"<redacted>")
+            .field("ca_pem", &self.ca_pem.as_ref().map(|c| c.len()))
+            .field("insecure_skip_tls_verify", &self.insecure_skip_tls_verify)
+            .finish()
+    }
+}
+
+/// `GET /v1/sys/health` (with standby/sealed codes accepted).
+#[derive(Debug, Clone, Deserialize, Default)]
+pub struct Health {
+    #[serde(default)]
+    pub initialized: bool,
+    #[serde(default)]
+    pub sealed: bool,
+    #[serde(default)]
+    pub standby: bool,
+    #[serde(default)]
+    pub version: Option<String>,
+    #[serde(default)]
+    pub cluster_name: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+struct Leader {
+    #[serde(default)]
+    is_self: bool,
+    #[serde(default)]
+    leader_address: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct Vault {
+    http: reqwest::Client,
+    target: VaultTarget,
+}
+
+impl Vault {
+    pub fn new(target: VaultTarget) -> Result<Vault> {
+        crate::install_crypto_provider();
+        let mut builder = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(10))
+            // A stalled snapshot stream must fail, not hang until the deadline.
+            .read_timeout(Duration::from_secs(60))
+            // A streamed body cannot follow a redirect; we find the active node ourselves.
+            .redirect(reqwest::redirect::Policy::none());
+        if let Some(pem) = &target.ca_pem {
+            let certs = reqwest::Certificate::from_pem_bundle(pem).map_err(|e| Error::Vault {
+                addr: target.addr.clone(),
+                message: format!("the AppBinding's caBundle is not a PEM certificate bundle: {e}"),
+                retryable: false,
+            })?;
+            for cert in certs {
+                builder = builder.add_root_certificate(cert);
+            }
+        }
+        if target.insecure_skip_tls_verify {
+            builder = builder.danger_accept_invalid_certs(true);
+        }
+        let http = builder.build().map_err(|e| Error::Vault {
+            addr: target.addr.clone(),
+            message: format!("building the HTTP client: {e}"),
+            retryable: false,
+        })?;
+        Ok(Vault { http, target })
+    }
+
+    pub fn addr(&self) -> &str {
+        &self.target.addr
+    }
+
+    fn err(&self, addr: &str, message: impl Into<String>, retryable: bool) -> Error {
+        Error::Vault {
+            addr: addr.to_string(),
+            message: message.into(),
+            retryable,
+        }
+    }
+
+    fn transport_err(&self, addr: &str, what: &str, e: reqwest::Error) -> Error {
+        let kind = if e.is_connect() {
+            "cannot connect"
+        } else if e.is_timeout() {
+            "timed out"
+        } else {
+            "request failed"
+        };
+        // reqwest's Display carries the URL, never headers: no token leaks here.
+        self.err(addr, format!("{what}: {kind}: {}", error_chain(&e)), true)
+    }
+
+    /// `GET /v1/sys/health` on `addr` (the configured address when None).
+    pub async fn health(&self, addr: Option<&str>) -> Result<Health> {
+        let addr = addr.unwrap_or(&self.target.addr);
+        let url = format!("{addr}/v1/sys/health?standbyok=true&perfstandbyok=true&sealedcode=200&uninitcode=200");
+        let resp = self
+            .http
+            .get(&url)
+            .send()
+            .await
+            .map_err(|e| self.transport_err(addr, "reading health", e))?;
+        let status = resp.status();
+        if !status.is_success() {
+            return Err(self.err(addr, format!("health answered HTTP {status}"), status.is_server_error()));
+        }
+        resp.json().await.map_err(|e| self.transport_err(addr, "reading health", e))
+    }
+
+    /// The active node's API address. Snapshots must be read from (and written to) the
+    /// active node: a standby cannot produce a complete, sealed snapshot.
+    pub async fn active_node(&self) -> Result<String> {
+        let addr = &self.target.addr;
+        let resp = self
+            .http
+            .get(format!("{addr}/v1/sys/leader"))
+            .send()
+            .await
+            .map_err(|e| self.transport_err(addr, "finding the active node", e))?;
+        let status = resp.status();
+        if !status.is_success() {
+            let body = resp.text().await.unwrap_or_default();
+            return Err(self.api_error(addr, status, &body, "finding the active node"));
+        }
+        let leader: Leader = resp
+            .json()
+            .await
+            .map_err(|e| self.transport_err(addr, "reading /v1/sys/leader", e))?;
+        if leader.is_self || leader.leader_address.is_empty() {
+            return Ok(addr.clone());
+        }
+        Ok(leader.leader_address.trim_end_matches('/').to_string())
+    }
+
+    /// Start `GET /v1/sys/storage/raft/snapshot` on `node`; the body streams as it arrives.
+    pub async fn snapshot(&self, node: &str) -> Result<impl Stream<Item = Result<Bytes>> + use<>> {
+        let resp = self
+            .http
+            .get(format!("{node}/v1/sys/storage/raft/snapshot"))
+            .header("X-Vault-Token", &self.target.token)
+            .send()
+            .await
+            .map_err(|e| self.transport_err(node, "starting the snapshot", e))?;
+        let status = resp.status();
+        if !status.is_success() {
+            let body = resp.text().await.unwrap_or_default();
+            return Err(self.api_error(node, status, &body, "taking a raft snapshot"));
+        }
+        let node = node.to_string();
+        Ok(resp.bytes_stream().map(move |r| {
+            r.map_err(|e| Error::Vault {
+                addr: node.clone(),
+                message: format!("snapshot stream broke: {}", error_chain(&e)),
+                retryable: true,
+            })
+        }))
+    }
+
+    /// Turn a Vault error answer into a message a person can act on.
+    fn api_error(&self, addr: &str, status: reqwest::StatusCode, body: &str, what: &str) -> Error {
+        let detail = serde_json::from_str::<serde_json::Value>(body)
+            .ok()
+            .and_then(|v| v.get("errors").cloned())
+            .and_then(|e| e.as_array().cloned())
+            .map(|a| a.iter().filter_map(|x| x.as_str()).collect::<Vec<_>>().join("; "))
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| body.chars().take(200).collect());
+        let (message, retryable) = match status.as_u16() {
+            403 => (
+                format!(
+                    "{what}: permission denied (HTTP 403): the token in the AppBinding's Secret is invalid, expired, or its policy lacks `read` on sys/storage/raft/snapshot ({detail})"
+                ),
+                false,
+            ),
+            503 if detail.to_lowercase().contains("sealed") => (
+                format!("{what}: Vault is sealed (HTTP 503): unseal it, then run the backup again"),
+                true,
+            ),
+            code if code >= 500 => (format!("{what}: HTTP {status}: {detail}"), true),
+            _ => (format!("{what}: HTTP {status}: {detail}"), false),
+        };
+        self.err(addr, message, retryable)
+    }
+}
+
+/// An error and its sources on one line.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(src) = cur {
+        let t = src.to_string();
+        if !s.contains(&t) {
+            s.push_str(": ");
+            s.push_str(&t);
+        }
+        cur = src.source();
+    }
+    s
+}
