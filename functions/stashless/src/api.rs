@@ -513,7 +513,8 @@ pub struct S3Spec {
     pub prefix: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub region: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Stash spells it `insecureTLS`, not camelCase.
+    #[serde(default, rename = "insecureTLS", skip_serializing_if = "Option::is_none")]
     pub insecure_tls: Option<bool>,
 }
 

@@ -272,11 +272,11 @@ async fn backup(
     };
     let key = upload.key().to_string();
     let stored = upload.complete().await?;
-    if stored != info.size {
+    if stored.size != info.size {
         let _ = store.delete_snapshot(&name).await;
         return Err(Error::Storage {
             bucket: store.bucket().into(),
-            message: format!("stored object {key} is {stored} bytes, the snapshot was {} bytes", info.size),
+            message: format!("stored object {key} is {} bytes, the snapshot was {} bytes", stored.size, info.size),
             retryable: true,
         });
     }
@@ -305,6 +305,7 @@ async fn backup(
         created_at: Utc::now(),
         size: info.size,
         sha256: info.sha256.clone(),
+        etag: stored.etag.clone(),
         duration_seconds: transfer.as_secs_f64(),
         vault_version: health.as_ref().and_then(|h| h.version.clone()),
         vault_cluster_name: health.as_ref().and_then(|h| h.cluster_name.clone()),

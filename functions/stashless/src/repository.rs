@@ -127,6 +127,10 @@ pub struct Manifest {
     pub created_at: DateTime<Utc>,
     pub size: u64,
     pub sha256: String,
+    /// The object's ETag when it was written: a restore refuses an object whose ETag or
+    /// size changed since (modified or replaced after the backup).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub etag: Option<String>,
     pub duration_seconds: f64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vault_version: Option<String>,
@@ -298,10 +302,13 @@ impl Store {
         }
     }
 
-    /// Size of an object (HEAD), None when absent.
-    pub async fn object_size(&self, key: &str) -> Result<Option<u64>> {
+    /// Size and ETag of an object (HEAD), None when absent.
+    pub async fn object_info(&self, key: &str) -> Result<Option<Stored>> {
         match self.s3.head_object().bucket(self.bucket()).key(key).send().await {
-            Ok(o) => Ok(Some(o.content_length.unwrap_or(0).max(0) as u64)),
+            Ok(o) => Ok(Some(Stored {
+                size: o.content_length.unwrap_or(0).max(0) as u64,
+                etag: o.e_tag,
+            })),
             Err(SdkError::ServiceError(e)) if e.raw().status().as_u16() == 404 => Ok(None),
             Err(e) => Err(self.err("reading object metadata", e)),
         }
@@ -443,6 +450,13 @@ where
     }
 }
 
+/// What S3 holds for an object.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Stored {
+    pub size: u64,
+    pub etag: Option<String>,
+}
+
 /// A multipart upload in progress. Memory is bounded by `part_size × (parts_in_flight + 1)`.
 /// Dropped without `complete` or `abort` (a panic, a cancelled future), it aborts itself
 /// in the background so no incomplete upload is left behind.
@@ -532,7 +546,7 @@ impl MultipartUpload {
     }
 
     /// Send the last part, wait for all, and complete. Only call once the stream verified.
-    pub async fn complete(mut self) -> Result<u64> {
+    pub async fn complete(mut self) -> Result<Stored> {
         if !self.buf.is_empty() || self.next_part == 1 {
             self.send_part().await?;
         }
@@ -559,7 +573,10 @@ impl MultipartUpload {
             .send()
             .await
             .map_err(|e| storage_error(&self.location, "checking the uploaded object", e))?;
-        Ok(head.content_length.unwrap_or(0).max(0) as u64)
+        Ok(Stored {
+            size: head.content_length.unwrap_or(0).max(0) as u64,
+            etag: head.e_tag,
+        })
     }
 
     /// Cancel: stop part uploads and abort the upload so S3 keeps nothing.

@@ -133,8 +133,9 @@ impl Vault {
         resp.json().await.map_err(|e| self.transport_err(addr, "reading health", e))
     }
 
-    /// The active node's API address. Snapshots must be read from (and written to) the
-    /// active node: a standby cannot produce a complete, sealed snapshot.
+    /// The active node's API address, confirmed. Snapshots must be read from and written to
+    /// the active node: a standby answers a snapshot GET with its own, possibly lagging,
+    /// local copy, and accepts a restore (204) without applying it.
     pub async fn active_node(&self) -> Result<String> {
         let addr = &self.target.addr;
         let resp = self
@@ -152,10 +153,21 @@ impl Vault {
             .json()
             .await
             .map_err(|e| self.transport_err(addr, "reading /v1/sys/leader", e))?;
-        if leader.is_self || leader.leader_address.is_empty() {
-            return Ok(addr.clone());
+        let node = if leader.is_self {
+            addr.clone()
+        } else if leader.leader_address.is_empty() {
+            return Err(self.err(addr, "no active node is known (a leader election is in progress): try again shortly", true));
+        } else {
+            leader.leader_address.trim_end_matches('/').to_string()
+        };
+        let health = self.health(Some(&node)).await?;
+        if health.sealed {
+            return Err(self.err(&node, "the active node is sealed: unseal it, then run again", true));
         }
-        Ok(leader.leader_address.trim_end_matches('/').to_string())
+        if health.standby {
+            return Err(self.err(&node, "the node named as leader reports standby (leadership is changing): try again shortly", true));
+        }
+        Ok(node)
     }
 
     /// Start `GET /v1/sys/storage/raft/snapshot` on `node`; the body streams as it arrives.
@@ -180,6 +192,38 @@ impl Vault {
                 retryable: true,
             })
         }))
+    }
+
+    /// `POST /v1/sys/storage/raft/snapshot[-force]` on `node` with a streamed body. The body
+    /// is not replayable, so this must go to the active node directly (no redirects). If the
+    /// body stream yields an error, the request is cut and Vault rejects the partial upload.
+    pub async fn restore<S>(&self, node: &str, body: S, force: bool) -> Result<()>
+    where
+        S: Stream<Item = std::result::Result<Bytes, std::io::Error>> + Send + 'static,
+    {
+        let path = if force { "snapshot-force" } else { "snapshot" };
+        let resp = self
+            .http
+            .post(format!("{node}/v1/sys/storage/raft/{path}"))
+            .header("X-Vault-Token", &self.target.token)
+            .header("Content-Type", "application/octet-stream")
+            .body(reqwest::Body::wrap_stream(body))
+            .send()
+            .await
+            .map_err(|e| self.transport_err(node, "sending the snapshot", e))?;
+        let status = resp.status();
+        if status.is_success() {
+            return Ok(());
+        }
+        if status.is_redirection() {
+            return Err(self.err(
+                node,
+                format!("answered HTTP {status} (a standby redirecting): the restore must go to the active node"),
+                true,
+            ));
+        }
+        let body = resp.text().await.unwrap_or_default();
+        Err(self.api_error(node, status, &body, "restoring the snapshot"))
     }
 
     /// Turn a Vault error answer into a message a person can act on.

@@ -1,0 +1,29 @@
+//! Restore Lambda: an event naming a RestoreSession → the snapshot it names, verified, into Vault.
+
+use lambda_runtime::{Error, LambdaEvent, run, service_fn};
+use serde_json::{Value, json};
+use stashless::backup::{Context, Settings};
+use stashless::cluster::ClusterSource;
+use stashless::events::SessionRef;
+use stashless::restore::run as restore;
+
+#[tokio::main]
+async fn main() -> Result<(), Error> {
+    stashless::init_tracing();
+    let client = ClusterSource::from_env().client().await?;
+    let ctx = Context::new(client, Settings::from_env());
+    run(service_fn(|event: LambdaEvent<Value>| {
+        let ctx = ctx.clone();
+        async move {
+            let deadline = stashless::lambda::deadline_instant(event.context.deadline);
+            let result = async {
+                let target = SessionRef::from_event(&event.payload, "RestoreSession")?;
+                let outcome = restore(&ctx, &target, deadline).await?;
+                Ok(json!({ "outcome": format!("{outcome:?}") }))
+            }
+            .await;
+            stashless::lambda::respond(result)
+        }
+    }))
+    .await
+}

@@ -1,0 +1,101 @@
+//! The Stash CRDs as Stash publishes them (copied byte for byte into `infra/crds/stash/`,
+//! sources in `SOURCES.md` there), and a checker that finds field paths a CRD's schema
+//! does not have: a real API server silently prunes those from what we write.
+
+use serde_json::Value;
+
+pub const BACKUP_CONFIGURATIONS: &str = include_str!("../../../infra/crds/stash/backupconfigurations.stash.appscode.com.yaml");
+pub const BACKUP_SESSIONS: &str = include_str!("../../../infra/crds/stash/backupsessions.stash.appscode.com.yaml");
+pub const RESTORE_SESSIONS: &str = include_str!("../../../infra/crds/stash/restoresessions.stash.appscode.com.yaml");
+pub const REPOSITORIES: &str = include_str!("../../../infra/crds/stash/repositories.stash.appscode.com.yaml");
+pub const APP_BINDINGS: &str = include_str!("../../../infra/crds/stash/appbindings.appcatalog.appscode.com.yaml");
+
+/// All five, in the order to apply them.
+pub const ALL: [&str; 5] = [APP_BINDINGS, REPOSITORIES, BACKUP_CONFIGURATIONS, BACKUP_SESSIONS, RESTORE_SESSIONS];
+
+/// Paths in `value` that `schema` (an openAPIV3Schema as JSON) does not allow, with the
+/// reason: unknown field, or wrong JSON type. Objects with
+/// `x-kubernetes-preserve-unknown-fields` or `additionalProperties` accept anything below.
+pub fn violations(schema: &Value, value: &Value) -> Vec<String> {
+    let mut out = Vec::new();
+    walk(schema, value, String::new(), &mut out);
+    out
+}
+
+fn type_ok(schema: &Value, value: &Value) -> bool {
+    if schema.get("x-kubernetes-int-or-string").and_then(Value::as_bool) == Some(true) {
+        return value.is_string() || value.is_i64() || value.is_u64();
+    }
+    match schema.get("type").and_then(Value::as_str) {
+        None => true,
+        Some("object") => value.is_object(),
+        Some("array") => value.is_array(),
+        Some("string") => value.is_string(),
+        Some("integer") => value.is_i64() || value.is_u64(),
+        Some("number") => value.is_number(),
+        Some("boolean") => value.is_boolean(),
+        Some(_) => true,
+    }
+}
+
+fn walk(schema: &Value, value: &Value, path: String, out: &mut Vec<String>) {
+    if value.is_null() {
+        return;
+    }
+    if !type_ok(schema, value) {
+        out.push(format!(
+            "{path}: schema type {} but value is {}",
+            schema.get("type").and_then(Value::as_str).unwrap_or("?"),
+            value
+        ));
+        return;
+    }
+    if let Some(allowed) = schema.get("enum").and_then(Value::as_array)
+        && !allowed.contains(value)
+    {
+        out.push(format!("{path}: {value} is not one of {}", Value::Array(allowed.clone())));
+    }
+    match value {
+        Value::Object(map) => {
+            if schema.get("x-kubernetes-preserve-unknown-fields").and_then(Value::as_bool) == Some(true) {
+                return;
+            }
+            let props = schema.get("properties").and_then(Value::as_object);
+            let additional = schema.get("additionalProperties");
+            for (k, v) in map {
+                let child = format!("{path}.{k}");
+                match props.and_then(|p| p.get(k)) {
+                    Some(s) => walk(s, v, child, out),
+                    None => match additional {
+                        Some(Value::Object(s)) => walk(&Value::Object(s.clone()), v, child, out),
+                        Some(Value::Bool(true)) => {}
+                        _ if path.is_empty() && matches!(k.as_str(), "apiVersion" | "kind" | "metadata") => {}
+                        _ => out.push(format!("{child}: not in the CRD schema (would be pruned)")),
+                    },
+                }
+            }
+        }
+        Value::Array(items) => {
+            if let Some(item_schema) = schema.get("items") {
+                for (i, v) in items.iter().enumerate() {
+                    walk(item_schema, v, format!("{path}[{i}]"), out);
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+/// The openAPIV3Schema of a CRD manifest's storage version, as JSON.
+pub fn schema_of(crd_yaml: &str) -> Value {
+    let crd: k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition =
+        serde_saphyr::from_str(crd_yaml).expect("bundled CRD parses");
+    let version = crd
+        .spec
+        .versions
+        .iter()
+        .find(|v| v.storage)
+        .expect("a storage version");
+    serde_json::to_value(version.schema.as_ref().and_then(|s| s.open_api_v3_schema.as_ref()).expect("schema"))
+        .expect("schema serialises")
+}

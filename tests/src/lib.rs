@@ -1,0 +1,353 @@
+//! Test harness for the end-to-end tests: real OpenBao, Garage, Pushgateway and moto
+//! processes (`procs`), the in-memory Kubernetes API (`memkube`), and small builders for
+//! the Stash objects a test needs.
+
+pub mod bao_extra;
+pub mod faults;
+pub mod procs;
+
+use std::sync::Arc;
+
+use anyhow::Result;
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{ListParams, PostParams};
+use kube::{Api, Client};
+use memkube::{MemKube, ResourceKind, RunningServer};
+use serde_json::{Value, json};
+use stashless::api::{AppBinding, BackupConfiguration, BackupSession, Repository, RestoreSession};
+use stashless::backup::{Context, Settings};
+use stashless::cluster::ClusterSource;
+use stashless::repository::Tuning;
+
+pub const NS: &str = "vault";
+
+/// Log to the test output (`RUST_LOG=debug` for more).
+pub fn init_logs() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,aws_smithy_runtime=warn,aws_sdk_s3=warn,hyper=warn".into()),
+        )
+        .with_test_writer()
+        .try_init();
+}
+
+/// The in-memory API server with the five Stash kinds registered, and a client for it.
+pub struct Cluster {
+    pub kube: MemKube,
+    pub server: RunningServer,
+    pub client: Client,
+}
+
+impl Cluster {
+    pub async fn start() -> Result<Cluster> {
+        stashless::install_crypto_provider();
+        let kube = MemKube::new();
+        for (group, version, kind, plural, status) in [
+            ("stash.appscode.com", "v1beta1", "BackupConfiguration", "backupconfigurations", true),
+            ("stash.appscode.com", "v1beta1", "BackupSession", "backupsessions", true),
+            ("stash.appscode.com", "v1beta1", "RestoreSession", "restoresessions", true),
+            ("stash.appscode.com", "v1alpha1", "Repository", "repositories", true),
+            ("appcatalog.appscode.com", "v1alpha1", "AppBinding", "appbindings", false),
+        ] {
+            let k = ResourceKind::new(group, version, kind, plural);
+            kube.register(if status { k.with_status() } else { k });
+        }
+        let server = kube.serve().await?;
+        let client = ClusterSource::Url {
+            url: server.url(),
+            token: None,
+        }
+        .client()
+        .await?;
+        Ok(Cluster { kube, server, client })
+    }
+
+    pub fn api<K>(&self) -> Api<K>
+    where
+        K: kube::Resource<Scope = kube::core::NamespaceResourceScope, DynamicType = ()>,
+    {
+        Api::namespaced(self.client.clone(), NS)
+    }
+
+    /// Create any object from JSON in namespace `vault`.
+    pub async fn create<K>(&self, obj: Value) -> Result<K>
+    where
+        K: kube::Resource<Scope = kube::core::NamespaceResourceScope, DynamicType = ()>
+            + Clone
+            + serde::de::DeserializeOwned
+            + serde::Serialize
+            + std::fmt::Debug,
+    {
+        let k: K = serde_json::from_value(obj)?;
+        Ok(self.api::<K>().create(&PostParams::default(), &k).await?)
+    }
+
+    pub async fn secret(&self, name: &str, data: &[(&str, &str)]) -> Result<Secret> {
+        let string_data: serde_json::Map<String, Value> = data.iter().map(|(k, v)| (k.to_string(), json!(v))).collect();
+        self.create(json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name}, "stringData": string_data}))
+            .await
+    }
+
+    /// Secret + AppBinding pointing at a Vault address with a token.
+    pub async fn vault_binding(&self, name: &str, addr: &str, token: &str) -> Result<AppBinding> {
+        self.secret(&format!("{name}-token"), &[("token", token)]).await?;
+        self.create(json!({
+            "apiVersion": "appcatalog.appscode.com/v1alpha1", "kind": "AppBinding",
+            "metadata": {"name": name},
+            "spec": {
+                "type": "vault", "version": "2.7.2",
+                "clientConfig": {"url": addr},
+                "secret": {"kind": "Secret", "name": format!("{name}-token")},
+            }
+        }))
+        .await
+    }
+
+    /// Storage Secret + Repository on an S3 endpoint.
+    pub async fn repository(&self, name: &str, s3: &S3Target, bucket: &str, prefix: &str) -> Result<Repository> {
+        self.secret(
+            &format!("{name}-s3"),
+            &[("AWS_ACCESS_KEY_ID", &s3.access_key), ("AWS_SECRET_ACCESS_KEY", &s3.secret_key)],
+        )
+        .await?;
+        self.create(json!({
+            "apiVersion": "stash.appscode.com/v1alpha1", "kind": "Repository",
+            "metadata": {"name": name},
+            "spec": {
+                "backend": {
+                    "s3": {"endpoint": s3.endpoint, "bucket": bucket, "prefix": prefix, "region": s3.region},
+                    "storageSecretName": format!("{name}-s3"),
+                }
+            }
+        }))
+        .await
+    }
+
+    pub async fn backup_config(&self, b: ConfigBuilder) -> Result<BackupConfiguration> {
+        self.create(b.build()).await
+    }
+
+    pub async fn sessions(&self) -> Result<Vec<BackupSession>> {
+        Ok(self.api::<BackupSession>().list(&ListParams::default()).await?.items)
+    }
+
+    pub async fn session(&self, name: &str) -> Result<BackupSession> {
+        Ok(self.api::<BackupSession>().get(name).await?)
+    }
+
+    pub async fn restore_session(&self, name: &str) -> Result<RestoreSession> {
+        Ok(self.api::<RestoreSession>().get(name).await?)
+    }
+
+    /// A BackupSession as Stash's CronJob would create it (no scheduler involved).
+    pub async fn new_session(&self, config: &str, name: &str) -> Result<BackupSession> {
+        self.create(json!({
+            "apiVersion": "stash.appscode.com/v1beta1", "kind": "BackupSession",
+            "metadata": {"name": name, "labels": {
+                "stash.appscode.com/invoker-type": "BackupConfiguration",
+                "stash.appscode.com/invoker-name": config,
+            }},
+            "spec": {"invoker": {"apiGroup": "stash.appscode.com", "kind": "BackupConfiguration", "name": config}}
+        }))
+        .await
+    }
+
+    /// Backup function context against this cluster.
+    pub fn backup_context(&self, pushgateway: Option<String>) -> Arc<Context> {
+        Context::new(
+            self.client.clone(),
+            Settings {
+                tuning: Tuning {
+                    part_size: 5 * 1024 * 1024,
+                    parts_in_flight: 3,
+                    checksums_when_required: false,
+                },
+                pushgateway,
+                ..Settings::default()
+            },
+        )
+    }
+}
+
+/// An S3 endpoint and credentials.
+#[derive(Debug, Clone)]
+pub struct S3Target {
+    pub endpoint: String,
+    pub region: String,
+    pub access_key: String,
+    pub secret_key: String,
+}
+
+impl S3Target {
+    /// A raw SDK client on this endpoint, for assertions (ListMultipartUploads, objects).
+    pub fn client(&self) -> aws_sdk_s3::Client {
+        stashless::install_crypto_provider();
+        let conf = aws_sdk_s3::Config::builder()
+            .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
+            .region(aws_sdk_s3::config::Region::new(self.region.clone()))
+            .endpoint_url(&self.endpoint)
+            .force_path_style(true)
+            .credentials_provider(aws_sdk_s3::config::Credentials::new(
+                &self.access_key,
+                &self.secret_key,
+                None,
+                None,
+                "test",
+            ))
+            .build();
+        aws_sdk_s3::Client::from_conf(conf)
+    }
+
+    /// Keys under a prefix.
+    pub async fn keys(&self, bucket: &str, prefix: &str) -> Result<Vec<String>> {
+        let out = self.client().list_objects_v2().bucket(bucket).prefix(prefix).send().await?;
+        Ok(out.contents.unwrap_or_default().into_iter().filter_map(|o| o.key).collect())
+    }
+
+    /// Incomplete multipart uploads in a bucket: must be zero after every test.
+    pub async fn open_uploads(&self, bucket: &str) -> Result<usize> {
+        let out = self.client().list_multipart_uploads().bucket(bucket).send().await?;
+        Ok(out.uploads.unwrap_or_default().len())
+    }
+
+    pub async fn get(&self, bucket: &str, key: &str) -> Result<Vec<u8>> {
+        let out = self.client().get_object().bucket(bucket).key(key).send().await?;
+        Ok(out.body.collect().await?.into_bytes().to_vec())
+    }
+}
+
+/// Builder for a BackupConfiguration.
+pub struct ConfigBuilder {
+    pub name: String,
+    pub schedule: String,
+    pub repository: String,
+    pub target: String,
+    pub retention: Value,
+    pub paused: bool,
+    pub history_limit: Option<i64>,
+    pub time_out: Option<String>,
+}
+
+impl ConfigBuilder {
+    pub fn new(name: &str) -> Self {
+        ConfigBuilder {
+            name: name.into(),
+            schedule: "*/5 * * * *".into(),
+            repository: "repo".into(),
+            target: "vault".into(),
+            retention: json!({"name": "keep-last-5", "keepLast": 5, "prune": true}),
+            paused: false,
+            history_limit: None,
+            time_out: None,
+        }
+    }
+    pub fn schedule(mut self, s: &str) -> Self {
+        self.schedule = s.into();
+        self
+    }
+    pub fn repository(mut self, r: &str) -> Self {
+        self.repository = r.into();
+        self
+    }
+    pub fn target(mut self, t: &str) -> Self {
+        self.target = t.into();
+        self
+    }
+    pub fn retention(mut self, r: Value) -> Self {
+        self.retention = r;
+        self
+    }
+    pub fn paused(mut self) -> Self {
+        self.paused = true;
+        self
+    }
+    pub fn history_limit(mut self, n: i64) -> Self {
+        self.history_limit = Some(n);
+        self
+    }
+    pub fn time_out(mut self, t: &str) -> Self {
+        self.time_out = Some(t.into());
+        self
+    }
+    pub fn build(self) -> Value {
+        let mut spec = json!({
+            "schedule": self.schedule,
+            "paused": self.paused,
+            "repository": {"name": self.repository},
+            "target": {"ref": {"apiVersion": "appcatalog.appscode.com/v1alpha1", "kind": "AppBinding", "name": self.target}},
+            "task": {"name": "vault-backup-1.10.3"},
+            "retentionPolicy": self.retention,
+        });
+        if let Some(n) = self.history_limit {
+            spec["backupHistoryLimit"] = json!(n);
+        }
+        if let Some(t) = self.time_out {
+            spec["timeOut"] = json!(t);
+        }
+        json!({
+            "apiVersion": "stash.appscode.com/v1beta1", "kind": "BackupConfiguration",
+            "metadata": {"name": self.name},
+            "spec": spec,
+        })
+    }
+}
+
+/// Violations of Stash's CRD schema in the raw object stored by the API server (what a
+/// real server would prune). Checks the JSON as written, not a typed re-read.
+pub fn crd_violations(raw: &Value, crd_yaml: &str) -> Vec<String> {
+    let schema = stashless::crds::schema_of(crd_yaml);
+    let mut v = raw.clone();
+    if let Some(m) = v.as_object_mut() {
+        m.remove("metadata");
+    }
+    stashless::crds::violations(&schema, &v)
+}
+
+impl Cluster {
+    /// The raw stored JSON of an object of the `stash.appscode.com` group.
+    pub fn raw(&self, plural: &str, name: &str) -> Value {
+        self.kube
+            .objects("stash.appscode.com", plural)
+            .into_iter()
+            .find(|o| o["metadata"]["name"] == name)
+            .unwrap_or(Value::Null)
+    }
+}
+
+impl Cluster {
+    /// A RestoreSession as a Stash user writes it: repository, target AppBinding, optional
+    /// snapshot name in `target.rules[].snapshots`, optional `force` task parameter.
+    pub async fn new_restore(&self, name: &str, repo: &str, target: &str, snapshot: Option<&str>, force: bool) -> Result<RestoreSession> {
+        let mut spec = json!({
+            "repository": {"name": repo},
+            "target": {"ref": {"apiVersion": "appcatalog.appscode.com/v1alpha1", "kind": "AppBinding", "name": target}},
+            "task": {"name": "vault-restore-1.10.3"},
+        });
+        if let Some(s) = snapshot {
+            spec["target"]["rules"] = json!([{"snapshots": [s]}]);
+        }
+        if force {
+            spec["task"]["params"] = json!([{"name": "force", "value": "true"}]);
+        }
+        self.create(json!({
+            "apiVersion": "stash.appscode.com/v1beta1", "kind": "RestoreSession",
+            "metadata": {"name": name},
+            "spec": spec,
+        }))
+        .await
+    }
+
+    /// Run one backup of `config` now through the backup function; returns the snapshot name.
+    pub async fn backup_now(&self, ctx: &Context, config: &str, session: &str) -> Result<String> {
+        self.new_session(config, session).await?;
+        let r = stashless::events::SessionRef {
+            kind: None,
+            namespace: NS.into(),
+            name: session.into(),
+        };
+        match stashless::backup::run(ctx, &r, None).await? {
+            stashless::backup::Outcome::Succeeded { snapshot, .. } => Ok(snapshot),
+            other => anyhow::bail!("backup did not succeed: {other:?}"),
+        }
+    }
+}
