@@ -265,7 +265,7 @@ async fn restore(ctx: &Context, rs: &RestoreSession, started: Instant, deadline:
         Ok(r) => r?,
     }
     let transfer = transfer_started.elapsed();
-    let health = vault.health(Some(&node)).await.ok();
+    let health = vault.settle_after_restore(&node).await.ok();
     Ok(Done {
         manifest,
         transfer,

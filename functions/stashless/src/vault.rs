@@ -226,6 +226,30 @@ impl Vault {
         Err(self.api_error(node, status, &body, "restoring the snapshot"))
     }
 
+    /// Vault's state once a restore has settled. After a snapshot is applied, Vault holds
+    /// authenticated requests (about 5 s) while it re-reads the restored keyring, then
+    /// serves, or seals itself when the snapshot's root key is sealed with other keys. One
+    /// authenticated request waits that out; health read after it is the real state.
+    pub async fn settle_after_restore(&self, node: &str) -> Result<Health> {
+        let _ = self
+            .http
+            .get(format!("{node}/v1/auth/token/lookup-self"))
+            .header("X-Vault-Token", &self.target.token)
+            .timeout(Duration::from_secs(60))
+            .send()
+            .await;
+        let mut health = self.health(Some(node)).await?;
+        // Sealing itself takes a moment after Vault decides to: look a few more times.
+        for _ in 0..4 {
+            if health.sealed {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            health = self.health(Some(node)).await?;
+        }
+        Ok(health)
+    }
+
     /// Turn a Vault error answer into a message a person can act on.
     fn api_error(&self, addr: &str, status: reqwest::StatusCode, body: &str, what: &str) -> Error {
         let detail = serde_json::from_str::<serde_json::Value>(body)
