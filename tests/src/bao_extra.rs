@@ -19,7 +19,10 @@ impl OpenBao {
             .await
             .context("running bao")?;
         if !out.status.success() {
-            bail!("bao {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+            bail!(
+                "bao {args:?} failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }

@@ -25,7 +25,9 @@ pub const NS: &str = "vault";
 pub fn init_logs() {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,aws_smithy_runtime=warn,aws_sdk_s3=warn,hyper=warn".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+                "info,aws_smithy_runtime=warn,aws_sdk_s3=warn,hyper=warn".into()
+            }),
         )
         .with_test_writer()
         .try_init();
@@ -43,11 +45,41 @@ impl Cluster {
         stashless::install_crypto_provider();
         let kube = MemKube::new();
         for (group, version, kind, plural, status) in [
-            ("stash.appscode.com", "v1beta1", "BackupConfiguration", "backupconfigurations", true),
-            ("stash.appscode.com", "v1beta1", "BackupSession", "backupsessions", true),
-            ("stash.appscode.com", "v1beta1", "RestoreSession", "restoresessions", true),
-            ("stash.appscode.com", "v1alpha1", "Repository", "repositories", true),
-            ("appcatalog.appscode.com", "v1alpha1", "AppBinding", "appbindings", false),
+            (
+                "stash.appscode.com",
+                "v1beta1",
+                "BackupConfiguration",
+                "backupconfigurations",
+                true,
+            ),
+            (
+                "stash.appscode.com",
+                "v1beta1",
+                "BackupSession",
+                "backupsessions",
+                true,
+            ),
+            (
+                "stash.appscode.com",
+                "v1beta1",
+                "RestoreSession",
+                "restoresessions",
+                true,
+            ),
+            (
+                "stash.appscode.com",
+                "v1alpha1",
+                "Repository",
+                "repositories",
+                true,
+            ),
+            (
+                "appcatalog.appscode.com",
+                "v1alpha1",
+                "AppBinding",
+                "appbindings",
+                false,
+            ),
         ] {
             let k = ResourceKind::new(group, version, kind, plural);
             kube.register(if status { k.with_status() } else { k });
@@ -59,7 +91,11 @@ impl Cluster {
         }
         .client()
         .await?;
-        Ok(Cluster { kube, server, client })
+        Ok(Cluster {
+            kube,
+            server,
+            client,
+        })
     }
 
     pub fn api<K>(&self) -> Api<K>
@@ -83,14 +119,18 @@ impl Cluster {
     }
 
     pub async fn secret(&self, name: &str, data: &[(&str, &str)]) -> Result<Secret> {
-        let string_data: serde_json::Map<String, Value> = data.iter().map(|(k, v)| (k.to_string(), json!(v))).collect();
+        let string_data: serde_json::Map<String, Value> = data
+            .iter()
+            .map(|(k, v)| (k.to_string(), json!(v)))
+            .collect();
         self.create(json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name}, "stringData": string_data}))
             .await
     }
 
     /// Secret + AppBinding pointing at a Vault address with a token.
     pub async fn vault_binding(&self, name: &str, addr: &str, token: &str) -> Result<AppBinding> {
-        self.secret(&format!("{name}-token"), &[("token", token)]).await?;
+        self.secret(&format!("{name}-token"), &[("token", token)])
+            .await?;
         self.create(json!({
             "apiVersion": "appcatalog.appscode.com/v1alpha1", "kind": "AppBinding",
             "metadata": {"name": name},
@@ -104,10 +144,19 @@ impl Cluster {
     }
 
     /// Storage Secret + Repository on an S3 endpoint.
-    pub async fn repository(&self, name: &str, s3: &S3Target, bucket: &str, prefix: &str) -> Result<Repository> {
+    pub async fn repository(
+        &self,
+        name: &str,
+        s3: &S3Target,
+        bucket: &str,
+        prefix: &str,
+    ) -> Result<Repository> {
         self.secret(
             &format!("{name}-s3"),
-            &[("AWS_ACCESS_KEY_ID", &s3.access_key), ("AWS_SECRET_ACCESS_KEY", &s3.secret_key)],
+            &[
+                ("AWS_ACCESS_KEY_ID", &s3.access_key),
+                ("AWS_SECRET_ACCESS_KEY", &s3.secret_key),
+            ],
         )
         .await?;
         self.create(json!({
@@ -128,7 +177,11 @@ impl Cluster {
     }
 
     pub async fn sessions(&self) -> Result<Vec<BackupSession>> {
-        Ok(self.api::<BackupSession>().list(&ListParams::default()).await?.items)
+        Ok(self
+            .api::<BackupSession>()
+            .list(&ListParams::default())
+            .await?
+            .items)
     }
 
     pub async fn session(&self, name: &str) -> Result<BackupSession> {
@@ -200,18 +253,40 @@ impl S3Target {
 
     /// Keys under a prefix.
     pub async fn keys(&self, bucket: &str, prefix: &str) -> Result<Vec<String>> {
-        let out = self.client().list_objects_v2().bucket(bucket).prefix(prefix).send().await?;
-        Ok(out.contents.unwrap_or_default().into_iter().filter_map(|o| o.key).collect())
+        let out = self
+            .client()
+            .list_objects_v2()
+            .bucket(bucket)
+            .prefix(prefix)
+            .send()
+            .await?;
+        Ok(out
+            .contents
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|o| o.key)
+            .collect())
     }
 
     /// Incomplete multipart uploads in a bucket: must be zero after every test.
     pub async fn open_uploads(&self, bucket: &str) -> Result<usize> {
-        let out = self.client().list_multipart_uploads().bucket(bucket).send().await?;
+        let out = self
+            .client()
+            .list_multipart_uploads()
+            .bucket(bucket)
+            .send()
+            .await?;
         Ok(out.uploads.unwrap_or_default().len())
     }
 
     pub async fn get(&self, bucket: &str, key: &str) -> Result<Vec<u8>> {
-        let out = self.client().get_object().bucket(bucket).key(key).send().await?;
+        let out = self
+            .client()
+            .get_object()
+            .bucket(bucket)
+            .key(key)
+            .send()
+            .await?;
         Ok(out.body.collect().await?.into_bytes().to_vec())
     }
 }
@@ -317,7 +392,14 @@ impl Cluster {
 impl Cluster {
     /// A RestoreSession as a Stash user writes it: repository, target AppBinding, optional
     /// snapshot name in `target.rules[].snapshots`, optional `force` task parameter.
-    pub async fn new_restore(&self, name: &str, repo: &str, target: &str, snapshot: Option<&str>, force: bool) -> Result<RestoreSession> {
+    pub async fn new_restore(
+        &self,
+        name: &str,
+        repo: &str,
+        target: &str,
+        snapshot: Option<&str>,
+        force: bool,
+    ) -> Result<RestoreSession> {
         let mut spec = json!({
             "repository": {"name": repo},
             "target": {"ref": {"apiVersion": "appcatalog.appscode.com/v1alpha1", "kind": "AppBinding", "name": target}},

@@ -5,10 +5,10 @@
 use std::time::Duration;
 
 use chrono::{TimeZone, Utc};
+use kube::ResourceExt;
 use serde_json::json;
 use stashless::api::{BackupConfiguration, SessionPhase};
 use stashless::backup::{self, Outcome};
-use kube::ResourceExt;
 use stashless::crds;
 use stashless::events::{SessionRef, Tick};
 use stashless::scheduler::{SchedulerSettings, tick};
@@ -19,7 +19,9 @@ use stashless_tests::procs::pushgateway::Pushgateway;
 use stashless_tests::{Cluster, ConfigBuilder, NS, S3Target, crd_violations, init_logs};
 
 async fn s3() -> (S3Target, &'static Garage) {
-    let g = Garage::shared().await.expect("garage starts (run bash tests/setup.sh)");
+    let g = Garage::shared()
+        .await
+        .expect("garage starts (run bash tests/setup.sh)");
     (
         S3Target {
             endpoint: g.endpoint.clone(),
@@ -50,9 +52,18 @@ fn session_ref(name: &str) -> SessionRef {
 async fn assert_clean(cluster: &Cluster, s3: &S3Target, bucket: &str) {
     for s in cluster.sessions().await.unwrap() {
         let phase = s.status.as_ref().and_then(|st| st.phase);
-        assert_ne!(phase, Some(SessionPhase::Running), "session left Running: {:?}", s.metadata.name);
+        assert_ne!(
+            phase,
+            Some(SessionPhase::Running),
+            "session left Running: {:?}",
+            s.metadata.name
+        );
     }
-    assert_eq!(s3.open_uploads(bucket).await.unwrap(), 0, "incomplete multipart uploads left behind");
+    assert_eq!(
+        s3.open_uploads(bucket).await.unwrap(),
+        0,
+        "incomplete multipart uploads left behind"
+    );
 }
 
 fn failed_reason(outcome: &Outcome) -> String {
@@ -70,22 +81,37 @@ async fn tick_backup_and_restore_brings_back_the_old_secret() {
     let bao = OpenBao::start().await.unwrap();
     let pgw = Pushgateway::shared().await.unwrap();
     let cluster = Cluster::start().await.unwrap();
-    cluster.vault_binding("vault", &bao.addr, &bao.root_token).await.unwrap();
-    cluster.repository("repo", &s3, &bucket, "/team-a/vault/").await.unwrap();
-    cluster.backup_config(ConfigBuilder::new("nightly").schedule("*/5 * * * *")).await.unwrap();
-    bao.kv_put("app/db", json!({"password": "before-backup"})).await.unwrap();
+    cluster
+        .vault_binding("vault", &bao.addr, &bao.root_token)
+        .await
+        .unwrap();
+    cluster
+        .repository("repo", &s3, &bucket, "/team-a/vault/")
+        .await
+        .unwrap();
+    cluster
+        .backup_config(ConfigBuilder::new("nightly").schedule("*/5 * * * *"))
+        .await
+        .unwrap();
+    bao.kv_put("app/db", json!({"password": "before-backup"}))
+        .await
+        .unwrap();
     bao.seed(200, 256).await.unwrap();
 
     // The tick at 10:02 finds the 10:00 slot due and creates one session.
     let now = Utc.with_ymd_and_hms(2099, 1, 1, 10, 2, 0).unwrap();
     // The config was just created (real clock); use a tick in the future so the slot is after it.
     let t = Tick { time: Some(now) };
-    let report = tick(&cluster.client, &t, &SchedulerSettings::default()).await.unwrap();
+    let report = tick(&cluster.client, &t, &SchedulerSettings::default())
+        .await
+        .unwrap();
     let slot = Utc.with_ymd_and_hms(2099, 1, 1, 10, 0, 0).unwrap();
     let name = format!("nightly-{}", slot.timestamp());
     assert_eq!(report.created, vec![format!("{NS}/{name}")]);
     // A retried tick creates nothing new.
-    let again = tick(&cluster.client, &t, &SchedulerSettings::default()).await.unwrap();
+    let again = tick(&cluster.client, &t, &SchedulerSettings::default())
+        .await
+        .unwrap();
     assert!(again.created.is_empty());
     assert_eq!(again.existing, vec![format!("{NS}/{name}")]);
 
@@ -93,11 +119,16 @@ async fn tick_backup_and_restore_brings_back_the_old_secret() {
     assert_eq!(s.labels()["stash.appscode.com/invoker-name"], "nightly");
     assert_eq!(s.spec.invoker.kind, "BackupConfiguration");
     let owner = &s.metadata.owner_references.as_ref().unwrap()[0];
-    assert_eq!((owner.kind.as_str(), owner.name.as_str()), ("BackupConfiguration", "nightly"));
+    assert_eq!(
+        (owner.kind.as_str(), owner.name.as_str()),
+        ("BackupConfiguration", "nightly")
+    );
 
     let ctx = cluster.backup_context(Some(pgw.url.clone()));
     let outcome = backup::run(&ctx, &session_ref(&name), None).await.unwrap();
-    let Outcome::Succeeded { snapshot, size, .. } = outcome else { panic!("{outcome:?}") };
+    let Outcome::Succeeded { snapshot, size, .. } = outcome else {
+        panic!("{outcome:?}")
+    };
     assert!(size > 1000, "snapshot of {size} bytes");
 
     // Status as Stash writes it, and nothing a real API server would prune.
@@ -107,44 +138,91 @@ async fn tick_backup_and_restore_brings_back_the_old_secret() {
     assert!(st.session_duration.is_some());
     let snap = &st.targets[0].stats[0].snapshots[0];
     assert_eq!(snap.name.as_deref(), Some(snapshot.as_str()));
-    assert!(st.conditions.iter().any(|c| c.type_ == "RetentionPolicyApplied" && c.status == "True"));
-    assert!(st.conditions.iter().any(|c| c.type_ == "MetricsPushed" && c.status == "True"), "{:?}", st.conditions);
+    assert!(
+        st.conditions
+            .iter()
+            .any(|c| c.type_ == "RetentionPolicyApplied" && c.status == "True")
+    );
+    assert!(
+        st.conditions
+            .iter()
+            .any(|c| c.type_ == "MetricsPushed" && c.status == "True"),
+        "{:?}",
+        st.conditions
+    );
     let v = crd_violations(&cluster.raw("backupsessions", &name), crds::BACKUP_SESSIONS);
-    assert!(v.is_empty(), "BackupSession status fields Stash's CRD lacks: {v:?}");
-    let repo = cluster.api::<stashless::api::Repository>().get("repo").await.unwrap();
+    assert!(
+        v.is_empty(),
+        "BackupSession status fields Stash's CRD lacks: {v:?}"
+    );
+    let repo = cluster
+        .api::<stashless::api::Repository>()
+        .get("repo")
+        .await
+        .unwrap();
     let rs = repo.status.clone().unwrap();
     assert_eq!(rs.snapshot_count, Some(1));
     assert_eq!(rs.integrity, Some(true));
     assert!(rs.last_backup_time.is_some() && rs.first_backup_time.is_some());
     let v = crd_violations(&cluster.raw("repositories", "repo"), crds::REPOSITORIES);
-    assert!(v.is_empty(), "Repository status fields Stash's CRD lacks: {v:?}");
+    assert!(
+        v.is_empty(),
+        "Repository status fields Stash's CRD lacks: {v:?}"
+    );
 
     // The object and its manifest are under the prefix, and the manifest says what it holds.
     let keys = s3.keys(&bucket, "team-a/vault/snapshots/").await.unwrap();
     assert_eq!(keys.len(), 2, "{keys:?}");
-    let manifest: serde_json::Value =
-        serde_json::from_slice(&s3.get(&bucket, &format!("team-a/vault/snapshots/{snapshot}.json")).await.unwrap()).unwrap();
+    let manifest: serde_json::Value = serde_json::from_slice(
+        &s3.get(&bucket, &format!("team-a/vault/snapshots/{snapshot}.json"))
+            .await
+            .unwrap(),
+    )
+    .unwrap();
     assert_eq!(manifest["size"], size);
     assert!(manifest["raft"]["index"].as_u64().unwrap() > 0);
     assert_eq!(manifest["invoker"]["name"], "nightly");
-    let body = s3.get(&bucket, &format!("team-a/vault/snapshots/{snapshot}.snap")).await.unwrap();
+    let body = s3
+        .get(&bucket, &format!("team-a/vault/snapshots/{snapshot}.snap"))
+        .await
+        .unwrap();
     assert_eq!(body.len() as u64, size);
 
     // Metrics reached the Pushgateway.
     let text = pgw.metrics_text().await.unwrap();
     assert!(
-        text.lines().any(|l| l.starts_with("stash_backup_session_success{") && l.contains("invoker_name=\"nightly\"") && l.ends_with(" 1")),
+        text.lines()
+            .any(|l| l.starts_with("stash_backup_session_success{")
+                && l.contains("invoker_name=\"nightly\"")
+                && l.ends_with(" 1")),
         "{text}"
     );
 
     // Change the secret, restore the stored object with the real CLI: the old value is back.
-    bao.kv_put("app/db", json!({"password": "after-backup"})).await.unwrap();
-    assert_eq!(bao.kv_get("app/db").await.unwrap().unwrap()["password"], "after-backup");
+    bao.kv_put("app/db", json!({"password": "after-backup"}))
+        .await
+        .unwrap();
+    assert_eq!(
+        bao.kv_get("app/db").await.unwrap().unwrap()["password"],
+        "after-backup"
+    );
     let file = std::env::temp_dir().join(format!("stashless-restore-{}.snap", std::process::id()));
     std::fs::write(&file, &body).unwrap();
-    bao.cli(&["operator", "raft", "snapshot", "restore", "-force", file.to_str().unwrap()]).await.unwrap();
+    bao.cli(&[
+        "operator",
+        "raft",
+        "snapshot",
+        "restore",
+        "-force",
+        file.to_str().unwrap(),
+    ])
+    .await
+    .unwrap();
     std::fs::remove_file(&file).ok();
-    assert_eq!(bao.kv_get("app/db").await.unwrap().unwrap()["password"], "before-backup");
+    assert_eq!(
+        bao.kv_get("app/db").await.unwrap().unwrap()["password"],
+        "before-backup"
+    );
     assert_clean(&cluster, &s3, &bucket).await;
 }
 
@@ -158,16 +236,33 @@ async fn backup_through_a_standby_reads_from_the_active_node() {
     let standby = bao.standby();
     assert_ne!(standby.addr, bao.nodes[leader].addr);
     let cluster = Cluster::start().await.unwrap();
-    cluster.vault_binding("vault", &standby.addr, &standby.root_token).await.unwrap();
+    cluster
+        .vault_binding("vault", &standby.addr, &standby.root_token)
+        .await
+        .unwrap();
     cluster.repository("repo", &s3, &bucket, "").await.unwrap();
-    cluster.backup_config(ConfigBuilder::new("cfg")).await.unwrap();
+    cluster
+        .backup_config(ConfigBuilder::new("cfg"))
+        .await
+        .unwrap();
     cluster.new_session("cfg", "cfg-1").await.unwrap();
     let ctx = cluster.backup_context(None);
-    let outcome = backup::run(&ctx, &session_ref("cfg-1"), None).await.unwrap();
-    let Outcome::Succeeded { snapshot, .. } = outcome else { panic!("{outcome:?}") };
-    let manifest: serde_json::Value =
-        serde_json::from_slice(&s3.get(&bucket, &format!("snapshots/{snapshot}.json")).await.unwrap()).unwrap();
-    assert_eq!(manifest["target"]["address"], bao.nodes[leader].addr.as_str());
+    let outcome = backup::run(&ctx, &session_ref("cfg-1"), None)
+        .await
+        .unwrap();
+    let Outcome::Succeeded { snapshot, .. } = outcome else {
+        panic!("{outcome:?}")
+    };
+    let manifest: serde_json::Value = serde_json::from_slice(
+        &s3.get(&bucket, &format!("snapshots/{snapshot}.json"))
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        manifest["target"]["address"],
+        bao.nodes[leader].addr.as_str()
+    );
     assert_clean(&cluster, &s3, &bucket).await;
 }
 
@@ -178,22 +273,50 @@ async fn duplicate_delivery_three_times_yields_one_snapshot() {
     let bucket = bucket(g, "dup").await;
     let bao = OpenBao::start().await.unwrap();
     let cluster = Cluster::start().await.unwrap();
-    cluster.vault_binding("vault", &bao.addr, &bao.root_token).await.unwrap();
+    cluster
+        .vault_binding("vault", &bao.addr, &bao.root_token)
+        .await
+        .unwrap();
     cluster.repository("repo", &s3, &bucket, "p").await.unwrap();
-    cluster.backup_config(ConfigBuilder::new("cfg")).await.unwrap();
+    cluster
+        .backup_config(ConfigBuilder::new("cfg"))
+        .await
+        .unwrap();
     cluster.new_session("cfg", "cfg-1").await.unwrap();
     let ctx = cluster.backup_context(None);
     let r = session_ref("cfg-1");
-    let (a, b, c) = tokio::join!(backup::run(&ctx, &r, None), backup::run(&ctx, &r, None), backup::run(&ctx, &r, None));
+    let (a, b, c) = tokio::join!(
+        backup::run(&ctx, &r, None),
+        backup::run(&ctx, &r, None),
+        backup::run(&ctx, &r, None)
+    );
     let outcomes = [a.unwrap(), b.unwrap(), c.unwrap()];
-    let succeeded = outcomes.iter().filter(|o| matches!(o, Outcome::Succeeded { .. })).count();
-    let not_claimed = outcomes.iter().filter(|o| matches!(o, Outcome::NotClaimed { .. })).count();
+    let succeeded = outcomes
+        .iter()
+        .filter(|o| matches!(o, Outcome::Succeeded { .. }))
+        .count();
+    let not_claimed = outcomes
+        .iter()
+        .filter(|o| matches!(o, Outcome::NotClaimed { .. }))
+        .count();
     assert_eq!((succeeded, not_claimed), (1, 2), "{outcomes:?}");
     let keys = s3.keys(&bucket, "p/snapshots/").await.unwrap();
     assert_eq!(keys.len(), 2, "one snapshot and one manifest: {keys:?}");
-    assert_eq!(cluster.session("cfg-1").await.unwrap().status.unwrap().phase, Some(SessionPhase::Succeeded));
+    assert_eq!(
+        cluster
+            .session("cfg-1")
+            .await
+            .unwrap()
+            .status
+            .unwrap()
+            .phase,
+        Some(SessionPhase::Succeeded)
+    );
     // A late fourth delivery does nothing either.
-    assert!(matches!(backup::run(&ctx, &r, None).await.unwrap(), Outcome::NotClaimed { .. }));
+    assert!(matches!(
+        backup::run(&ctx, &r, None).await.unwrap(),
+        Outcome::NotClaimed { .. }
+    ));
     assert_clean(&cluster, &s3, &bucket).await;
 }
 
@@ -204,20 +327,32 @@ async fn a_second_session_of_a_running_config_is_skipped() {
     let bucket = bucket(g, "skip").await;
     let bao = OpenBao::start().await.unwrap();
     let cluster = Cluster::start().await.unwrap();
-    cluster.vault_binding("vault", &bao.addr, &bao.root_token).await.unwrap();
+    cluster
+        .vault_binding("vault", &bao.addr, &bao.root_token)
+        .await
+        .unwrap();
     cluster.repository("repo", &s3, &bucket, "").await.unwrap();
-    cluster.backup_config(ConfigBuilder::new("cfg")).await.unwrap();
+    cluster
+        .backup_config(ConfigBuilder::new("cfg"))
+        .await
+        .unwrap();
     let first = cluster.new_session("cfg", "cfg-1").await.unwrap();
     // cfg-1 is Running (claimed by an invocation that is still working).
     let deadline = Utc::now() + chrono::Duration::minutes(10);
     let stashless::session::Claim::Claimed(_) =
-        stashless::session::claim(&cluster.api(), &first, deadline).await.unwrap()
+        stashless::session::claim(&cluster.api(), &first, deadline)
+            .await
+            .unwrap()
     else {
         panic!("claim")
     };
     cluster.new_session("cfg", "cfg-2").await.unwrap();
-    let outcome = backup::run(&cluster.backup_context(None), &session_ref("cfg-2"), None).await.unwrap();
-    let Outcome::Skipped { reason } = outcome else { panic!("{outcome:?}") };
+    let outcome = backup::run(&cluster.backup_context(None), &session_ref("cfg-2"), None)
+        .await
+        .unwrap();
+    let Outcome::Skipped { reason } = outcome else {
+        panic!("{outcome:?}")
+    };
     assert!(reason.contains("cfg-1"), "{reason}");
     let st = cluster.session("cfg-2").await.unwrap().status.unwrap();
     assert_eq!(st.phase, Some(SessionPhase::Skipped));
@@ -229,35 +364,80 @@ async fn a_second_session_of_a_running_config_is_skipped() {
 async fn invalid_and_paused_schedules_do_not_stop_the_others() {
     init_logs();
     let cluster = Cluster::start().await.unwrap();
-    cluster.backup_config(ConfigBuilder::new("good").schedule("0 * * * *")).await.unwrap();
-    cluster.backup_config(ConfigBuilder::new("bad").schedule("0 25 * * *")).await.unwrap();
-    cluster.backup_config(ConfigBuilder::new("short").schedule("* * *")).await.unwrap();
-    cluster.backup_config(ConfigBuilder::new("resting").schedule("0 * * * *").paused()).await.unwrap();
-    cluster.backup_config(ConfigBuilder::new("berlin").schedule("CRON_TZ=Europe/Berlin 0 11 * * *")).await.unwrap();
+    cluster
+        .backup_config(ConfigBuilder::new("good").schedule("0 * * * *"))
+        .await
+        .unwrap();
+    cluster
+        .backup_config(ConfigBuilder::new("bad").schedule("0 25 * * *"))
+        .await
+        .unwrap();
+    cluster
+        .backup_config(ConfigBuilder::new("short").schedule("* * *"))
+        .await
+        .unwrap();
+    cluster
+        .backup_config(ConfigBuilder::new("resting").schedule("0 * * * *").paused())
+        .await
+        .unwrap();
+    cluster
+        .backup_config(ConfigBuilder::new("berlin").schedule("CRON_TZ=Europe/Berlin 0 11 * * *"))
+        .await
+        .unwrap();
     // 10:00 UTC on a winter day is 11:00 in Berlin: both "good" and "berlin" are due.
-    let t = Tick { time: Some(Utc.with_ymd_and_hms(2099, 1, 5, 10, 0, 30).unwrap()) };
-    let report = tick(&cluster.client, &t, &SchedulerSettings::default()).await.unwrap();
+    let t = Tick {
+        time: Some(Utc.with_ymd_and_hms(2099, 1, 5, 10, 0, 30).unwrap()),
+    };
+    let report = tick(&cluster.client, &t, &SchedulerSettings::default())
+        .await
+        .unwrap();
     let mut created = report.created.clone();
     created.sort();
-    let slot = Utc.with_ymd_and_hms(2099, 1, 5, 10, 0, 0).unwrap().timestamp();
-    assert_eq!(created, vec![format!("vault/berlin-{slot}"), format!("vault/good-{slot}")]);
+    let slot = Utc
+        .with_ymd_and_hms(2099, 1, 5, 10, 0, 0)
+        .unwrap()
+        .timestamp();
+    assert_eq!(
+        created,
+        vec![format!("vault/berlin-{slot}"), format!("vault/good-{slot}")]
+    );
     assert_eq!(report.paused, vec!["vault/resting".to_string()]);
     assert_eq!(report.invalid.len(), 2, "{:?}", report.invalid);
     let bad: BackupConfiguration = cluster.api().get("bad").await.unwrap();
     let st = bad.status.unwrap();
     assert_eq!(st.phase.as_deref(), Some("Invalid"));
-    let c = st.conditions.iter().find(|c| c.type_ == "ValidationPassed").unwrap();
+    let c = st
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "ValidationPassed")
+        .unwrap();
     assert_eq!(c.status, "False");
-    assert!(c.message.as_deref().unwrap().contains("0 25 * * *"), "{c:?}");
+    assert!(
+        c.message.as_deref().unwrap().contains("0 25 * * *"),
+        "{c:?}"
+    );
     let short: BackupConfiguration = cluster.api().get("short").await.unwrap();
-    assert!(short.status.unwrap().conditions[0].message.as_deref().unwrap().contains("3 fields"));
+    assert!(
+        short.status.unwrap().conditions[0]
+            .message
+            .as_deref()
+            .unwrap()
+            .contains("3 fields")
+    );
     let good: BackupConfiguration = cluster.api().get("good").await.unwrap();
     assert_eq!(good.status.unwrap().phase.as_deref(), Some("Ready"));
-    let v = crd_violations(&cluster.raw("backupconfigurations", "bad"), crds::BACKUP_CONFIGURATIONS);
+    let v = crd_violations(
+        &cluster.raw("backupconfigurations", "bad"),
+        crds::BACKUP_CONFIGURATIONS,
+    );
     assert!(v.is_empty(), "{v:?}");
     // Missed slots: three hours late, only the latest slot would run, and it is past the deadline.
-    let late = Tick { time: Some(Utc.with_ymd_and_hms(2099, 1, 5, 13, 30, 0).unwrap()) };
-    let r = tick(&cluster.client, &late, &SchedulerSettings::default()).await.unwrap();
+    let late = Tick {
+        time: Some(Utc.with_ymd_and_hms(2099, 1, 5, 13, 30, 0).unwrap()),
+    };
+    let r = tick(&cluster.client, &late, &SchedulerSettings::default())
+        .await
+        .unwrap();
     assert!(r.created.is_empty(), "{:?}", r.created);
 }
 
@@ -282,26 +462,56 @@ impl Failing {
     }
 
     async fn expect_failure(&self, expect: &[&str]) -> String {
-        self.cluster.backup_config(ConfigBuilder::new("cfg")).await.unwrap();
-        self.cluster.new_session("cfg", "cfg-1").await.unwrap();
-        let outcome = backup::run(&self.cluster.backup_context(None), &session_ref("cfg-1"), None)
+        self.cluster
+            .backup_config(ConfigBuilder::new("cfg"))
             .await
             .unwrap();
+        self.cluster.new_session("cfg", "cfg-1").await.unwrap();
+        let outcome = backup::run(
+            &self.cluster.backup_context(None),
+            &session_ref("cfg-1"),
+            None,
+        )
+        .await
+        .unwrap();
         let reason = failed_reason(&outcome);
         for e in expect {
-            assert!(reason.to_lowercase().contains(&e.to_lowercase()), "reason {reason:?} lacks {e:?}");
+            assert!(
+                reason.to_lowercase().contains(&e.to_lowercase()),
+                "reason {reason:?} lacks {e:?}"
+            );
         }
         let s = self.cluster.session("cfg-1").await.unwrap();
         let st = s.status.unwrap();
         assert_eq!(st.phase, Some(SessionPhase::Failed));
-        assert_eq!(st.targets[0].stats[0].error.as_deref(), Some(reason.as_str()));
-        let v = crd_violations(&self.cluster.raw("backupsessions", "cfg-1"), crds::BACKUP_SESSIONS);
+        assert_eq!(
+            st.targets[0].stats[0].error.as_deref(),
+            Some(reason.as_str())
+        );
+        let v = crd_violations(
+            &self.cluster.raw("backupsessions", "cfg-1"),
+            crds::BACKUP_SESSIONS,
+        );
         assert!(v.is_empty(), "{v:?}");
-        if self.s3.client().head_bucket().bucket(&self.bucket).send().await.is_ok() {
-            assert!(self.s3.keys(&self.bucket, "").await.unwrap().is_empty(), "objects left behind");
+        if self
+            .s3
+            .client()
+            .head_bucket()
+            .bucket(&self.bucket)
+            .send()
+            .await
+            .is_ok()
+        {
+            assert!(
+                self.s3.keys(&self.bucket, "").await.unwrap().is_empty(),
+                "objects left behind"
+            );
             assert_clean(&self.cluster, &self.s3, &self.bucket).await;
         }
-        assert!(!reason.contains("hvs.") && !reason.contains("s.root"), "a token leaked into the reason: {reason}");
+        assert!(
+            !reason.contains("hvs.") && !reason.contains("s.root"),
+            "a token leaked into the reason: {reason}"
+        );
         reason
     }
 }
@@ -311,8 +521,14 @@ async fn fails_readably_when_vault_is_sealed() {
     let f = Failing::new("sealed").await;
     let bao = OpenBao::start().await.unwrap();
     bao.seal().await.unwrap();
-    f.cluster.vault_binding("vault", &bao.addr, &bao.root_token).await.unwrap();
-    f.cluster.repository("repo", &f.s3, &f.bucket, "").await.unwrap();
+    f.cluster
+        .vault_binding("vault", &bao.addr, &bao.root_token)
+        .await
+        .unwrap();
+    f.cluster
+        .repository("repo", &f.s3, &f.bucket, "")
+        .await
+        .unwrap();
     f.expect_failure(&["sealed"]).await;
 }
 
@@ -321,8 +537,14 @@ async fn fails_readably_when_the_token_is_refused() {
     let f = Failing::new("token").await;
     let bao = OpenBao::start().await.unwrap();
     let weak = bao.create_token(&["default"]).await.unwrap();
-    f.cluster.vault_binding("vault", &bao.addr, &weak).await.unwrap();
-    f.cluster.repository("repo", &f.s3, &f.bucket, "").await.unwrap();
+    f.cluster
+        .vault_binding("vault", &bao.addr, &weak)
+        .await
+        .unwrap();
+    f.cluster
+        .repository("repo", &f.s3, &f.bucket, "")
+        .await
+        .unwrap();
     let reason = f.expect_failure(&["permission denied", "403"]).await;
     assert!(!reason.contains(&weak));
 }
@@ -330,10 +552,21 @@ async fn fails_readably_when_the_token_is_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fails_readably_when_vault_is_unreachable() {
     let f = Failing::new("unreach").await;
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    f.cluster.vault_binding("vault", &format!("http://127.0.0.1:{port}"), "s.x").await.unwrap();
-    f.cluster.repository("repo", &f.s3, &f.bucket, "").await.unwrap();
-    f.expect_failure(&["cannot connect", &format!("127.0.0.1:{port}")]).await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    f.cluster
+        .vault_binding("vault", &format!("http://127.0.0.1:{port}"), "s.x")
+        .await
+        .unwrap();
+    f.cluster
+        .repository("repo", &f.s3, &f.bucket, "")
+        .await
+        .unwrap();
+    f.expect_failure(&["cannot connect", &format!("127.0.0.1:{port}")])
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -342,13 +575,23 @@ async fn fails_and_aborts_when_the_stream_is_cut_mid_snapshot() {
     let bao = OpenBao::start().await.unwrap();
     bao.seed(300, 1024).await.unwrap();
     let upstream = bao.addr.trim_start_matches("http://").to_string();
-    let proxy = Proxy::start(&upstream, Fault::CutAfter(150 * 1024)).await.unwrap();
-    f.cluster.vault_binding("vault", &proxy.addr, &bao.root_token).await.unwrap();
-    f.cluster.repository("repo", &f.s3, &f.bucket, "").await.unwrap();
+    let proxy = Proxy::start(&upstream, Fault::CutAfter(150 * 1024))
+        .await
+        .unwrap();
+    f.cluster
+        .vault_binding("vault", &proxy.addr, &bao.root_token)
+        .await
+        .unwrap();
+    f.cluster
+        .repository("repo", &f.s3, &f.bucket, "")
+        .await
+        .unwrap();
     let reason = f.expect_failure(&[]).await;
     assert!(proxy.cuts() >= 1, "the proxy never cut the stream");
     assert!(
-        reason.contains("truncated") || reason.contains("stream broke") || reason.contains("ended early"),
+        reason.contains("truncated")
+            || reason.contains("stream broke")
+            || reason.contains("ended early"),
         "{reason}"
     );
 }
@@ -357,8 +600,14 @@ async fn fails_and_aborts_when_the_stream_is_cut_mid_snapshot() {
 async fn fails_readably_when_the_bucket_is_missing() {
     let f = Failing::new("nobucket").await;
     let bao = OpenBao::start().await.unwrap();
-    f.cluster.vault_binding("vault", &bao.addr, &bao.root_token).await.unwrap();
-    f.cluster.repository("repo", &f.s3, "no-such-bucket-here", "").await.unwrap();
+    f.cluster
+        .vault_binding("vault", &bao.addr, &bao.root_token)
+        .await
+        .unwrap();
+    f.cluster
+        .repository("repo", &f.s3, "no-such-bucket-here", "")
+        .await
+        .unwrap();
     f.expect_failure(&["no-such-bucket-here"]).await;
 }
 
@@ -366,12 +615,18 @@ async fn fails_readably_when_the_bucket_is_missing() {
 async fn fails_readably_with_wrong_s3_credentials() {
     let f = Failing::new("creds").await;
     let bao = OpenBao::start().await.unwrap();
-    f.cluster.vault_binding("vault", &bao.addr, &bao.root_token).await.unwrap();
+    f.cluster
+        .vault_binding("vault", &bao.addr, &bao.root_token)
+        .await
+        .unwrap();
     let wrong = S3Target {
         secret_key: "0".repeat(64),
         ..f.s3.clone()
     };
-    f.cluster.repository("repo", &wrong, &f.bucket, "").await.unwrap();
+    f.cluster
+        .repository("repo", &wrong, &f.bucket, "")
+        .await
+        .unwrap();
     let reason = f.expect_failure(&["AWS_SECRET_ACCESS_KEY"]).await;
     assert!(!reason.contains(&"0".repeat(64)));
 }
@@ -380,15 +635,25 @@ async fn fails_readably_with_wrong_s3_credentials() {
 async fn fails_readably_when_objects_are_missing() {
     // AppBinding missing.
     let f = Failing::new("noab").await;
-    f.cluster.repository("repo", &f.s3, &f.bucket, "").await.unwrap();
-    f.expect_failure(&["AppBinding vault/vault not found"]).await;
+    f.cluster
+        .repository("repo", &f.s3, &f.bucket, "")
+        .await
+        .unwrap();
+    f.expect_failure(&["AppBinding vault/vault not found"])
+        .await;
     // Repository missing.
     let f = Failing::new("norepo").await;
-    f.cluster.vault_binding("vault", "http://127.0.0.1:1", "x").await.unwrap();
+    f.cluster
+        .vault_binding("vault", "http://127.0.0.1:1", "x")
+        .await
+        .unwrap();
     f.expect_failure(&["Repository vault/repo not found"]).await;
     // Token Secret missing.
     let f = Failing::new("nosecret").await;
-    f.cluster.repository("repo", &f.s3, &f.bucket, "").await.unwrap();
+    f.cluster
+        .repository("repo", &f.s3, &f.bucket, "")
+        .await
+        .unwrap();
     f.cluster
         .create::<stashless::api::AppBinding>(json!({
             "apiVersion": "appcatalog.appscode.com/v1alpha1", "kind": "AppBinding",
@@ -404,16 +669,33 @@ async fn fails_readably_when_objects_are_missing() {
 async fn malformed_and_stale_events_are_refused_quietly() {
     init_logs();
     let cluster = Cluster::start().await.unwrap();
-    for bad in [json!({}), json!({"namespace": "vault"}), json!({"namespace": "vault", "name": "A/B"}), json!("x")] {
+    for bad in [
+        json!({}),
+        json!({"namespace": "vault"}),
+        json!({"namespace": "vault", "name": "A/B"}),
+        json!("x"),
+    ] {
         let e = SessionRef::from_event(&bad, "BackupSession").unwrap_err();
         assert!(!e.is_retryable(), "{e}");
     }
     // A session that does not exist (deleted before delivery) is not an error.
-    let outcome = backup::run(&cluster.backup_context(None), &session_ref("never-existed"), None).await.unwrap();
+    let outcome = backup::run(
+        &cluster.backup_context(None),
+        &session_ref("never-existed"),
+        None,
+    )
+    .await
+    .unwrap();
     assert!(matches!(outcome, Outcome::NotClaimed { .. }));
     // A session whose BackupConfiguration is gone fails with that reason.
     cluster.new_session("vanished", "vanished-1").await.unwrap();
-    let outcome = backup::run(&cluster.backup_context(None), &session_ref("vanished-1"), None).await.unwrap();
+    let outcome = backup::run(
+        &cluster.backup_context(None),
+        &session_ref("vanished-1"),
+        None,
+    )
+    .await
+    .unwrap();
     assert!(failed_reason(&outcome).contains("BackupConfiguration vault/vanished not found"));
     let _ = Duration::ZERO;
 }

@@ -29,18 +29,37 @@ async fn world(tag: &str, vault_addr: &str, token: &str) -> World {
     let bucket = format!("{tag}-{}", std::process::id());
     g.create_bucket(&bucket).await.unwrap();
     let cluster = Cluster::start().await.unwrap();
-    cluster.vault_binding("vault", vault_addr, token).await.unwrap();
-    cluster.repository("repo", &s3, &bucket, "vault").await.unwrap();
-    cluster.backup_config(ConfigBuilder::new("cfg")).await.unwrap();
-    World { cluster, s3, bucket }
+    cluster
+        .vault_binding("vault", vault_addr, token)
+        .await
+        .unwrap();
+    cluster
+        .repository("repo", &s3, &bucket, "vault")
+        .await
+        .unwrap();
+    cluster
+        .backup_config(ConfigBuilder::new("cfg"))
+        .await
+        .unwrap();
+    World {
+        cluster,
+        s3,
+        bucket,
+    }
 }
 
 fn r(name: &str) -> SessionRef {
-    SessionRef { kind: None, namespace: NS.into(), name: name.into() }
+    SessionRef {
+        kind: None,
+        namespace: NS.into(),
+        name: name.into(),
+    }
 }
 
 async fn restore_outcome(w: &World, name: &str) -> Outcome {
-    restore::run(&w.cluster.backup_context(None), &r(name), None).await.unwrap()
+    restore::run(&w.cluster.backup_context(None), &r(name), None)
+        .await
+        .unwrap()
 }
 
 fn reason(o: &Outcome) -> String {
@@ -52,13 +71,29 @@ fn reason(o: &Outcome) -> String {
 
 async fn assert_failed_cleanly(w: &World, name: &str, o: &Outcome, expect: &str) {
     let why = reason(o);
-    assert!(why.to_lowercase().contains(&expect.to_lowercase()), "reason {why:?} lacks {expect:?}");
-    let st = w.cluster.restore_session(name).await.unwrap().status.unwrap();
+    assert!(
+        why.to_lowercase().contains(&expect.to_lowercase()),
+        "reason {why:?} lacks {expect:?}"
+    );
+    let st = w
+        .cluster
+        .restore_session(name)
+        .await
+        .unwrap()
+        .status
+        .unwrap();
     assert_eq!(st.phase, Some(SessionPhase::Failed));
     assert_eq!(st.stats[0].error.as_deref(), Some(why.as_str()));
-    let c = st.conditions.iter().find(|c| c.type_ == "RestoreCompleted").unwrap();
+    let c = st
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "RestoreCompleted")
+        .unwrap();
     assert_eq!(c.status, "False");
-    let v = crd_violations(&w.cluster.raw("restoresessions", name), crds::RESTORE_SESSIONS);
+    let v = crd_violations(
+        &w.cluster.raw("restoresessions", name),
+        crds::RESTORE_SESSIONS,
+    );
     assert!(v.is_empty(), "{v:?}");
 }
 
@@ -68,38 +103,71 @@ async fn restore_latest_brings_back_changed_and_deleted_secrets() {
     let w = world("latest", &bao.addr, &bao.root_token).await;
     let pgw = Pushgateway::shared().await.unwrap();
     for i in 0..20 {
-        bao.kv_put(&format!("apps/s{i}"), json!({"v": format!("orig-{i}")})).await.unwrap();
+        bao.kv_put(&format!("apps/s{i}"), json!({"v": format!("orig-{i}")}))
+            .await
+            .unwrap();
     }
     let ctx = w.cluster.backup_context(Some(pgw.url.clone()));
     w.cluster.backup_now(&ctx, "cfg", "cfg-1").await.unwrap();
     for i in 0..10 {
-        bao.kv_put(&format!("apps/s{i}"), json!({"v": "changed"})).await.unwrap();
+        bao.kv_put(&format!("apps/s{i}"), json!({"v": "changed"}))
+            .await
+            .unwrap();
     }
     for i in 10..20 {
         bao.kv_delete(&format!("apps/s{i}")).await.unwrap();
     }
-    bao.kv_put("apps/new-after-backup", json!({"v": "x"})).await.unwrap();
+    bao.kv_put("apps/new-after-backup", json!({"v": "x"}))
+        .await
+        .unwrap();
 
-    w.cluster.new_restore("restore-latest", "repo", "vault", None, false).await.unwrap();
-    let o = restore::run(&ctx, &r("restore-latest"), None).await.unwrap();
-    let Outcome::Succeeded { sealed_after, .. } = o else { panic!("{o:?}") };
+    w.cluster
+        .new_restore("restore-latest", "repo", "vault", None, false)
+        .await
+        .unwrap();
+    let o = restore::run(&ctx, &r("restore-latest"), None)
+        .await
+        .unwrap();
+    let Outcome::Succeeded { sealed_after, .. } = o else {
+        panic!("{o:?}")
+    };
     assert!(!sealed_after);
     for i in 0..20 {
-        let v = bao.kv_get(&format!("apps/s{i}")).await.unwrap().unwrap_or_else(|| panic!("s{i} missing"));
+        let v = bao
+            .kv_get(&format!("apps/s{i}"))
+            .await
+            .unwrap()
+            .unwrap_or_else(|| panic!("s{i} missing"));
         assert_eq!(v["v"], format!("orig-{i}"));
     }
     assert!(bao.kv_get("apps/new-after-backup").await.unwrap().is_none());
 
-    let st = w.cluster.restore_session("restore-latest").await.unwrap().status.unwrap();
+    let st = w
+        .cluster
+        .restore_session("restore-latest")
+        .await
+        .unwrap()
+        .status
+        .unwrap();
     assert_eq!(st.phase, Some(SessionPhase::Succeeded));
     assert!(st.session_duration.is_some());
     assert_eq!(st.stats[0].phase.as_deref(), Some("Succeeded"));
-    assert!(st.conditions.iter().any(|c| c.type_ == "RestoreCompleted" && c.status == "True"));
-    let v = crd_violations(&w.cluster.raw("restoresessions", "restore-latest"), crds::RESTORE_SESSIONS);
+    assert!(
+        st.conditions
+            .iter()
+            .any(|c| c.type_ == "RestoreCompleted" && c.status == "True")
+    );
+    let v = crd_violations(
+        &w.cluster.raw("restoresessions", "restore-latest"),
+        crds::RESTORE_SESSIONS,
+    );
     assert!(v.is_empty(), "{v:?}");
     let text = pgw.metrics_text().await.unwrap();
     assert!(
-        text.lines().any(|l| l.starts_with("stash_restore_session_success{") && l.contains("restore-latest") && l.ends_with(" 1")),
+        text.lines()
+            .any(|l| l.starts_with("stash_restore_session_success{")
+                && l.contains("restore-latest")
+                && l.ends_with(" 1")),
         "{text}"
     );
 }
@@ -113,19 +181,39 @@ async fn restore_a_named_older_snapshot() {
     let first = w.cluster.backup_now(&ctx, "cfg", "cfg-1").await.unwrap();
     bao.kv_put("app/cfg", json!({"gen": "two"})).await.unwrap();
     w.cluster.backup_now(&ctx, "cfg", "cfg-2").await.unwrap();
-    bao.kv_put("app/cfg", json!({"gen": "three"})).await.unwrap();
+    bao.kv_put("app/cfg", json!({"gen": "three"}))
+        .await
+        .unwrap();
 
-    w.cluster.new_restore("restore-old", "repo", "vault", Some(&first), false).await.unwrap();
+    w.cluster
+        .new_restore("restore-old", "repo", "vault", Some(&first), false)
+        .await
+        .unwrap();
     let o = restore_outcome(&w, "restore-old").await;
-    assert!(matches!(o, Outcome::Succeeded { ref snapshot, .. } if *snapshot == first), "{o:?}");
+    assert!(
+        matches!(o, Outcome::Succeeded { ref snapshot, .. } if *snapshot == first),
+        "{o:?}"
+    );
     assert_eq!(bao.kv_get("app/cfg").await.unwrap().unwrap()["gen"], "one");
 
     // The bare session name works too when it is unambiguous; `latest` picks cfg-2.
-    w.cluster.new_restore("restore-latest", "repo", "vault", Some("latest"), false).await.unwrap();
-    assert!(matches!(restore_outcome(&w, "restore-latest").await, Outcome::Succeeded { .. }));
+    w.cluster
+        .new_restore("restore-latest", "repo", "vault", Some("latest"), false)
+        .await
+        .unwrap();
+    assert!(matches!(
+        restore_outcome(&w, "restore-latest").await,
+        Outcome::Succeeded { .. }
+    ));
     assert_eq!(bao.kv_get("app/cfg").await.unwrap().unwrap()["gen"], "two");
-    w.cluster.new_restore("restore-bare", "repo", "vault", Some("cfg-1"), false).await.unwrap();
-    assert!(matches!(restore_outcome(&w, "restore-bare").await, Outcome::Succeeded { .. }));
+    w.cluster
+        .new_restore("restore-bare", "repo", "vault", Some("cfg-1"), false)
+        .await
+        .unwrap();
+    assert!(matches!(
+        restore_outcome(&w, "restore-bare").await,
+        Outcome::Succeeded { .. }
+    ));
     assert_eq!(bao.kv_get("app/cfg").await.unwrap().unwrap()["gen"], "one");
 }
 
@@ -136,47 +224,96 @@ async fn restore_through_a_standby_goes_to_the_active_node() {
     let active = &bao.nodes[leader];
     let standby = bao.standby();
     let w = world("standby", &standby.addr, &standby.root_token).await;
-    active.kv_put("app/x", json!({"v": "backed-up"})).await.unwrap();
+    active
+        .kv_put("app/x", json!({"v": "backed-up"}))
+        .await
+        .unwrap();
     let ctx = w.cluster.backup_context(None);
     w.cluster.backup_now(&ctx, "cfg", "cfg-1").await.unwrap();
-    active.kv_put("app/x", json!({"v": "changed"})).await.unwrap();
-    w.cluster.new_restore("rs", "repo", "vault", None, false).await.unwrap();
+    active
+        .kv_put("app/x", json!({"v": "changed"}))
+        .await
+        .unwrap();
+    w.cluster
+        .new_restore("rs", "repo", "vault", None, false)
+        .await
+        .unwrap();
     let o = restore_outcome(&w, "rs").await;
     assert!(matches!(o, Outcome::Succeeded { .. }), "{o:?}");
     let leader = bao.leader_index().await.unwrap();
-    assert_eq!(bao.nodes[leader].kv_get("app/x").await.unwrap().unwrap()["v"], "backed-up");
+    assert_eq!(
+        bao.nodes[leader].kv_get("app/x").await.unwrap().unwrap()["v"],
+        "backed-up"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn force_restore_into_a_fresh_server_reports_its_seal_state() {
     let source = OpenBao::start().await.unwrap();
     let w = world("force", &source.addr, &source.root_token).await;
-    source.kv_put("app/migrated", json!({"v": "from-source"})).await.unwrap();
+    source
+        .kv_put("app/migrated", json!({"v": "from-source"}))
+        .await
+        .unwrap();
     let ctx = w.cluster.backup_context(None);
     w.cluster.backup_now(&ctx, "cfg", "cfg-1").await.unwrap();
 
     // A second, freshly initialised server with its own keys.
     let fresh = OpenBao::start().await.unwrap();
-    w.cluster.vault_binding("fresh", &fresh.addr, &fresh.root_token).await.unwrap();
-    w.cluster.new_restore("rs", "repo", "fresh", None, true).await.unwrap();
+    w.cluster
+        .vault_binding("fresh", &fresh.addr, &fresh.root_token)
+        .await
+        .unwrap();
+    w.cluster
+        .new_restore("rs", "repo", "fresh", None, true)
+        .await
+        .unwrap();
     let o = restore_outcome(&w, "rs").await;
-    let Outcome::Succeeded { sealed_after, .. } = o else { panic!("{o:?}") };
+    let Outcome::Succeeded { sealed_after, .. } = o else {
+        panic!("{o:?}")
+    };
     let health = fresh.health().await.unwrap();
-    assert_eq!(sealed_after, health["sealed"].as_bool().unwrap(), "status disagrees with Vault: {health}");
-    let st = w.cluster.restore_session("rs").await.unwrap().status.unwrap();
-    let msg = st.conditions.iter().find(|c| c.type_ == "RestoreCompleted").unwrap().message.clone().unwrap();
+    assert_eq!(
+        sealed_after,
+        health["sealed"].as_bool().unwrap(),
+        "status disagrees with Vault: {health}"
+    );
+    let st = w
+        .cluster
+        .restore_session("rs")
+        .await
+        .unwrap()
+        .status
+        .unwrap();
+    let msg = st
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "RestoreCompleted")
+        .unwrap()
+        .message
+        .clone()
+        .unwrap();
     if sealed_after {
         assert!(msg.contains("SEALED") && msg.contains("unseal"), "{msg}");
         // With the source cluster's key the restored data is there.
         fresh.unseal_with(&source.unseal_key).await.unwrap();
     }
-    let v = fresh.kv_get_with_token("app/migrated", &source.root_token).await.unwrap().unwrap();
+    let v = fresh
+        .kv_get_with_token("app/migrated", &source.root_token)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(v["v"], "from-source");
 }
 
 /// Rewrite the stored snapshot and (optionally) its manifest, then restore it: must fail
 /// with `expect` in the reason and leave Vault's data unchanged.
-async fn tampered(tag: &str, tamper: impl Fn(&mut Vec<u8>), fix_manifest: impl Fn(&mut serde_json::Value, &[u8], Option<String>), expect: &str) {
+async fn tampered(
+    tag: &str,
+    tamper: impl Fn(&mut Vec<u8>),
+    fix_manifest: impl Fn(&mut serde_json::Value, &[u8], Option<String>),
+    expect: &str,
+) {
     let bao = OpenBao::start().await.unwrap();
     let w = world(tag, &bao.addr, &bao.root_token).await;
     bao.seed(100, 512).await.unwrap();
@@ -185,11 +322,23 @@ async fn tampered(tag: &str, tamper: impl Fn(&mut Vec<u8>), fix_manifest: impl F
     let snap = w.cluster.backup_now(&ctx, "cfg", "cfg-1").await.unwrap();
     bao.kv_put("app/x", json!({"v": "current"})).await.unwrap();
 
-    let (obj_key, man_key) = (format!("vault/snapshots/{snap}.snap"), format!("vault/snapshots/{snap}.json"));
+    let (obj_key, man_key) = (
+        format!("vault/snapshots/{snap}.snap"),
+        format!("vault/snapshots/{snap}.json"),
+    );
     let mut body = w.s3.get(&w.bucket, &obj_key).await.unwrap();
     tamper(&mut body);
-    let put = w.s3.client().put_object().bucket(&w.bucket).key(&obj_key).body(body.clone().into()).send().await.unwrap();
-    let mut manifest: serde_json::Value = serde_json::from_slice(&w.s3.get(&w.bucket, &man_key).await.unwrap()).unwrap();
+    let put =
+        w.s3.client()
+            .put_object()
+            .bucket(&w.bucket)
+            .key(&obj_key)
+            .body(body.clone().into())
+            .send()
+            .await
+            .unwrap();
+    let mut manifest: serde_json::Value =
+        serde_json::from_slice(&w.s3.get(&w.bucket, &man_key).await.unwrap()).unwrap();
     fix_manifest(&mut manifest, &body, put.e_tag);
     w.s3.client()
         .put_object()
@@ -200,10 +349,17 @@ async fn tampered(tag: &str, tamper: impl Fn(&mut Vec<u8>), fix_manifest: impl F
         .await
         .unwrap();
 
-    w.cluster.new_restore("rs", "repo", "vault", None, false).await.unwrap();
+    w.cluster
+        .new_restore("rs", "repo", "vault", None, false)
+        .await
+        .unwrap();
     let o = restore_outcome(&w, "rs").await;
     assert_failed_cleanly(&w, "rs", &o, expect).await;
-    assert_eq!(bao.kv_get("app/x").await.unwrap().unwrap()["v"], "current", "Vault's data changed");
+    assert_eq!(
+        bao.kv_get("app/x").await.unwrap().unwrap()["v"],
+        "current",
+        "Vault's data changed"
+    );
 }
 
 fn same_size_new_etag(m: &mut serde_json::Value, _body: &[u8], etag: Option<String>) {
@@ -212,12 +368,32 @@ fn same_size_new_etag(m: &mut serde_json::Value, _body: &[u8], etag: Option<Stri
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replaced_object_is_refused_before_anything_is_sent() {
-    tampered("replaced", |b| { let n = b.len() / 2; b[n] ^= 0xff; }, |_, _, _| {}, "replaced after the backup").await;
+    tampered(
+        "replaced",
+        |b| {
+            let n = b.len() / 2;
+            b[n] ^= 0xff;
+        },
+        |_, _, _| {},
+        "replaced after the backup",
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_corrupt_object_is_cut_off_in_flight() {
-    tampered("corrupt", |b| { let n = b.len() / 2; for i in n..n + 16 { b[i] ^= 0x5a; } }, same_size_new_etag, "verification failed").await;
+    tampered(
+        "corrupt",
+        |b| {
+            let n = b.len() / 2;
+            for byte in &mut b[n..n + 16] {
+                *byte ^= 0x5a;
+            }
+        },
+        same_size_new_etag,
+        "verification failed",
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -255,7 +431,10 @@ async fn wrong_names_empty_repositories_and_overlaps_fail_with_reasons() {
     let bao = OpenBao::start().await.unwrap();
     let w = world("edge", &bao.addr, &bao.root_token).await;
     // Empty repository.
-    w.cluster.new_restore("rs-empty", "repo", "vault", None, false).await.unwrap();
+    w.cluster
+        .new_restore("rs-empty", "repo", "vault", None, false)
+        .await
+        .unwrap();
     let o = restore_outcome(&w, "rs-empty").await;
     assert_failed_cleanly(&w, "rs-empty", &o, "holds no snapshots").await;
 
@@ -265,31 +444,72 @@ async fn wrong_names_empty_repositories_and_overlaps_fail_with_reasons() {
     bao.kv_put("app/x", json!({"v": "current"})).await.unwrap();
 
     // A snapshot name that does not exist.
-    w.cluster.new_restore("rs-missing", "repo", "vault", Some("vault/nope-123"), false).await.unwrap();
+    w.cluster
+        .new_restore("rs-missing", "repo", "vault", Some("vault/nope-123"), false)
+        .await
+        .unwrap();
     let o = restore_outcome(&w, "rs-missing").await;
-    assert_failed_cleanly(&w, "rs-missing", &o, "\"vault/nope-123\" is not in the Repository").await;
+    assert_failed_cleanly(
+        &w,
+        "rs-missing",
+        &o,
+        "\"vault/nope-123\" is not in the Repository",
+    )
+    .await;
 
     // A backup of the same target is Running.
     let running = w.cluster.new_session("cfg", "cfg-2").await.unwrap();
-    let stashless::session::Claim::Claimed(_) =
-        stashless::session::claim(&w.cluster.api(), &running, chrono::Utc::now() + chrono::Duration::minutes(5)).await.unwrap()
-    else {
+    let stashless::session::Claim::Claimed(_) = stashless::session::claim(
+        &w.cluster.api(),
+        &running,
+        chrono::Utc::now() + chrono::Duration::minutes(5),
+    )
+    .await
+    .unwrap() else {
         panic!("claim")
     };
-    w.cluster.new_restore("rs-during-backup", "repo", "vault", None, false).await.unwrap();
+    w.cluster
+        .new_restore("rs-during-backup", "repo", "vault", None, false)
+        .await
+        .unwrap();
     let o = restore_outcome(&w, "rs-during-backup").await;
-    assert_failed_cleanly(&w, "rs-during-backup", &o, "BackupSession cfg-2 is backing up").await;
+    assert_failed_cleanly(
+        &w,
+        "rs-during-backup",
+        &o,
+        "BackupSession cfg-2 is backing up",
+    )
+    .await;
     assert_eq!(bao.kv_get("app/x").await.unwrap().unwrap()["v"], "current");
-    stashless::session::patch_status(&w.cluster.api::<stashless::api::BackupSession>(), "cfg-2", json!({"phase": "Failed"})).await.unwrap();
+    stashless::session::patch_status(
+        &w.cluster.api::<stashless::api::BackupSession>(),
+        "cfg-2",
+        json!({"phase": "Failed"}),
+    )
+    .await
+    .unwrap();
 
     // Duplicate delivery ×3: exactly one restore runs.
-    w.cluster.new_restore("rs-dup", "repo", "vault", None, false).await.unwrap();
+    w.cluster
+        .new_restore("rs-dup", "repo", "vault", None, false)
+        .await
+        .unwrap();
     let ctx2 = w.cluster.backup_context(None);
     let rr = r("rs-dup");
-    let (a, b, c) = tokio::join!(restore::run(&ctx2, &rr, None), restore::run(&ctx2, &rr, None), restore::run(&ctx2, &rr, None));
+    let (a, b, c) = tokio::join!(
+        restore::run(&ctx2, &rr, None),
+        restore::run(&ctx2, &rr, None),
+        restore::run(&ctx2, &rr, None)
+    );
     let all = [a.unwrap(), b.unwrap(), c.unwrap()];
-    let ok = all.iter().filter(|o| matches!(o, Outcome::Succeeded { .. })).count();
-    let skipped = all.iter().filter(|o| matches!(o, Outcome::NotClaimed { .. })).count();
+    let ok = all
+        .iter()
+        .filter(|o| matches!(o, Outcome::Succeeded { .. }))
+        .count();
+    let skipped = all
+        .iter()
+        .filter(|o| matches!(o, Outcome::NotClaimed { .. }))
+        .count();
     assert_eq!((ok, skipped), (1, 2), "{all:?}");
     assert_eq!(bao.kv_get("app/x").await.unwrap().unwrap()["v"], "old");
 }

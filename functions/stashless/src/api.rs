@@ -323,7 +323,10 @@ impl SessionPhase {
     pub fn is_final(self) -> bool {
         matches!(
             self,
-            SessionPhase::Succeeded | SessionPhase::Failed | SessionPhase::Skipped | SessionPhase::Invalid
+            SessionPhase::Succeeded
+                | SessionPhase::Failed
+                | SessionPhase::Skipped
+                | SessionPhase::Invalid
         )
     }
     pub fn as_str(self) -> &'static str {
@@ -514,7 +517,11 @@ pub struct S3Spec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub region: Option<String>,
     /// Stash spells it `insecureTLS`, not camelCase.
-    #[serde(default, rename = "insecureTLS", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        rename = "insecureTLS",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub insecure_tls: Option<bool>,
 }
 

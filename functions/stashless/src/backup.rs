@@ -18,8 +18,8 @@ use kube::{Api, Client, ResourceExt};
 use serde_json::{Value, json};
 
 use crate::api::{
-    self, BackupConfiguration, BackupSession, Condition, Repository, RepositoryStatus, SessionPhase, condition,
-    go_duration, human_size, set_condition, timestamp,
+    self, BackupConfiguration, BackupSession, Condition, Repository, RepositoryStatus,
+    SessionPhase, condition, go_duration, human_size, set_condition, timestamp,
 };
 use crate::archive::{SnapshotInfo, SnapshotVerifier};
 use crate::cluster::{EventType, record_event};
@@ -126,28 +126,49 @@ pub enum Outcome {
 
 /// Handle one event naming a BackupSession. `lambda_deadline`: when the runtime will stop us.
 /// Returns Err only when nothing could be recorded on the session (retrying may help then).
-pub async fn run(ctx: &Context, target: &SessionRef, lambda_deadline: Option<Instant>) -> Result<Outcome> {
+pub async fn run(
+    ctx: &Context,
+    target: &SessionRef,
+    lambda_deadline: Option<Instant>,
+) -> Result<Outcome> {
     let started = Instant::now();
     let api: Api<BackupSession> = Api::namespaced(ctx.kube.clone(), &target.namespace);
     let session = match api.get_opt(&target.name).await {
         Ok(Some(s)) => s,
-        Ok(None) => return Ok(Outcome::NotClaimed { why: "the BackupSession no longer exists".into() }),
-        Err(e) => return Err(Error::kube(format!("reading BackupSession {}/{}", target.namespace, target.name), e)),
+        Ok(None) => {
+            return Ok(Outcome::NotClaimed {
+                why: "the BackupSession no longer exists".into(),
+            });
+        }
+        Err(e) => {
+            return Err(Error::kube(
+                format!("reading BackupSession {}/{}", target.namespace, target.name),
+                e,
+            ));
+        }
     };
     if let Some(phase) = session.status.as_ref().and_then(|s| s.phase)
         && phase != SessionPhase::Pending
     {
-        return Ok(Outcome::NotClaimed { why: format!("the BackupSession is already {}", phase.as_str()) });
+        return Ok(Outcome::NotClaimed {
+            why: format!("the BackupSession is already {}", phase.as_str()),
+        });
     }
 
     // The configuration decides the time limit; read it before claiming so the deadline
     // written at claim time is the real one. A missing one is reported after the claim.
     let invoker = session.spec.invoker.clone();
     let config = if invoker.kind == "BackupConfiguration" {
-        let cfg_api: Api<BackupConfiguration> = Api::namespaced(ctx.kube.clone(), &target.namespace);
+        let cfg_api: Api<BackupConfiguration> =
+            Api::namespaced(ctx.kube.clone(), &target.namespace);
         match cfg_api.get_opt(&invoker.name).await {
             Ok(c) => c,
-            Err(e) => return Err(Error::kube(format!("reading BackupConfiguration {}", invoker.name), e)),
+            Err(e) => {
+                return Err(Error::kube(
+                    format!("reading BackupConfiguration {}", invoker.name),
+                    e,
+                ));
+            }
         }
     } else {
         None
@@ -161,19 +182,31 @@ pub async fn run(ctx: &Context, target: &SessionRef, lambda_deadline: Option<Ins
     if let Some(ld) = lambda_deadline {
         deadline = deadline.min(ld.checked_sub(ctx.settings.deadline_margin).unwrap_or(ld));
     }
-    let deadline_wall = Utc::now() + chrono::Duration::from_std(deadline.saturating_duration_since(started)).unwrap_or_default();
+    let deadline_wall = Utc::now()
+        + chrono::Duration::from_std(deadline.saturating_duration_since(started))
+            .unwrap_or_default();
 
     let session = match session::claim(&api, &session, deadline_wall).await? {
         Claim::Claimed(s) => s,
-        Claim::Taken => return Ok(Outcome::NotClaimed { why: "another invocation claimed it first".into() }),
+        Claim::Taken => {
+            return Ok(Outcome::NotClaimed {
+                why: "another invocation claimed it first".into(),
+            });
+        }
     };
     tracing::info!(namespace = %target.namespace, session = %target.name, "claimed BackupSession");
 
     let Some(config) = config else {
         let reason = if invoker.kind == "BackupConfiguration" {
-            format!("BackupConfiguration {}/{} not found (spec.invoker)", target.namespace, invoker.name)
+            format!(
+                "BackupConfiguration {}/{} not found (spec.invoker)",
+                target.namespace, invoker.name
+            )
         } else {
-            format!("invoker kind {:?} is not supported: stashless runs BackupConfigurations", invoker.kind)
+            format!(
+                "invoker kind {:?} is not supported: stashless runs BackupConfigurations",
+                invoker.kind
+            )
         };
         return finish_failed(ctx, &api, &session, None, started, reason).await;
     };
@@ -186,14 +219,29 @@ pub async fn run(ctx: &Context, target: &SessionRef, lambda_deadline: Option<Ins
             other.name_any()
         );
         let mut conditions = current_conditions(&session);
-        set_condition(&mut conditions, Condition::new(condition::BACKUP_SKIPPED, true, "AnotherSessionRunning", &reason));
+        set_condition(
+            &mut conditions,
+            Condition::new(
+                condition::BACKUP_SKIPPED,
+                true,
+                "AnotherSessionRunning",
+                &reason,
+            ),
+        );
         session::patch_status(
             &api,
             &session.name_any(),
             json!({"phase": "Skipped", "sessionDuration": go_duration(started.elapsed()), "conditions": conditions}),
         )
         .await?;
-        record_event(&ctx.kube, &session, EventType::Warning, "BackupSkipped", &reason).await;
+        record_event(
+            &ctx.kube,
+            &session,
+            EventType::Warning,
+            "BackupSkipped",
+            &reason,
+        )
+        .await;
         return Ok(Outcome::Skipped { reason });
     }
 
@@ -227,8 +275,15 @@ async fn backup(
     let spec = &config.spec;
     // Validate everything cheap before touching Vault or S3.
     let rp = &spec.retention_policy;
-    KeepPolicy::from_counts(rp.keep_last, rp.keep_hourly, rp.keep_daily, rp.keep_weekly, rp.keep_monthly, rp.keep_yearly)
-        .map_err(|e| Error::Invalid(e.to_string()))?;
+    KeepPolicy::from_counts(
+        rp.keep_last,
+        rp.keep_hourly,
+        rp.keep_daily,
+        rp.keep_weekly,
+        rp.keep_monthly,
+        rp.keep_yearly,
+    )
+    .map_err(|e| Error::Invalid(e.to_string()))?;
     let repo_ref = spec
         .repository
         .as_ref()
@@ -236,7 +291,13 @@ async fn backup(
     let target_ref = spec.target.as_ref().and_then(|t| t.r#ref.clone());
     let (_, vault_target) = resolve::vault_target(&ctx.kube, &ns, target_ref.as_ref()).await?;
     let repo = resolve::repository(&ctx.kube, &ns, repo_ref, ctx.settings.tuning.clone()).await?;
-    let store = Store::open(repo.location.clone(), repo.credentials.clone(), repo.ca_pem.clone(), repo.tuning.clone()).await?;
+    let store = Store::open(
+        repo.location.clone(),
+        repo.credentials.clone(),
+        repo.ca_pem.clone(),
+        repo.tuning.clone(),
+    )
+    .await?;
     let vault = Vault::new(vault_target)?;
 
     let node = vault.active_node().await?;
@@ -247,7 +308,13 @@ async fn backup(
     let mut verifier = SnapshotVerifier::new();
     let transfer = tokio::time::timeout_at(
         deadline.into(),
-        stream_into(&vault, &node, &mut upload, &mut verifier, ctx.settings.progress.clone()),
+        stream_into(
+            &vault,
+            &node,
+            &mut upload,
+            &mut verifier,
+            ctx.settings.progress.clone(),
+        ),
     )
     .await;
     let info: SnapshotInfo = match transfer {
@@ -276,7 +343,10 @@ async fn backup(
         let _ = store.delete_snapshot(&name).await;
         return Err(Error::Storage {
             bucket: store.bucket().into(),
-            message: format!("stored object {key} is {} bytes, the snapshot was {} bytes", stored.size, info.size),
+            message: format!(
+                "stored object {key} is {} bytes, the snapshot was {} bytes",
+                stored.size, info.size
+            ),
             retryable: true,
         });
     }
@@ -351,7 +421,10 @@ async fn stream_into(
 }
 
 fn current_conditions(s: &BackupSession) -> Vec<Condition> {
-    s.status.as_ref().map(|st| st.conditions.clone()).unwrap_or_default()
+    s.status
+        .as_ref()
+        .map(|st| st.conditions.clone())
+        .unwrap_or_default()
 }
 
 fn target_ref_json(t: &api::TargetRef, ns: &str) -> Value {
@@ -372,10 +445,21 @@ struct RetentionResult {
 
 /// Apply the retention policy to this configuration's snapshots. The newest (the one just
 /// written) is always kept. On a failure halfway, what was deleted is reported.
-async fn apply_retention(store: &Store, config: &BackupConfiguration, newest: &Manifest) -> Result<RetentionResult> {
+async fn apply_retention(
+    store: &Store,
+    config: &BackupConfiguration,
+    newest: &Manifest,
+) -> Result<RetentionResult> {
     let rp = &config.spec.retention_policy;
-    let policy = KeepPolicy::from_counts(rp.keep_last, rp.keep_hourly, rp.keep_daily, rp.keep_weekly, rp.keep_monthly, rp.keep_yearly)
-        .map_err(|e| Error::Invalid(e.to_string()))?;
+    let policy = KeepPolicy::from_counts(
+        rp.keep_last,
+        rp.keep_hourly,
+        rp.keep_daily,
+        rp.keep_weekly,
+        rp.keep_monthly,
+        rp.keep_yearly,
+    )
+    .map_err(|e| Error::Invalid(e.to_string()))?;
     let all = store.list_manifests().await?;
     let mine: Vec<&Manifest> = all.iter().filter(|m| m.invoker == newest.invoker).collect();
     let candidates: Vec<Candidate> = mine
@@ -390,20 +474,27 @@ async fn apply_retention(store: &Store, config: &BackupConfiguration, newest: &M
     let mut removed = Vec::new();
     for d in decisions.iter().filter(|d| !d.keep && d.id != newest.name) {
         if !dry_run {
-            store.delete_snapshot(&d.id).await.map_err(|e| {
-                Error::Storage {
+            store
+                .delete_snapshot(&d.id)
+                .await
+                .map_err(|e| Error::Storage {
                     bucket: store.bucket().into(),
-                    message: format!("retention stopped after removing {} snapshot(s) ({}): {e}", removed.len(), removed.join(", ")),
+                    message: format!(
+                        "retention stopped after removing {} snapshot(s) ({}): {e}",
+                        removed.len(),
+                        removed.join(", ")
+                    ),
                     retryable: true,
-                }
-            })?;
+                })?;
         }
         removed.push(d.id.clone());
     }
     let remaining = if dry_run {
         all
     } else {
-        all.into_iter().filter(|m| !removed.contains(&m.name)).collect()
+        all.into_iter()
+            .filter(|m| !removed.contains(&m.name))
+            .collect()
     };
     Ok(RetentionResult {
         kept: decisions.iter().filter(|d| d.keep).count(),
@@ -448,7 +539,12 @@ async fn finish_succeeded(
                     condition::RETENTION_POLICY_APPLIED,
                     true,
                     "SuccessfullyAppliedRetentionPolicy",
-                    format!("policy {:?}: kept {}, {verb} {}", config.spec.retention_policy.name, r.kept, r.removed.len()),
+                    format!(
+                        "policy {:?}: kept {}, {verb} {}",
+                        config.spec.retention_policy.name,
+                        r.kept,
+                        r.removed.len()
+                    ),
                 ),
             );
             Some(r.remaining.clone())
@@ -456,20 +552,39 @@ async fn finish_succeeded(
         Err(e) => {
             set_condition(
                 &mut conditions,
-                Condition::new(condition::RETENTION_POLICY_APPLIED, false, "FailedToApplyRetentionPolicy", e.to_string()),
+                Condition::new(
+                    condition::RETENTION_POLICY_APPLIED,
+                    false,
+                    "FailedToApplyRetentionPolicy",
+                    e.to_string(),
+                ),
             );
-            record_event(&ctx.kube, session, EventType::Warning, "RetentionFailed", &e.to_string()).await;
+            record_event(
+                &ctx.kube,
+                session,
+                EventType::Warning,
+                "RetentionFailed",
+                &e.to_string(),
+            )
+            .await;
             done.store.list_manifests().await.ok()
         }
     };
-    let removed = retention.as_ref().map(|r| if r.dry_run { 0 } else { r.removed.len() }).unwrap_or(0);
+    let removed = retention
+        .as_ref()
+        .map(|r| if r.dry_run { 0 } else { r.removed.len() })
+        .unwrap_or(0);
     let repo_ns = done.repository.namespace().unwrap_or_else(|| ns.clone());
     if let Some(remaining) = &remaining {
         let status = repository_status(&done.repository, remaining, removed);
         let repos: Api<Repository> = Api::namespaced(ctx.kube.clone(), &repo_ns);
         let patch = json!({ "status": status });
         if let Err(e) = repos
-            .patch_status(&done.repository.name_any(), &PatchParams::default(), &Patch::Merge(&patch))
+            .patch_status(
+                &done.repository.name_any(),
+                &PatchParams::default(),
+                &Patch::Merge(&patch),
+            )
             .await
         {
             tracing::warn!(error = %e, "could not update Repository status");
@@ -478,22 +593,44 @@ async fn finish_succeeded(
 
     // History: keep `backupHistoryLimit` finished sessions (default 1), this one included.
     let limit = config.spec.backup_history_limit.unwrap_or(1).max(0) as usize;
-    let others: Vec<BackupSession> = siblings.iter().filter(|s| s.name_any() != session.name_any()).cloned().collect();
+    let others: Vec<BackupSession> = siblings
+        .iter()
+        .filter(|s| s.name_any() != session.name_any())
+        .cloned()
+        .collect();
     match session::clean_history(api, &others, limit.saturating_sub(1)).await {
         Ok(n) => set_condition(
             &mut conditions,
-            Condition::new(condition::BACKUP_HISTORY_CLEANED, true, "SuccessfullyCleanedBackupHistory", format!("removed {n} old BackupSession(s), limit {limit}")),
+            Condition::new(
+                condition::BACKUP_HISTORY_CLEANED,
+                true,
+                "SuccessfullyCleanedBackupHistory",
+                format!("removed {n} old BackupSession(s), limit {limit}"),
+            ),
         ),
         Err(e) => set_condition(
             &mut conditions,
-            Condition::new(condition::BACKUP_HISTORY_CLEANED, false, "FailedToCleanBackupHistory", e.to_string()),
+            Condition::new(
+                condition::BACKUP_HISTORY_CLEANED,
+                false,
+                "FailedToCleanBackupHistory",
+                e.to_string(),
+            ),
         ),
     }
 
     let duration = started.elapsed();
     let size = done.manifest.size;
     let gauges = backup_gauges(true, duration, Some(size), remaining.as_deref(), removed);
-    push_metrics(ctx, &mut conditions, config, &done.repository.name_any(), &done.target_ref, gauges).await;
+    push_metrics(
+        ctx,
+        &mut conditions,
+        config,
+        &done.repository.name_any(),
+        &done.target_ref,
+        gauges,
+    )
+    .await;
 
     let snapshot_stats = json!({
         "name": done.manifest.name,
@@ -527,7 +664,14 @@ async fn finish_succeeded(
         done.manifest.key,
         go_duration(duration)
     );
-    record_event(&ctx.kube, session, EventType::Normal, "BackupSessionSucceeded", &msg).await;
+    record_event(
+        &ctx.kube,
+        session,
+        EventType::Normal,
+        "BackupSessionSucceeded",
+        &msg,
+    )
+    .await;
     tracing::info!("{msg}");
     Ok(Outcome::Succeeded {
         snapshot: done.manifest.name,
@@ -549,14 +693,27 @@ async fn finish_failed(
     let mut conditions = current_conditions(session);
     let deadline = reason.starts_with("deadline exceeded");
     if deadline {
-        set_condition(&mut conditions, Condition::new(condition::DEADLINE_EXCEEDED, true, "DeadlineExceeded", &reason));
+        set_condition(
+            &mut conditions,
+            Condition::new(
+                condition::DEADLINE_EXCEEDED,
+                true,
+                "DeadlineExceeded",
+                &reason,
+            ),
+        );
     }
     let target_ref = config
         .and_then(|c| c.spec.target.as_ref())
         .and_then(|t| t.r#ref.clone())
         .unwrap_or_default();
     if let Some(config) = config {
-        let repo = config.spec.repository.as_ref().map(|r| r.name.clone()).unwrap_or_default();
+        let repo = config
+            .spec
+            .repository
+            .as_ref()
+            .map(|r| r.name.clone())
+            .unwrap_or_default();
         let gauges = backup_gauges(false, duration, None, None, 0);
         push_metrics(ctx, &mut conditions, config, &repo, &target_ref, gauges).await;
     }
@@ -579,11 +736,22 @@ async fn finish_failed(
         }]);
     }
     session::patch_status(api, &session.name_any(), status).await?;
-    record_event(&ctx.kube, session, EventType::Warning, "BackupSessionFailed", &reason).await;
+    record_event(
+        &ctx.kube,
+        session,
+        EventType::Warning,
+        "BackupSessionFailed",
+        &reason,
+    )
+    .await;
     Ok(Outcome::Failed { reason })
 }
 
-fn repository_status(repo: &Repository, remaining: &[Manifest], removed: usize) -> RepositoryStatus {
+fn repository_status(
+    repo: &Repository,
+    remaining: &[Manifest],
+    removed: usize,
+) -> RepositoryStatus {
     let first = remaining.iter().map(|m| m.created_at).min();
     let last = remaining.iter().map(|m| m.created_at).max();
     let total: u64 = remaining.iter().map(|m| m.size).sum();
@@ -599,26 +767,76 @@ fn repository_status(repo: &Repository, remaining: &[Manifest], removed: usize) 
     }
 }
 
-fn backup_gauges(success: bool, duration: Duration, size: Option<u64>, remaining: Option<&[Manifest]>, removed: usize) -> Vec<Gauge> {
+fn backup_gauges(
+    success: bool,
+    duration: Duration,
+    size: Option<u64>,
+    remaining: Option<&[Manifest]>,
+    removed: usize,
+) -> Vec<Gauge> {
     let b = |v: bool| if v { 1.0 } else { 0.0 };
     let mut g = vec![
-        Gauge { name: "stash_backup_session_success", help: "Indicates whether the entire backup session succeeded", value: b(success) },
-        Gauge { name: "stash_backup_session_duration_seconds", help: "Time taken to complete the backup session", value: duration.as_secs_f64() },
-        Gauge { name: "stash_backup_target_success", help: "Indicates whether the backup of the target succeeded", value: b(success) },
-        Gauge { name: "stash_backup_host_backup_success", help: "Indicates whether the backup of the host succeeded", value: b(success) },
+        Gauge {
+            name: "stash_backup_session_success",
+            help: "Indicates whether the entire backup session succeeded",
+            value: b(success),
+        },
+        Gauge {
+            name: "stash_backup_session_duration_seconds",
+            help: "Time taken to complete the backup session",
+            value: duration.as_secs_f64(),
+        },
+        Gauge {
+            name: "stash_backup_target_success",
+            help: "Indicates whether the backup of the target succeeded",
+            value: b(success),
+        },
+        Gauge {
+            name: "stash_backup_host_backup_success",
+            help: "Indicates whether the backup of the host succeeded",
+            value: b(success),
+        },
     ];
     if success {
-        g.push(Gauge { name: "stash_backup_last_success_time_seconds", help: "Unix time of the last successful backup", value: Utc::now().timestamp() as f64 });
+        g.push(Gauge {
+            name: "stash_backup_last_success_time_seconds",
+            help: "Unix time of the last successful backup",
+            value: Utc::now().timestamp() as f64,
+        });
     }
     if let Some(size) = size {
-        g.push(Gauge { name: "stash_backup_host_data_size_bytes", help: "Size of the snapshot taken", value: size as f64 });
-        g.push(Gauge { name: "stash_backup_host_data_uploaded_bytes", help: "Bytes uploaded to the repository", value: size as f64 });
+        g.push(Gauge {
+            name: "stash_backup_host_data_size_bytes",
+            help: "Size of the snapshot taken",
+            value: size as f64,
+        });
+        g.push(Gauge {
+            name: "stash_backup_host_data_uploaded_bytes",
+            help: "Bytes uploaded to the repository",
+            value: size as f64,
+        });
     }
     if let Some(r) = remaining {
-        g.push(Gauge { name: "stash_repository_integrity", help: "Result of the repository integrity check", value: 1.0 });
-        g.push(Gauge { name: "stash_repository_size_bytes", help: "Total size of the repository", value: r.iter().map(|m| m.size).sum::<u64>() as f64 });
-        g.push(Gauge { name: "stash_repository_snapshot_count", help: "Number of snapshots in the repository", value: r.len() as f64 });
-        g.push(Gauge { name: "stash_repository_snapshot_cleaned", help: "Number of snapshots removed by the last cleanup", value: removed as f64 });
+        g.push(Gauge {
+            name: "stash_repository_integrity",
+            help: "Result of the repository integrity check",
+            value: 1.0,
+        });
+        g.push(Gauge {
+            name: "stash_repository_size_bytes",
+            help: "Total size of the repository",
+            value: r.iter().map(|m| m.size).sum::<u64>() as f64,
+        });
+        g.push(Gauge {
+            name: "stash_repository_snapshot_count",
+            help: "Number of snapshots in the repository",
+            value: r.len() as f64,
+        });
+        g.push(Gauge {
+            name: "stash_repository_snapshot_cleaned",
+            help: "Number of snapshots removed by the last cleanup",
+            value: removed as f64,
+        });
     }
     g
 }
@@ -644,8 +862,13 @@ async fn push_metrics(
             _ => None,
         })
         .collect();
-    println!("{}", metrics::emf_line(&[("BackupConfiguration", format!("{ns}/{name}"))], &emf));
-    let Some(gateway) = &ctx.settings.pushgateway else { return };
+    println!(
+        "{}",
+        metrics::emf_line(&[("BackupConfiguration", format!("{ns}/{name}"))], &emf)
+    );
+    let Some(gateway) = &ctx.settings.pushgateway else {
+        return;
+    };
     let group = MetricGroup {
         job: "stash-backup",
         grouping: vec![("namespace", ns.clone()), ("invoker_name", name.clone())],
@@ -654,17 +877,30 @@ async fn push_metrics(
             ("invoker_name", name.clone()),
             ("namespace", ns.clone()),
             ("repository", repository.into()),
-            ("target_kind", target.kind.clone().unwrap_or_else(|| "AppBinding".into())),
+            (
+                "target_kind",
+                target.kind.clone().unwrap_or_else(|| "AppBinding".into()),
+            ),
             ("target_name", target.name.clone()),
             ("host", DEFAULT_HOST.into()),
         ],
         gauges,
     };
     let c = match metrics::push(&ctx.http, gateway, &group).await {
-        Ok(()) => Condition::new(condition::METRICS_PUSHED, true, "SuccessfullyPushedMetrics", "metrics pushed to the Pushgateway"),
+        Ok(()) => Condition::new(
+            condition::METRICS_PUSHED,
+            true,
+            "SuccessfullyPushedMetrics",
+            "metrics pushed to the Pushgateway",
+        ),
         Err(e) => {
             tracing::warn!(error = %e, "pushing metrics failed");
-            Condition::new(condition::METRICS_PUSHED, false, "FailedToPushMetrics", e.to_string())
+            Condition::new(
+                condition::METRICS_PUSHED,
+                false,
+                "FailedToPushMetrics",
+                e.to_string(),
+            )
         }
     };
     set_condition(conditions, c);

@@ -25,7 +25,9 @@ impl ClusterSource {
         match std::env::var("STASHLESS_KUBE_URL") {
             Ok(url) if !url.is_empty() => ClusterSource::Url {
                 url,
-                token: std::env::var("STASHLESS_KUBE_TOKEN").ok().filter(|t| !t.is_empty()),
+                token: std::env::var("STASHLESS_KUBE_TOKEN")
+                    .ok()
+                    .filter(|t| !t.is_empty()),
             },
             _ => ClusterSource::Infer,
         }
@@ -55,7 +57,12 @@ impl ClusterSource {
 }
 
 /// A Secret's data, decoded. Values are never logged.
-pub async fn read_secret(client: &Client, namespace: &str, name: &str, used_for: &str) -> Result<BTreeMap<String, Vec<u8>>> {
+pub async fn read_secret(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    used_for: &str,
+) -> Result<BTreeMap<String, Vec<u8>>> {
     let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
     match api.get(name).await {
         Ok(secret) => {
@@ -84,16 +91,25 @@ pub async fn read_secret(client: &Client, namespace: &str, name: &str, used_for:
 }
 
 /// One key of a Secret as UTF-8 text, with an error that names the Secret and key.
-pub fn secret_text(data: &BTreeMap<String, Vec<u8>>, namespace: &str, name: &str, key: &str) -> Result<Option<String>> {
+pub fn secret_text(
+    data: &BTreeMap<String, Vec<u8>>,
+    namespace: &str,
+    name: &str,
+    key: &str,
+) -> Result<Option<String>> {
     match data.get(key) {
         None => Ok(None),
         Some(bytes) => {
             let text = std::str::from_utf8(bytes).map_err(|_| {
-                Error::Invalid(format!("Secret {namespace}/{name} key {key:?} is not UTF-8 text"))
+                Error::Invalid(format!(
+                    "Secret {namespace}/{name} key {key:?} is not UTF-8 text"
+                ))
             })?;
             let text = text.trim();
             if text.is_empty() {
-                return Err(Error::Invalid(format!("Secret {namespace}/{name} key {key:?} is empty")));
+                return Err(Error::Invalid(format!(
+                    "Secret {namespace}/{name} key {key:?} is empty"
+                )));
             }
             if text.chars().any(|c| c.is_control()) {
                 return Err(Error::Invalid(format!(

@@ -4,14 +4,25 @@
 
 use serde_json::Value;
 
-pub const BACKUP_CONFIGURATIONS: &str = include_str!("../../../infra/crds/stash/backupconfigurations.stash.appscode.com.yaml");
-pub const BACKUP_SESSIONS: &str = include_str!("../../../infra/crds/stash/backupsessions.stash.appscode.com.yaml");
-pub const RESTORE_SESSIONS: &str = include_str!("../../../infra/crds/stash/restoresessions.stash.appscode.com.yaml");
-pub const REPOSITORIES: &str = include_str!("../../../infra/crds/stash/repositories.stash.appscode.com.yaml");
-pub const APP_BINDINGS: &str = include_str!("../../../infra/crds/stash/appbindings.appcatalog.appscode.com.yaml");
+pub const BACKUP_CONFIGURATIONS: &str =
+    include_str!("../../../infra/crds/stash/backupconfigurations.stash.appscode.com.yaml");
+pub const BACKUP_SESSIONS: &str =
+    include_str!("../../../infra/crds/stash/backupsessions.stash.appscode.com.yaml");
+pub const RESTORE_SESSIONS: &str =
+    include_str!("../../../infra/crds/stash/restoresessions.stash.appscode.com.yaml");
+pub const REPOSITORIES: &str =
+    include_str!("../../../infra/crds/stash/repositories.stash.appscode.com.yaml");
+pub const APP_BINDINGS: &str =
+    include_str!("../../../infra/crds/stash/appbindings.appcatalog.appscode.com.yaml");
 
 /// All five, in the order to apply them.
-pub const ALL: [&str; 5] = [APP_BINDINGS, REPOSITORIES, BACKUP_CONFIGURATIONS, BACKUP_SESSIONS, RESTORE_SESSIONS];
+pub const ALL: [&str; 5] = [
+    APP_BINDINGS,
+    REPOSITORIES,
+    BACKUP_CONFIGURATIONS,
+    BACKUP_SESSIONS,
+    RESTORE_SESSIONS,
+];
 
 /// Paths in `value` that `schema` (an openAPIV3Schema as JSON) does not allow, with the
 /// reason: unknown field, or wrong JSON type. Objects with
@@ -23,7 +34,11 @@ pub fn violations(schema: &Value, value: &Value) -> Vec<String> {
 }
 
 fn type_ok(schema: &Value, value: &Value) -> bool {
-    if schema.get("x-kubernetes-int-or-string").and_then(Value::as_bool) == Some(true) {
+    if schema
+        .get("x-kubernetes-int-or-string")
+        .and_then(Value::as_bool)
+        == Some(true)
+    {
         return value.is_string() || value.is_i64() || value.is_u64();
     }
     match schema.get("type").and_then(Value::as_str) {
@@ -53,11 +68,18 @@ fn walk(schema: &Value, value: &Value, path: String, out: &mut Vec<String>) {
     if let Some(allowed) = schema.get("enum").and_then(Value::as_array)
         && !allowed.contains(value)
     {
-        out.push(format!("{path}: {value} is not one of {}", Value::Array(allowed.clone())));
+        out.push(format!(
+            "{path}: {value} is not one of {}",
+            Value::Array(allowed.clone())
+        ));
     }
     match value {
         Value::Object(map) => {
-            if schema.get("x-kubernetes-preserve-unknown-fields").and_then(Value::as_bool) == Some(true) {
+            if schema
+                .get("x-kubernetes-preserve-unknown-fields")
+                .and_then(Value::as_bool)
+                == Some(true)
+            {
                 return;
             }
             let props = schema.get("properties").and_then(Value::as_object);
@@ -69,7 +91,8 @@ fn walk(schema: &Value, value: &Value, path: String, out: &mut Vec<String>) {
                     None => match additional {
                         Some(Value::Object(s)) => walk(&Value::Object(s.clone()), v, child, out),
                         Some(Value::Bool(true)) => {}
-                        _ if path.is_empty() && matches!(k.as_str(), "apiVersion" | "kind" | "metadata") => {}
+                        _ if path.is_empty()
+                            && matches!(k.as_str(), "apiVersion" | "kind" | "metadata") => {}
                         _ => out.push(format!("{child}: not in the CRD schema (would be pruned)")),
                     },
                 }
@@ -96,6 +119,12 @@ pub fn schema_of(crd_yaml: &str) -> Value {
         .iter()
         .find(|v| v.storage)
         .expect("a storage version");
-    serde_json::to_value(version.schema.as_ref().and_then(|s| s.open_api_v3_schema.as_ref()).expect("schema"))
-        .expect("schema serialises")
+    serde_json::to_value(
+        version
+            .schema
+            .as_ref()
+            .and_then(|s| s.open_api_v3_schema.as_ref())
+            .expect("schema"),
+    )
+    .expect("schema serialises")
 }

@@ -26,7 +26,9 @@ impl SessionRef {
     pub fn from_event(payload: &Value, expected_kind: &str) -> Result<SessionRef> {
         let size = payload.to_string().len();
         if size > MAX_EVENT_BYTES {
-            return Err(Error::BadEvent(format!("event is {size} bytes, more than {MAX_EVENT_BYTES}")));
+            return Err(Error::BadEvent(format!(
+                "event is {size} bytes, more than {MAX_EVENT_BYTES}"
+            )));
         }
         let body = if payload.get("detail").is_some() && payload.get("detail-type").is_some() {
             let envelope: EventBridgeEvent<Value> = serde_json::from_value(payload.clone())
@@ -43,7 +45,9 @@ impl SessionRef {
         if let Some(kind) = &r.kind
             && kind != expected_kind
         {
-            return Err(Error::BadEvent(format!("event names a {kind}, this function handles {expected_kind}")));
+            return Err(Error::BadEvent(format!(
+                "event names a {kind}, this function handles {expected_kind}"
+            )));
         }
         validate_name("namespace", &r.namespace, 63)?;
         validate_name("name", &r.name, 253)?;
@@ -63,7 +67,11 @@ pub fn validate_name(field: &str, value: &str, max: usize) -> Result<()> {
     if ok {
         Ok(())
     } else {
-        let shown: String = value.chars().take(80).flat_map(char::escape_default).collect();
+        let shown: String = value
+            .chars()
+            .take(80)
+            .flat_map(char::escape_default)
+            .collect();
         Err(Error::BadEvent(format!(
             "{field} \"{shown}\" is not a valid Kubernetes name (lowercase letters, digits, '-', '.', at most {max})"
         )))
@@ -85,15 +93,25 @@ impl Tick {
             Value::Object(map) => {
                 if map.contains_key("detail-type") {
                     let envelope: EventBridgeEvent<Value> = serde_json::from_value(payload.clone())
-                        .map_err(|e| Error::BadEvent(format!("not an EventBridge scheduled event: {e}")))?;
-                    return Ok(Tick { time: envelope.time });
+                        .map_err(|e| {
+                            Error::BadEvent(format!("not an EventBridge scheduled event: {e}"))
+                        })?;
+                    return Ok(Tick {
+                        time: envelope.time,
+                    });
                 }
                 match map.get("time") {
                     None | Some(Value::Null) => Ok(Tick::default()),
                     Some(Value::String(s)) => DateTime::parse_from_rfc3339(s)
-                        .map(|t| Tick { time: Some(t.with_timezone(&Utc)) })
-                        .map_err(|e| Error::BadEvent(format!("tick time {s:?} is not RFC 3339: {e}"))),
-                    Some(other) => Err(Error::BadEvent(format!("tick time must be an RFC 3339 string, got {other}"))),
+                        .map(|t| Tick {
+                            time: Some(t.with_timezone(&Utc)),
+                        })
+                        .map_err(|e| {
+                            Error::BadEvent(format!("tick time {s:?} is not RFC 3339: {e}"))
+                        }),
+                    Some(other) => Err(Error::BadEvent(format!(
+                        "tick time must be an RFC 3339 string, got {other}"
+                    ))),
                 }
             }
             other => Err(Error::BadEvent(format!(
@@ -119,7 +137,10 @@ mod tests {
             "account": "1", "time": "2026-01-01T00:00:00Z", "region": "us-east-1", "resources": [],
             "detail": {"kind": "BackupSession", "namespace": "vault", "name": "b1"}
         });
-        assert_eq!(SessionRef::from_event(&env, "BackupSession").unwrap().name, "b1");
+        assert_eq!(
+            SessionRef::from_event(&env, "BackupSession").unwrap().name,
+            "b1"
+        );
         assert!(SessionRef::from_event(&env, "RestoreSession").is_err());
     }
 
@@ -139,7 +160,12 @@ mod tests {
             assert!(!e.is_retryable());
         }
         let huge = json!({"namespace": "v", "name": "x".repeat(MAX_EVENT_BYTES)});
-        assert!(SessionRef::from_event(&huge, "BackupSession").unwrap_err().to_string().contains("bytes"));
+        assert!(
+            SessionRef::from_event(&huge, "BackupSession")
+                .unwrap_err()
+                .to_string()
+                .contains("bytes")
+        );
     }
 
     #[test]
@@ -151,7 +177,10 @@ mod tests {
             "version": "0", "id": "x", "detail-type": "Scheduled Event", "source": "aws.scheduler",
             "account": "1", "time": "2026-03-01T10:01:00Z", "region": "us-east-1", "resources": [], "detail": {}
         });
-        assert_eq!(Tick::from_event(&env).unwrap().time.unwrap().to_rfc3339(), "2026-03-01T10:01:00+00:00");
+        assert_eq!(
+            Tick::from_event(&env).unwrap().time.unwrap().to_rfc3339(),
+            "2026-03-01T10:01:00+00:00"
+        );
         assert!(Tick::from_event(&json!({"time": "yesterday"})).is_err());
         assert!(Tick::from_event(&json!(42)).is_err());
     }

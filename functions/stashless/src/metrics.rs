@@ -27,7 +27,9 @@ pub struct MetricGroup {
 }
 
 fn escape_label(v: &str) -> String {
-    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 impl MetricGroup {
@@ -82,7 +84,10 @@ pub async fn push(http: &reqwest::Client, gateway: &str, group: &MetricGroup) ->
 /// A CloudWatch embedded-metric-format line: namespace `stashless`, dimensions from
 /// `dims`, one metric per gauge (the Prometheus name in CamelCase is not needed: the
 /// gauge names are used as is).
-pub fn emf_line(dims: &[(&'static str, String)], gauges: &[(&'static str, f64, &'static str)]) -> String {
+pub fn emf_line(
+    dims: &[(&'static str, String)],
+    gauges: &[(&'static str, f64, &'static str)],
+) -> String {
     let mut root = serde_json::Map::new();
     let metrics: Vec<serde_json::Value> = gauges
         .iter()
@@ -125,15 +130,24 @@ mod tests {
             }],
         };
         let t = g.to_text();
-        assert!(t.contains("stash_backup_session_success{invoker_name=\"a\\\"b\"} 1\n"), "{t}");
+        assert!(
+            t.contains("stash_backup_session_success{invoker_name=\"a\\\"b\"} 1\n"),
+            "{t}"
+        );
         assert_eq!(g.path(), "/metrics/job/stash-backup/namespace/vault");
     }
 
     #[test]
     fn emf_line_has_dimensions_and_values() {
-        let line = emf_line(&[("BackupConfiguration", "vault/x".into())], &[("BackupSuccess", 1.0, "Count")]);
+        let line = emf_line(
+            &[("BackupConfiguration", "vault/x".into())],
+            &[("BackupSuccess", 1.0, "Count")],
+        );
         let v: serde_json::Value = serde_json::from_str(&line).unwrap();
         assert_eq!(v["BackupSuccess"], 1.0);
-        assert_eq!(v["_aws"]["CloudWatchMetrics"][0]["Dimensions"][0][0], "BackupConfiguration");
+        assert_eq!(
+            v["_aws"]["CloudWatchMetrics"][0]["Dimensions"][0][0],
+            "BackupConfiguration"
+        );
     }
 }

@@ -12,7 +12,9 @@ use std::fmt;
 use std::time::Duration;
 
 use aws_sdk_s3::Client;
-use aws_sdk_s3::config::{Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation};
+use aws_sdk_s3::config::{
+    Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation,
+};
 use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
@@ -80,7 +82,9 @@ impl Default for Tuning {
 /// no leading `/` games: everything stashless writes stays under this prefix.
 pub fn normalise_prefix(prefix: &str) -> Result<String> {
     if prefix.chars().any(|c| c.is_control()) {
-        return Err(Error::Invalid("Repository spec.backend.s3.prefix contains control characters".into()));
+        return Err(Error::Invalid(
+            "Repository spec.backend.s3.prefix contains control characters".into(),
+        ));
     }
     let segments: Vec<&str> = prefix.split('/').filter(|s| !s.is_empty()).collect();
     if segments.iter().any(|s| *s == ".." || *s == ".") {
@@ -89,7 +93,9 @@ pub fn normalise_prefix(prefix: &str) -> Result<String> {
         )));
     }
     if prefix.len() > 512 {
-        return Err(Error::Invalid("Repository spec.backend.s3.prefix is longer than 512 characters".into()));
+        return Err(Error::Invalid(
+            "Repository spec.backend.s3.prefix is longer than 512 characters".into(),
+        ));
     }
     Ok(segments.join("/"))
 }
@@ -189,7 +195,9 @@ impl Store {
             .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
             .region(Region::new(location.region.clone()));
         if let Some(endpoint) = &location.endpoint {
-            b = b.endpoint_url(endpoint.trim_end_matches('/')).force_path_style(true);
+            b = b
+                .endpoint_url(endpoint.trim_end_matches('/'))
+                .force_path_style(true);
         }
         match credentials {
             Some(c) => {
@@ -202,10 +210,11 @@ impl Store {
                 ));
             }
             None => {
-                let chain = aws_config::default_provider::credentials::DefaultCredentialsChain::builder()
-                    .region(Region::new(location.region.clone()))
-                    .build()
-                    .await;
+                let chain =
+                    aws_config::default_provider::credentials::DefaultCredentialsChain::builder()
+                        .region(Region::new(location.region.clone()))
+                        .build()
+                        .await;
                 b = b.credentials_provider(chain);
             }
         }
@@ -219,9 +228,15 @@ impl Store {
             let ctx = tls::TlsContext::builder()
                 .with_trust_store(tls::TrustStore::default().with_pem_certificate(pem))
                 .build()
-                .map_err(|e| Error::Invalid(format!("storage Secret CA_CERT_DATA is not a usable PEM bundle: {e}")))?;
+                .map_err(|e| {
+                    Error::Invalid(format!(
+                        "storage Secret CA_CERT_DATA is not a usable PEM bundle: {e}"
+                    ))
+                })?;
             let http = aws_smithy_http_client::Builder::new()
-                .tls_provider(tls::Provider::Rustls(tls::rustls_provider::CryptoMode::AwsLc))
+                .tls_provider(tls::Provider::Rustls(
+                    tls::rustls_provider::CryptoMode::AwsLc,
+                ))
                 .tls_context(ctx)
                 .build_https();
             b = b.http_client(http);
@@ -304,7 +319,14 @@ impl Store {
 
     /// Size and ETag of an object (HEAD), None when absent.
     pub async fn object_info(&self, key: &str) -> Result<Option<Stored>> {
-        match self.s3.head_object().bucket(self.bucket()).key(key).send().await {
+        match self
+            .s3
+            .head_object()
+            .bucket(self.bucket())
+            .key(key)
+            .send()
+            .await
+        {
             Ok(o) => Ok(Some(Stored {
                 size: o.content_length.unwrap_or(0).max(0) as u64,
                 etag: o.e_tag,
@@ -422,13 +444,19 @@ where
                 _ if lower.contains("signature") || lower.contains("access key") => {
                     " — the storage Secret's AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY are wrong"
                 }
-                "NoSuchBucket" => " — the bucket does not exist: create it or fix spec.backend.s3.bucket",
+                "NoSuchBucket" => {
+                    " — the bucket does not exist: create it or fix spec.backend.s3.bucket"
+                }
                 "InvalidAccessKeyId" | "SignatureDoesNotMatch" => {
                     " — the storage Secret's AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY are wrong"
                 }
-                "AccessDenied" | "Forbidden" => " — the credentials are not allowed to write under this prefix",
+                "AccessDenied" | "Forbidden" => {
+                    " — the credentials are not allowed to write under this prefix"
+                }
                 "ExpiredToken" | "TokenRefreshRequired" => " — the credentials expired",
-                _ if status == 403 => " — access denied: check the storage Secret's keys and the bucket policy",
+                _ if status == 403 => {
+                    " — access denied: check the storage Secret's keys and the bucket policy"
+                }
                 _ if status == 404 => " — not found: check the bucket name and endpoint",
                 _ => "",
             };
@@ -507,7 +535,11 @@ impl MultipartUpload {
         let number = self.next_part;
         self.next_part += 1;
         let s3 = self.s3.clone();
-        let (bucket, key, upload_id) = (self.location.bucket.clone(), self.key.clone(), self.upload_id.clone());
+        let (bucket, key, upload_id) = (
+            self.location.bucket.clone(),
+            self.key.clone(),
+            self.upload_id.clone(),
+        );
         let location = self.location.clone();
         self.in_flight.spawn(async move {
             // The SDK retries transient failures (5xx, SlowDown, resets) itself: a Bytes body replays.
@@ -524,7 +556,10 @@ impl MultipartUpload {
             // Part number and ETag only: the upload was created without a checksum
             // algorithm, so echoing the SDK's per-request part checksums makes some servers
             // refuse the completion. The whole stream is covered by our own sha256.
-            Ok(CompletedPart::builder().part_number(number).set_e_tag(out.e_tag).build())
+            Ok(CompletedPart::builder()
+                .part_number(number)
+                .set_e_tag(out.e_tag)
+                .build())
         });
         Ok(())
     }
@@ -559,7 +594,11 @@ impl MultipartUpload {
             .bucket(&self.location.bucket)
             .key(&self.key)
             .upload_id(&self.upload_id)
-            .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(parts)).build())
+            .multipart_upload(
+                CompletedMultipartUpload::builder()
+                    .set_parts(Some(parts))
+                    .build(),
+            )
             .send()
             .await
             .map_err(|e| storage_error(&self.location, "completing the upload", e))?;
@@ -615,8 +654,12 @@ impl Drop for MultipartUpload {
         }
         self.in_flight.abort_all();
         if let Ok(handle) = tokio::runtime::Handle::try_current() {
-            let (s3, location, key, upload_id) =
-                (self.s3.clone(), self.location.clone(), self.key.clone(), self.upload_id.clone());
+            let (s3, location, key, upload_id) = (
+                self.s3.clone(),
+                self.location.clone(),
+                self.key.clone(),
+                self.upload_id.clone(),
+            );
             handle.spawn(async move { abort_upload(&s3, &location, &key, &upload_id).await });
         }
     }

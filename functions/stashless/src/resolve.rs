@@ -27,7 +27,13 @@ pub struct RepositorySettings {
     pub tuning: Tuning,
 }
 
-async fn get<K>(client: &Client, namespace: &str, name: &str, kind: &'static str, hint: &str) -> Result<K>
+async fn get<K>(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    kind: &'static str,
+    hint: &str,
+) -> Result<K>
 where
     K: kube::Resource<Scope = kube::core::NamespaceResourceScope, DynamicType = ()>
         + Clone
@@ -48,8 +54,17 @@ where
 }
 
 /// Resolve the Repository a session names (namespace defaults to the session's).
-pub async fn repository(client: &Client, session_ns: &str, r: &ObjectRef, tuning: Tuning) -> Result<RepositorySettings> {
-    let ns = r.namespace.as_deref().filter(|s| !s.is_empty()).unwrap_or(session_ns);
+pub async fn repository(
+    client: &Client,
+    session_ns: &str,
+    r: &ObjectRef,
+    tuning: Tuning,
+) -> Result<RepositorySettings> {
+    let ns = r
+        .namespace
+        .as_deref()
+        .filter(|s| !s.is_empty())
+        .unwrap_or(session_ns);
     let repo: Repository = get(client, ns, &r.name, "Repository", " (spec.repository)").await?;
     let label = format!("Repository {ns}/{}", r.name);
     let s3 = repo.spec.backend.s3.clone().ok_or_else(|| {
@@ -59,7 +74,11 @@ pub async fn repository(client: &Client, session_ns: &str, r: &ObjectRef, tuning
     })?;
     let prefix = normalise_prefix(s3.prefix.as_deref().unwrap_or(""))?;
     let endpoint = s3_endpoint(&s3.endpoint, &label)?;
-    if s3.insecure_tls == Some(true) && endpoint.as_deref().is_some_and(|e| e.starts_with("https://")) {
+    if s3.insecure_tls == Some(true)
+        && endpoint
+            .as_deref()
+            .is_some_and(|e| e.starts_with("https://"))
+    {
         return Err(Error::Invalid(format!(
             "{label} sets insecureTLS, which stashless does not support: put the store's CA certificate in the storage Secret's CA_CERT_DATA instead"
         )));
@@ -78,8 +97,20 @@ pub async fn repository(client: &Client, session_ns: &str, r: &ObjectRef, tuning
     crate::repository::validate_bucket(&location.bucket)?;
 
     let (mut credentials, mut ca_pem) = (None, None);
-    if let Some(secret_name) = repo.spec.backend.storage_secret_name.as_deref().filter(|s| !s.is_empty()) {
-        let data = read_secret(client, ns, secret_name, &format!("{label} storage credentials")).await?;
+    if let Some(secret_name) = repo
+        .spec
+        .backend
+        .storage_secret_name
+        .as_deref()
+        .filter(|s| !s.is_empty())
+    {
+        let data = read_secret(
+            client,
+            ns,
+            secret_name,
+            &format!("{label} storage credentials"),
+        )
+        .await?;
         let ak = secret_text(&data, ns, secret_name, "AWS_ACCESS_KEY_ID")?;
         let sk = secret_text(&data, ns, secret_name, "AWS_SECRET_ACCESS_KEY")?;
         credentials = match (ak, sk) {
@@ -130,11 +161,15 @@ fn s3_endpoint(raw: &str, label: &str) -> Result<Option<String>> {
     } else {
         format!("https://{raw}")
     };
-    let url: http::Uri = with_scheme
-        .parse()
-        .map_err(|_| Error::Invalid(format!("{label} spec.backend.s3.endpoint {raw:?} is not a URL")))?;
+    let url: http::Uri = with_scheme.parse().map_err(|_| {
+        Error::Invalid(format!(
+            "{label} spec.backend.s3.endpoint {raw:?} is not a URL"
+        ))
+    })?;
     if !matches!(url.scheme_str(), Some("http") | Some("https")) {
-        return Err(Error::Invalid(format!("{label} spec.backend.s3.endpoint must be http or https")));
+        return Err(Error::Invalid(format!(
+            "{label} spec.backend.s3.endpoint must be http or https"
+        )));
     }
     if url.authority().is_some_and(|a| a.as_str().contains('@')) {
         return Err(Error::Invalid(format!(
@@ -149,8 +184,14 @@ fn s3_endpoint(raw: &str, label: &str) -> Result<Option<String>> {
 }
 
 /// Resolve the AppBinding a session targets into a Vault address, TLS settings and token.
-pub async fn vault_target(client: &Client, session_ns: &str, target: Option<&TargetRef>) -> Result<(AppBinding, VaultTarget)> {
-    let target = target.ok_or_else(|| Error::Invalid("spec.target.ref is not set: name the Vault's AppBinding".into()))?;
+pub async fn vault_target(
+    client: &Client,
+    session_ns: &str,
+    target: Option<&TargetRef>,
+) -> Result<(AppBinding, VaultTarget)> {
+    let target = target.ok_or_else(|| {
+        Error::Invalid("spec.target.ref is not set: name the Vault's AppBinding".into())
+    })?;
     if let Some(kind) = target.kind.as_deref()
         && kind != "AppBinding"
     {
@@ -158,7 +199,11 @@ pub async fn vault_target(client: &Client, session_ns: &str, target: Option<&Tar
             "spec.target.ref.kind is {kind:?}: stashless backs up Vault through an AppBinding (kind: AppBinding)"
         )));
     }
-    let ns = target.namespace.as_deref().filter(|s| !s.is_empty()).unwrap_or(session_ns);
+    let ns = target
+        .namespace
+        .as_deref()
+        .filter(|s| !s.is_empty())
+        .unwrap_or(session_ns);
     let ab: AppBinding = get(client, ns, &target.name, "AppBinding", " (spec.target.ref)").await?;
     let label = format!("AppBinding {ns}/{}", target.name);
     let cc = &ab.spec.client_config;
@@ -167,7 +212,10 @@ pub async fn vault_target(client: &Client, session_ns: &str, target: Option<&Tar
         (_, Some(svc)) => {
             let svc_ns = svc.namespace.as_deref().unwrap_or(ns);
             let path = svc.path.as_deref().unwrap_or("").trim_end_matches('/');
-            format!("{}://{}.{svc_ns}.svc:{}{path}", svc.scheme, svc.name, svc.port)
+            format!(
+                "{}://{}.{svc_ns}.svc:{}{path}",
+                svc.scheme, svc.name, svc.port
+            )
         }
         _ => {
             return Err(Error::Invalid(format!(
@@ -175,23 +223,29 @@ pub async fn vault_target(client: &Client, session_ns: &str, target: Option<&Tar
             )));
         }
     };
-    let parsed: http::Uri = addr
-        .parse()
-        .map_err(|_| Error::Invalid(format!("{label} spec.clientConfig.url {addr:?} is not a URL")))?;
+    let parsed: http::Uri = addr.parse().map_err(|_| {
+        Error::Invalid(format!(
+            "{label} spec.clientConfig.url {addr:?} is not a URL"
+        ))
+    })?;
     if parsed.authority().is_some_and(|a| a.as_str().contains('@')) {
         return Err(Error::Invalid(format!(
             "{label} spec.clientConfig.url carries credentials: put the token in a Secret instead"
         )));
     }
     if !matches!(parsed.scheme_str(), Some("http") | Some("https")) {
-        return Err(Error::Invalid(format!("{label} spec.clientConfig.url must be http or https")));
+        return Err(Error::Invalid(format!(
+            "{label} spec.clientConfig.url must be http or https"
+        )));
     }
     let ca_pem = match cc.ca_bundle.as_deref().filter(|c| !c.is_empty()) {
         None => None,
         Some(b64) => Some(
             base64::engine::general_purpose::STANDARD
                 .decode(b64.trim())
-                .map_err(|_| Error::Invalid(format!("{label} spec.clientConfig.caBundle is not base64")))?,
+                .map_err(|_| {
+                    Error::Invalid(format!("{label} spec.clientConfig.caBundle is not base64"))
+                })?,
         ),
     };
     // KubeVault puts the backup token's Secret in parameters.backupTokenSecretRef; a plain
@@ -210,9 +264,18 @@ pub async fn vault_target(client: &Client, session_ns: &str, target: Option<&Tar
                 "{label} names no token Secret: set spec.parameters.backupTokenSecretRef.name or spec.secret.name"
             ))
         })?;
-    let data = read_secret(client, ns, &token_secret, &format!("the Vault token of {label}")).await?;
-    let token = secret_text(&data, ns, &token_secret, "token")?
-        .ok_or_else(|| Error::Invalid(format!("Secret {ns}/{token_secret} has no key \"token\" (the Vault token)")))?;
+    let data = read_secret(
+        client,
+        ns,
+        &token_secret,
+        &format!("the Vault token of {label}"),
+    )
+    .await?;
+    let token = secret_text(&data, ns, &token_secret, "token")?.ok_or_else(|| {
+        Error::Invalid(format!(
+            "Secret {ns}/{token_secret} has no key \"token\" (the Vault token)"
+        ))
+    })?;
     Ok((
         ab.clone(),
         VaultTarget {

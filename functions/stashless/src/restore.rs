@@ -19,8 +19,8 @@ use serde_json::json;
 use tokio::sync::mpsc;
 
 use crate::api::{
-    self, BackupConfiguration, BackupSession, Condition, RestoreSession, SessionPhase, condition, go_duration,
-    human_size, set_condition,
+    self, BackupConfiguration, BackupSession, Condition, RestoreSession, SessionPhase, condition,
+    go_duration, human_size, set_condition,
 };
 use crate::archive::SnapshotVerifier;
 use crate::backup::{Context, DEFAULT_HOST};
@@ -29,9 +29,9 @@ use crate::error::{Error, Result};
 use crate::events::SessionRef;
 use crate::metrics::{self, Gauge, MetricGroup};
 use crate::repository::{Manifest, Store};
+use crate::resolve;
 use crate::session::{self, Claim};
 use crate::vault::Vault;
-use crate::resolve;
 
 /// What a restore invocation did.
 #[derive(Debug, Clone, PartialEq)]
@@ -51,18 +51,36 @@ pub enum Outcome {
 }
 
 /// Handle one event naming a RestoreSession.
-pub async fn run(ctx: &Context, target: &SessionRef, lambda_deadline: Option<Instant>) -> Result<Outcome> {
+pub async fn run(
+    ctx: &Context,
+    target: &SessionRef,
+    lambda_deadline: Option<Instant>,
+) -> Result<Outcome> {
     let started = Instant::now();
     let api: Api<RestoreSession> = Api::namespaced(ctx.kube.clone(), &target.namespace);
     let rs = match api.get_opt(&target.name).await {
         Ok(Some(s)) => s,
-        Ok(None) => return Ok(Outcome::NotClaimed { why: "the RestoreSession no longer exists".into() }),
-        Err(e) => return Err(Error::kube(format!("reading RestoreSession {}/{}", target.namespace, target.name), e)),
+        Ok(None) => {
+            return Ok(Outcome::NotClaimed {
+                why: "the RestoreSession no longer exists".into(),
+            });
+        }
+        Err(e) => {
+            return Err(Error::kube(
+                format!(
+                    "reading RestoreSession {}/{}",
+                    target.namespace, target.name
+                ),
+                e,
+            ));
+        }
     };
     if let Some(phase) = rs.status.as_ref().and_then(|s| s.phase)
         && phase != SessionPhase::Pending
     {
-        return Ok(Outcome::NotClaimed { why: format!("the RestoreSession is already {}", phase.as_str()) });
+        return Ok(Outcome::NotClaimed {
+            why: format!("the RestoreSession is already {}", phase.as_str()),
+        });
     }
     let limit = rs
         .spec
@@ -74,10 +92,16 @@ pub async fn run(ctx: &Context, target: &SessionRef, lambda_deadline: Option<Ins
     if let Some(ld) = lambda_deadline {
         deadline = deadline.min(ld.checked_sub(ctx.settings.deadline_margin).unwrap_or(ld));
     }
-    let deadline_wall = Utc::now() + chrono::Duration::from_std(deadline.saturating_duration_since(started)).unwrap_or_default();
+    let deadline_wall = Utc::now()
+        + chrono::Duration::from_std(deadline.saturating_duration_since(started))
+            .unwrap_or_default();
     let rs = match session::claim(&api, &rs, deadline_wall).await? {
         Claim::Claimed(s) => s,
-        Claim::Taken => return Ok(Outcome::NotClaimed { why: "another invocation claimed it first".into() }),
+        Claim::Taken => {
+            return Ok(Outcome::NotClaimed {
+                why: "another invocation claimed it first".into(),
+            });
+        }
     };
     tracing::info!(namespace = %target.namespace, session = %target.name, "claimed RestoreSession");
 
@@ -94,7 +118,9 @@ pub async fn run(ctx: &Context, target: &SessionRef, lambda_deadline: Option<Ins
 fn target_key(rs: &RestoreSession) -> Option<(String, String)> {
     let t = rs.spec.target.as_ref()?.r#ref.as_ref()?;
     Some((
-        t.namespace.clone().unwrap_or_else(|| rs.namespace().unwrap_or_default()),
+        t.namespace
+            .clone()
+            .unwrap_or_else(|| rs.namespace().unwrap_or_default()),
         t.name.clone(),
     ))
 }
@@ -102,7 +128,9 @@ fn target_key(rs: &RestoreSession) -> Option<(String, String)> {
 /// Refuse to run next to another restore of the same target (that came first), or while a
 /// backup of the target is Running.
 async fn check_exclusive(ctx: &Context, me: &RestoreSession) -> Result<()> {
-    let Some((tns, tname)) = target_key(me) else { return Ok(()) };
+    let Some((tns, tname)) = target_key(me) else {
+        return Ok(());
+    };
     let ns = me.namespace().unwrap_or_default();
     let restores: Api<RestoreSession> = Api::namespaced(ctx.kube.clone(), &ns);
     let all = restores
@@ -111,7 +139,11 @@ async fn check_exclusive(ctx: &Context, me: &RestoreSession) -> Result<()> {
         .map_err(|e| Error::kube("listing RestoreSessions", e))?;
     let key = |r: &RestoreSession| {
         (
-            r.metadata.creation_timestamp.as_ref().map(crate::k8s_time).unwrap_or_default(),
+            r.metadata
+                .creation_timestamp
+                .as_ref()
+                .map(crate::k8s_time)
+                .unwrap_or_default(),
             r.name_any(),
         )
     };
@@ -162,21 +194,40 @@ struct Done {
 /// The snapshot a RestoreSession asks for: `target.rules[].snapshots` (or the older
 /// top-level `rules`), first entry; `latest` or nothing means the newest snapshot of the
 /// target (or of the Repository, when no snapshot names the target).
-pub fn pick_snapshot<'a>(manifests: &'a [Manifest], requested: Option<&str>, target_name: &str) -> Result<&'a Manifest> {
+pub fn pick_snapshot<'a>(
+    manifests: &'a [Manifest],
+    requested: Option<&str>,
+    target_name: &str,
+) -> Result<&'a Manifest> {
     if manifests.is_empty() {
-        return Err(Error::Invalid("the Repository holds no snapshots to restore".into()));
+        return Err(Error::Invalid(
+            "the Repository holds no snapshots to restore".into(),
+        ));
     }
     match requested.filter(|r| !r.is_empty() && *r != "latest") {
         None => {
-            let of_target: Vec<&Manifest> = manifests.iter().filter(|m| m.target.name == target_name).collect();
-            let pool: Vec<&Manifest> = if of_target.is_empty() { manifests.iter().collect() } else { of_target };
-            Ok(pool.into_iter().max_by(|a, b| a.created_at.cmp(&b.created_at).then(a.name.cmp(&b.name))).expect("non-empty"))
+            let of_target: Vec<&Manifest> = manifests
+                .iter()
+                .filter(|m| m.target.name == target_name)
+                .collect();
+            let pool: Vec<&Manifest> = if of_target.is_empty() {
+                manifests.iter().collect()
+            } else {
+                of_target
+            };
+            Ok(pool
+                .into_iter()
+                .max_by(|a, b| a.created_at.cmp(&b.created_at).then(a.name.cmp(&b.name)))
+                .expect("non-empty"))
         }
         Some(name) => {
             if let Some(m) = manifests.iter().find(|m| m.name == name) {
                 return Ok(m);
             }
-            let by_session: Vec<&Manifest> = manifests.iter().filter(|m| m.session.name == name).collect();
+            let by_session: Vec<&Manifest> = manifests
+                .iter()
+                .filter(|m| m.session.name == name)
+                .collect();
             match by_session.as_slice() {
                 [one] => Ok(one),
                 [] => Err(Error::Invalid(format!(
@@ -186,7 +237,10 @@ pub fn pick_snapshot<'a>(manifests: &'a [Manifest], requested: Option<&str>, tar
                 ))),
                 many => Err(Error::Invalid(format!(
                     "snapshot {name:?} is ambiguous: {}; use the full <namespace>/<session> name",
-                    many.iter().map(|m| m.name.as_str()).collect::<Vec<_>>().join(", ")
+                    many.iter()
+                        .map(|m| m.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 ))),
             }
         }
@@ -201,7 +255,11 @@ fn requested_snapshot(rs: &RestoreSession) -> Option<String> {
         .map(|t| t.rules.as_slice())
         .filter(|r| !r.is_empty())
         .unwrap_or(rs.spec.rules.as_slice());
-    rules.iter().flat_map(|r| r.snapshots.iter()).next().cloned()
+    rules
+        .iter()
+        .flat_map(|r| r.snapshots.iter())
+        .next()
+        .cloned()
 }
 
 fn force_requested(rs: &RestoreSession) -> bool {
@@ -212,7 +270,12 @@ fn force_requested(rs: &RestoreSession) -> bool {
         .is_some_and(|v| v.eq_ignore_ascii_case("true"))
 }
 
-async fn restore(ctx: &Context, rs: &RestoreSession, started: Instant, deadline: Instant) -> Result<Done> {
+async fn restore(
+    ctx: &Context,
+    rs: &RestoreSession,
+    started: Instant,
+    deadline: Instant,
+) -> Result<Done> {
     let ns = rs.namespace().unwrap_or_default();
     let repo_ref = rs
         .spec
@@ -222,16 +285,30 @@ async fn restore(ctx: &Context, rs: &RestoreSession, started: Instant, deadline:
     let target_ref = rs.spec.target.as_ref().and_then(|t| t.r#ref.clone());
     let (_, vault_target) = resolve::vault_target(&ctx.kube, &ns, target_ref.as_ref()).await?;
     let repo = resolve::repository(&ctx.kube, &ns, repo_ref, ctx.settings.tuning.clone()).await?;
-    let store = Store::open(repo.location.clone(), repo.credentials.clone(), repo.ca_pem.clone(), repo.tuning.clone()).await?;
+    let store = Store::open(
+        repo.location.clone(),
+        repo.credentials.clone(),
+        repo.ca_pem.clone(),
+        repo.tuning.clone(),
+    )
+    .await?;
     let vault = Vault::new(vault_target)?;
 
     let manifests = store.list_manifests().await?;
     let requested = requested_snapshot(rs);
-    let manifest = pick_snapshot(&manifests, requested.as_deref(), &target_ref.clone().unwrap_or_default().name)?.clone();
+    let manifest = pick_snapshot(
+        &manifests,
+        requested.as_deref(),
+        &target_ref.clone().unwrap_or_default().name,
+    )?
+    .clone();
 
     // Before a byte goes to Vault: the object is the one the manifest describes.
     let stored = store.object_info(&manifest.key).await?.ok_or_else(|| {
-        Error::Invalid(format!("snapshot {} has a manifest but its object {} is missing", manifest.name, manifest.key))
+        Error::Invalid(format!(
+            "snapshot {} has a manifest but its object {} is missing",
+            manifest.name, manifest.key
+        ))
     })?;
     if stored.size != manifest.size {
         return Err(Error::Invalid(format!(
@@ -299,7 +376,11 @@ async fn stream_to_vault(
                 Some(Err(e)) => {
                     let msg = format!("reading the snapshot from S3 broke: {e}");
                     let _ = tx.send(Err(fail(msg.clone()))).await;
-                    return Err(Error::Storage { bucket: store.bucket().into(), message: msg, retryable: true });
+                    return Err(Error::Storage {
+                        bucket: store.bucket().into(),
+                        message: msg,
+                        retryable: true,
+                    });
                 }
                 Some(Ok(chunk)) => {
                     if let Err(e) = verifier.update(&chunk) {
@@ -363,7 +444,11 @@ async fn finish(
     result: std::result::Result<Done, String>,
 ) -> Result<Outcome> {
     let duration = started.elapsed();
-    let mut conditions = rs.status.as_ref().map(|s| s.conditions.clone()).unwrap_or_default();
+    let mut conditions = rs
+        .status
+        .as_ref()
+        .map(|s| s.conditions.clone())
+        .unwrap_or_default();
     let (phase, stats, outcome, event) = match &result {
         Ok(done) => {
             let sealed_note = if done.sealed_after {
@@ -378,9 +463,20 @@ async fn finish(
                 done.manifest.raft.index,
                 go_duration(done.transfer)
             );
-            set_condition(&mut conditions, Condition::new(condition::RESTORE_COMPLETED, true, "RestoreCompleted", &msg));
+            set_condition(
+                &mut conditions,
+                Condition::new(condition::RESTORE_COMPLETED, true, "RestoreCompleted", &msg),
+            );
             if done.sealed_after {
-                set_condition(&mut conditions, Condition::new("VaultSealed", true, "SealedAfterRestore", sealed_note.trim()));
+                set_condition(
+                    &mut conditions,
+                    Condition::new(
+                        "VaultSealed",
+                        true,
+                        "SealedAfterRestore",
+                        sealed_note.trim(),
+                    ),
+                );
             }
             let _ = &done.version_after;
             (
@@ -392,18 +488,39 @@ async fn finish(
                     duration,
                     sealed_after: done.sealed_after,
                 },
-                (if done.sealed_after { EventType::Warning } else { EventType::Normal }, "RestoreSessionSucceeded", msg),
+                (
+                    if done.sealed_after {
+                        EventType::Warning
+                    } else {
+                        EventType::Normal
+                    },
+                    "RestoreSessionSucceeded",
+                    msg,
+                ),
             )
         }
         Err(reason) => {
-            set_condition(&mut conditions, Condition::new(condition::RESTORE_COMPLETED, false, "RestoreFailed", reason));
+            set_condition(
+                &mut conditions,
+                Condition::new(condition::RESTORE_COMPLETED, false, "RestoreFailed", reason),
+            );
             if reason.starts_with("deadline exceeded") {
-                set_condition(&mut conditions, Condition::new(condition::DEADLINE_EXCEEDED, true, "DeadlineExceeded", reason));
+                set_condition(
+                    &mut conditions,
+                    Condition::new(
+                        condition::DEADLINE_EXCEEDED,
+                        true,
+                        "DeadlineExceeded",
+                        reason,
+                    ),
+                );
             }
             (
                 "Failed",
                 json!({"hostname": DEFAULT_HOST, "phase": "Failed", "duration": go_duration(duration), "error": reason}),
-                Outcome::Failed { reason: reason.clone() },
+                Outcome::Failed {
+                    reason: reason.clone(),
+                },
                 (EventType::Warning, "RestoreSessionFailed", reason.clone()),
             )
         }
@@ -425,18 +542,34 @@ async fn finish(
     Ok(outcome)
 }
 
-async fn push_metrics(ctx: &Context, conditions: &mut Vec<Condition>, rs: &RestoreSession, success: bool, duration: Duration) {
+async fn push_metrics(
+    ctx: &Context,
+    conditions: &mut Vec<Condition>,
+    rs: &RestoreSession,
+    success: bool,
+    duration: Duration,
+) {
     let ns = rs.namespace().unwrap_or_default();
     let b = if success { 1.0 } else { 0.0 };
     println!(
         "{}",
         metrics::emf_line(
             &[("RestoreSession", format!("{ns}/{}", rs.name_any()))],
-            &[("RestoreSuccess", b, "Count"), ("RestoreDuration", duration.as_secs_f64(), "Seconds")]
+            &[
+                ("RestoreSuccess", b, "Count"),
+                ("RestoreDuration", duration.as_secs_f64(), "Seconds")
+            ]
         )
     );
-    let Some(gateway) = &ctx.settings.pushgateway else { return };
-    let target = rs.spec.target.as_ref().and_then(|t| t.r#ref.clone()).unwrap_or_default();
+    let Some(gateway) = &ctx.settings.pushgateway else {
+        return;
+    };
+    let target = rs
+        .spec
+        .target
+        .as_ref()
+        .and_then(|t| t.r#ref.clone())
+        .unwrap_or_default();
     let group = MetricGroup {
         job: "stash-restore",
         grouping: vec![("namespace", ns.clone()), ("invoker_name", rs.name_any())],
@@ -444,19 +577,44 @@ async fn push_metrics(ctx: &Context, conditions: &mut Vec<Condition>, rs: &Resto
             ("invoker_kind", "RestoreSession".into()),
             ("invoker_name", rs.name_any()),
             ("namespace", ns.clone()),
-            ("target_kind", target.kind.clone().unwrap_or_else(|| "AppBinding".into())),
+            (
+                "target_kind",
+                target.kind.clone().unwrap_or_else(|| "AppBinding".into()),
+            ),
             ("target_name", target.name.clone()),
             ("host", DEFAULT_HOST.into()),
         ],
         gauges: vec![
-            Gauge { name: "stash_restore_session_success", help: "Indicates whether the restore session succeeded", value: b },
-            Gauge { name: "stash_restore_session_duration_seconds", help: "Time taken to complete the restore session", value: duration.as_secs_f64() },
-            Gauge { name: "stash_restore_host_restore_success", help: "Indicates whether the restore of the host succeeded", value: b },
+            Gauge {
+                name: "stash_restore_session_success",
+                help: "Indicates whether the restore session succeeded",
+                value: b,
+            },
+            Gauge {
+                name: "stash_restore_session_duration_seconds",
+                help: "Time taken to complete the restore session",
+                value: duration.as_secs_f64(),
+            },
+            Gauge {
+                name: "stash_restore_host_restore_success",
+                help: "Indicates whether the restore of the host succeeded",
+                value: b,
+            },
         ],
     };
     let c = match metrics::push(&ctx.http, gateway, &group).await {
-        Ok(()) => Condition::new(condition::METRICS_PUSHED, true, "SuccessfullyPushedMetrics", "metrics pushed to the Pushgateway"),
-        Err(e) => Condition::new(condition::METRICS_PUSHED, false, "FailedToPushMetrics", e.to_string()),
+        Ok(()) => Condition::new(
+            condition::METRICS_PUSHED,
+            true,
+            "SuccessfullyPushedMetrics",
+            "metrics pushed to the Pushgateway",
+        ),
+        Err(e) => Condition::new(
+            condition::METRICS_PUSHED,
+            false,
+            "FailedToPushMetrics",
+            e.to_string(),
+        ),
     };
     set_condition(conditions, c);
 }

@@ -24,9 +24,13 @@ pub struct Schedule {
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum ScheduleError {
-    #[error("schedule is empty: set spec.schedule to a 5-field cron expression such as \"0 */6 * * *\"")]
+    #[error(
+        "schedule is empty: set spec.schedule to a 5-field cron expression such as \"0 */6 * * *\""
+    )]
     Empty,
-    #[error("unknown time zone {0:?} in schedule: use an IANA name such as \"Europe/Berlin\" or \"UTC\"")]
+    #[error(
+        "unknown time zone {0:?} in schedule: use an IANA name such as \"Europe/Berlin\" or \"UTC\""
+    )]
     TimeZone(String),
     #[error(
         "schedule {schedule:?} has {fields} fields: Kubernetes cron uses exactly 5 (minute hour day-of-month month day-of-week)"
@@ -153,20 +157,39 @@ mod tests {
     #[test]
     fn latest_slot_is_at_or_before_now() {
         let s: Schedule = "*/15 * * * *".parse().unwrap();
-        assert_eq!(s.latest_slot(at("2026-03-01T10:44:59Z")), Some(at("2026-03-01T10:30:00Z")));
-        assert_eq!(s.latest_slot(at("2026-03-01T10:45:00Z")), Some(at("2026-03-01T10:45:00Z")));
-        assert_eq!(s.next_slot(at("2026-03-01T10:45:00Z")), Some(at("2026-03-01T11:00:00Z")));
+        assert_eq!(
+            s.latest_slot(at("2026-03-01T10:44:59Z")),
+            Some(at("2026-03-01T10:30:00Z"))
+        );
+        assert_eq!(
+            s.latest_slot(at("2026-03-01T10:45:00Z")),
+            Some(at("2026-03-01T10:45:00Z"))
+        );
+        assert_eq!(
+            s.next_slot(at("2026-03-01T10:45:00Z")),
+            Some(at("2026-03-01T11:00:00Z"))
+        );
     }
 
     #[test]
     fn due_only_within_starting_deadline_and_after_creation() {
         let s: Schedule = "0 2 * * *".parse().unwrap();
         let d = chrono::Duration::minutes(5);
-        assert_eq!(s.due_slot(at("2026-03-01T02:03:00Z"), d, None), Some(at("2026-03-01T02:00:00Z")));
+        assert_eq!(
+            s.due_slot(at("2026-03-01T02:03:00Z"), d, None),
+            Some(at("2026-03-01T02:00:00Z"))
+        );
         // Missed by more than the deadline: nothing runs until the next slot.
         assert_eq!(s.due_slot(at("2026-03-01T05:00:00Z"), d, None), None);
         // Created after the slot: does not fire for it.
-        assert_eq!(s.due_slot(at("2026-03-01T02:03:00Z"), d, Some(at("2026-03-01T02:01:00Z"))), None);
+        assert_eq!(
+            s.due_slot(
+                at("2026-03-01T02:03:00Z"),
+                d,
+                Some(at("2026-03-01T02:01:00Z"))
+            ),
+            None
+        );
     }
 
     #[test]
@@ -174,25 +197,40 @@ mod tests {
         let s: Schedule = "* * * * *".parse().unwrap();
         let d = chrono::Duration::hours(1);
         // Three missed minutes: one slot, the latest.
-        assert_eq!(s.due_slot(at("2026-03-01T10:03:30Z"), d, None), Some(at("2026-03-01T10:03:00Z")));
+        assert_eq!(
+            s.due_slot(at("2026-03-01T10:03:30Z"), d, None),
+            Some(at("2026-03-01T10:03:00Z"))
+        );
     }
 
     #[test]
     fn cron_tz_prefix_is_honoured() {
         let s: Schedule = "CRON_TZ=Europe/Berlin 0 3 * * *".parse().unwrap();
         // 03:00 in Berlin on 2026-07-01 (CEST, UTC+2) is 01:00 UTC.
-        assert_eq!(s.latest_slot(at("2026-07-01T01:30:00Z")), Some(at("2026-07-01T01:00:00Z")));
+        assert_eq!(
+            s.latest_slot(at("2026-07-01T01:30:00Z")),
+            Some(at("2026-07-01T01:00:00Z"))
+        );
         // In winter (CET, UTC+1) it is 02:00 UTC.
-        assert_eq!(s.latest_slot(at("2026-01-10T02:30:00Z")), Some(at("2026-01-10T02:00:00Z")));
+        assert_eq!(
+            s.latest_slot(at("2026-01-10T02:30:00Z")),
+            Some(at("2026-01-10T02:00:00Z"))
+        );
         let t: Schedule = "TZ=America/New_York 30 6 * * 1-5".parse().unwrap();
         // Monday 2026-03-02 06:30 EST = 11:30 UTC.
-        assert_eq!(t.latest_slot(at("2026-03-02T12:00:00Z")), Some(at("2026-03-02T11:30:00Z")));
+        assert_eq!(
+            t.latest_slot(at("2026-03-02T12:00:00Z")),
+            Some(at("2026-03-02T11:30:00Z"))
+        );
     }
 
     #[test]
     fn descriptors_work() {
         let s: Schedule = "@hourly".parse().unwrap();
-        assert_eq!(s.latest_slot(at("2026-03-01T10:44:59Z")), Some(at("2026-03-01T10:00:00Z")));
+        assert_eq!(
+            s.latest_slot(at("2026-03-01T10:44:59Z")),
+            Some(at("2026-03-01T10:00:00Z"))
+        );
     }
 
     #[test]
@@ -205,15 +243,23 @@ mod tests {
         assert!(e.to_string().contains("has 6 fields"), "{e}");
         let e = "61 * * * *".parse::<Schedule>().unwrap_err();
         assert!(matches!(e, ScheduleError::Cron { .. }), "{e}");
-        let e = "CRON_TZ=Mars/Olympus 0 * * * *".parse::<Schedule>().unwrap_err();
+        let e = "CRON_TZ=Mars/Olympus 0 * * * *"
+            .parse::<Schedule>()
+            .unwrap_err();
         assert_eq!(e, ScheduleError::TimeZone("Mars/Olympus".into()));
     }
 
     #[test]
     fn session_names_are_deterministic_and_bounded() {
         let slot = Utc.with_ymd_and_hms(2026, 3, 1, 2, 0, 0).unwrap();
-        assert_eq!(session_name("vault-backup", slot), format!("vault-backup-{}", slot.timestamp()));
-        assert_eq!(session_name("vault-backup", slot), session_name("vault-backup", slot));
+        assert_eq!(
+            session_name("vault-backup", slot),
+            format!("vault-backup-{}", slot.timestamp())
+        );
+        assert_eq!(
+            session_name("vault-backup", slot),
+            session_name("vault-backup", slot)
+        );
         let long = "a".repeat(200);
         let n = session_name(&long, slot);
         assert!(n.len() <= 63, "{n}");

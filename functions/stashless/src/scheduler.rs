@@ -12,8 +12,9 @@ use serde::Serialize;
 use serde_json::json;
 
 use crate::api::{
-    BackupConfiguration, BackupInvokerRef, BackupSession, BackupSessionSpec, Condition, LABEL_INVOKER_NAME,
-    LABEL_INVOKER_TYPE, LABEL_MANAGED_BY, MANAGED_BY, STASH_GROUP, condition, set_condition,
+    BackupConfiguration, BackupInvokerRef, BackupSession, BackupSessionSpec, Condition,
+    LABEL_INVOKER_NAME, LABEL_INVOKER_TYPE, LABEL_MANAGED_BY, MANAGED_BY, STASH_GROUP, condition,
+    set_condition,
 };
 use crate::error::{Error, Result, api_code};
 use crate::events::Tick;
@@ -48,7 +49,12 @@ impl SchedulerSettings {
             s.starting_deadline = chrono::Duration::seconds(secs.clamp(60, 7 * 24 * 3600));
         }
         if let Ok(ns) = std::env::var("STASHLESS_NAMESPACES") {
-            s.namespaces = ns.split(',').map(str::trim).filter(|n| !n.is_empty()).map(String::from).collect();
+            s.namespaces = ns
+                .split(',')
+                .map(str::trim)
+                .filter(|n| !n.is_empty())
+                .map(String::from)
+                .collect();
         }
         s
     }
@@ -70,7 +76,11 @@ pub struct TickReport {
 }
 
 /// Run one tick at `tick.time` (or now).
-pub async fn tick(client: &Client, tick: &Tick, settings: &SchedulerSettings) -> Result<TickReport> {
+pub async fn tick(
+    client: &Client,
+    tick: &Tick,
+    settings: &SchedulerSettings,
+) -> Result<TickReport> {
     let now = tick.time.unwrap_or_else(Utc::now);
     let mut report = TickReport {
         time: crate::api::timestamp(now),
@@ -89,7 +99,13 @@ pub async fn tick(client: &Client, tick: &Tick, settings: &SchedulerSettings) ->
     for config in configs {
         let ns = config.namespace().unwrap_or_default();
         let key = format!("{ns}/{}", config.name_any());
-        let schedule = match config.spec.schedule.as_deref().unwrap_or("").parse::<Schedule>() {
+        let schedule = match config
+            .spec
+            .schedule
+            .as_deref()
+            .unwrap_or("")
+            .parse::<Schedule>()
+        {
             Ok(s) => s,
             Err(e) => {
                 mark_validity(client, &config, Err(e.to_string())).await;
@@ -102,7 +118,11 @@ pub async fn tick(client: &Client, tick: &Tick, settings: &SchedulerSettings) ->
             report.paused.push(key);
             continue;
         }
-        let created_at = config.metadata.creation_timestamp.as_ref().map(crate::k8s_time);
+        let created_at = config
+            .metadata
+            .creation_timestamp
+            .as_ref()
+            .map(crate::k8s_time);
         let Some(slot) = schedule.due_slot(now, settings.starting_deadline, created_at) else {
             continue;
         };
@@ -136,7 +156,10 @@ async fn list(api: &Api<BackupConfiguration>) -> Result<Vec<BackupConfiguration>
 pub fn new_session(config: &BackupConfiguration, slot: DateTime<Utc>) -> BackupSession {
     let name = session_name(&config.name_any(), slot);
     let labels = BTreeMap::from([
-        (LABEL_INVOKER_TYPE.to_string(), "BackupConfiguration".to_string()),
+        (
+            LABEL_INVOKER_TYPE.to_string(),
+            "BackupConfiguration".to_string(),
+        ),
         (LABEL_INVOKER_NAME.to_string(), config.name_any()),
         (LABEL_MANAGED_BY.to_string(), MANAGED_BY.to_string()),
     ]);
@@ -171,14 +194,31 @@ pub fn new_session(config: &BackupConfiguration, slot: DateTime<Utc>) -> BackupS
 
 /// Set the configuration's phase (Ready / Invalid) and ValidationPassed condition, writing
 /// only when something changes so ticks do not churn resourceVersions.
-async fn mark_validity(client: &Client, config: &BackupConfiguration, validity: std::result::Result<(), String>) {
+async fn mark_validity(
+    client: &Client,
+    config: &BackupConfiguration,
+    validity: std::result::Result<(), String>,
+) {
     let status = config.status.clone().unwrap_or_default();
     let (phase, cond) = match &validity {
         Ok(()) => (
             "Ready",
-            Condition::new(condition::VALIDATION_PASSED, true, "ResourceValidationPassed", "schedule is valid"),
+            Condition::new(
+                condition::VALIDATION_PASSED,
+                true,
+                "ResourceValidationPassed",
+                "schedule is valid",
+            ),
         ),
-        Err(msg) => ("Invalid", Condition::new(condition::VALIDATION_PASSED, false, "ResourceValidationFailed", msg.clone())),
+        Err(msg) => (
+            "Invalid",
+            Condition::new(
+                condition::VALIDATION_PASSED,
+                false,
+                "ResourceValidationFailed",
+                msg.clone(),
+            ),
+        ),
     };
     let unchanged = status.phase.as_deref() == Some(phase)
         && status
@@ -190,7 +230,8 @@ async fn mark_validity(client: &Client, config: &BackupConfiguration, validity: 
     }
     let mut conditions = status.conditions.clone();
     set_condition(&mut conditions, cond);
-    let api: Api<BackupConfiguration> = Api::namespaced(client.clone(), &config.namespace().unwrap_or_default());
+    let api: Api<BackupConfiguration> =
+        Api::namespaced(client.clone(), &config.namespace().unwrap_or_default());
     let body = json!({
         "phase": phase,
         "observedGeneration": config.metadata.generation,

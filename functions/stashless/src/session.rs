@@ -39,7 +39,10 @@ where
             "sessionDeadline": timestamp(deadline),
         }
     });
-    match api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch)).await {
+    match api
+        .patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+    {
         Ok(k) => Ok(Claim::Claimed(k)),
         Err(e) if api_code(&e) == Some(409) => Ok(Claim::Taken),
         Err(e) if api_code(&e) == Some(404) => Ok(Claim::Taken),
@@ -58,7 +61,10 @@ where
     let mut attempt = 0;
     loop {
         attempt += 1;
-        match api.patch_status(name, &PatchParams::default(), &Patch::Merge(&patch)).await {
+        match api
+            .patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+        {
             Ok(k) => return Ok(k),
             Err(e) => {
                 let transient = !matches!(api_code(&e), Some(c) if c < 500 && c != 429 && c != 409);
@@ -79,7 +85,11 @@ pub fn invoker_selector(kind: &str, name: &str) -> String {
 }
 
 /// Sessions of the same invoker, oldest first.
-pub async fn sessions_of(api: &Api<BackupSession>, kind: &str, name: &str) -> Result<Vec<BackupSession>> {
+pub async fn sessions_of(
+    api: &Api<BackupSession>,
+    kind: &str,
+    name: &str,
+) -> Result<Vec<BackupSession>> {
     let list = api
         .list(&ListParams::default().labels(&invoker_selector(kind, name)))
         .await
@@ -95,7 +105,11 @@ pub async fn sessions_of(api: &Api<BackupSession>, kind: &str, name: &str) -> Re
 
 fn order_key(s: &BackupSession) -> (DateTime<Utc>, String) {
     (
-        s.metadata.creation_timestamp.as_ref().map(crate::k8s_time).unwrap_or_default(),
+        s.metadata
+            .creation_timestamp
+            .as_ref()
+            .map(crate::k8s_time)
+            .unwrap_or_default(),
         s.name_any(),
     )
 }
@@ -107,7 +121,11 @@ fn phase(s: &BackupSession) -> Option<SessionPhase> {
 /// Another session of the same invoker that is Running and came first, if any. A Running
 /// session past its `sessionDeadline` does not count: its owner is gone (the sweep fails it).
 /// The tie-break by creation order means two sessions claimed at once do not both skip.
-pub fn running_before<'a>(siblings: &'a [BackupSession], me: &BackupSession, now: DateTime<Utc>) -> Option<&'a BackupSession> {
+pub fn running_before<'a>(
+    siblings: &'a [BackupSession],
+    me: &BackupSession,
+    now: DateTime<Utc>,
+) -> Option<&'a BackupSession> {
     let my_key = order_key(me);
     siblings.iter().find(|s| {
         s.name_any() != me.name_any()
@@ -127,7 +145,11 @@ fn past_deadline(s: &BackupSession, now: DateTime<Utc>) -> bool {
 
 /// Delete finished sessions beyond `limit` (newest kept), as Stash's `backupHistoryLimit`.
 /// Running and Pending sessions are never touched. Returns how many were deleted.
-pub async fn clean_history(api: &Api<BackupSession>, siblings: &[BackupSession], limit: usize) -> Result<usize> {
+pub async fn clean_history(
+    api: &Api<BackupSession>,
+    siblings: &[BackupSession],
+    limit: usize,
+) -> Result<usize> {
     let finished: Vec<&BackupSession> = siblings
         .iter()
         .filter(|s| phase(s).is_some_and(|p| p.is_final()))
@@ -138,7 +160,12 @@ pub async fn clean_history(api: &Api<BackupSession>, siblings: &[BackupSession],
         match api.delete(&s.name_any(), &DeleteParams::default()).await {
             Ok(_) => deleted += 1,
             Err(e) if api_code(&e) == Some(404) => {}
-            Err(e) => return Err(Error::kube(format!("deleting old BackupSession {}", s.name_any()), e)),
+            Err(e) => {
+                return Err(Error::kube(
+                    format!("deleting old BackupSession {}", s.name_any()),
+                    e,
+                ));
+            }
         }
     }
     Ok(deleted)

@@ -119,7 +119,9 @@ impl Vault {
     /// `GET /v1/sys/health` on `addr` (the configured address when None).
     pub async fn health(&self, addr: Option<&str>) -> Result<Health> {
         let addr = addr.unwrap_or(&self.target.addr);
-        let url = format!("{addr}/v1/sys/health?standbyok=true&perfstandbyok=true&sealedcode=200&uninitcode=200");
+        let url = format!(
+            "{addr}/v1/sys/health?standbyok=true&perfstandbyok=true&sealedcode=200&uninitcode=200"
+        );
         let resp = self
             .http
             .get(&url)
@@ -128,9 +130,15 @@ impl Vault {
             .map_err(|e| self.transport_err(addr, "reading health", e))?;
         let status = resp.status();
         if !status.is_success() {
-            return Err(self.err(addr, format!("health answered HTTP {status}"), status.is_server_error()));
+            return Err(self.err(
+                addr,
+                format!("health answered HTTP {status}"),
+                status.is_server_error(),
+            ));
         }
-        resp.json().await.map_err(|e| self.transport_err(addr, "reading health", e))
+        resp.json()
+            .await
+            .map_err(|e| self.transport_err(addr, "reading health", e))
     }
 
     /// The active node's API address, confirmed. Snapshots must be read from and written to
@@ -156,13 +164,21 @@ impl Vault {
         let node = if leader.is_self {
             addr.clone()
         } else if leader.leader_address.is_empty() {
-            return Err(self.err(addr, "no active node is known (a leader election is in progress): try again shortly", true));
+            return Err(self.err(
+                addr,
+                "no active node is known (a leader election is in progress): try again shortly",
+                true,
+            ));
         } else {
             leader.leader_address.trim_end_matches('/').to_string()
         };
         let health = self.health(Some(&node)).await?;
         if health.sealed {
-            return Err(self.err(&node, "the active node is sealed: unseal it, then run again", true));
+            return Err(self.err(
+                &node,
+                "the active node is sealed: unseal it, then run again",
+                true,
+            ));
         }
         if health.standby {
             return Err(self.err(&node, "the node named as leader reports standby (leadership is changing): try again shortly", true));
@@ -256,7 +272,12 @@ impl Vault {
             .ok()
             .and_then(|v| v.get("errors").cloned())
             .and_then(|e| e.as_array().cloned())
-            .map(|a| a.iter().filter_map(|x| x.as_str()).collect::<Vec<_>>().join("; "))
+            .map(|a| {
+                a.iter()
+                    .filter_map(|x| x.as_str())
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            })
             .filter(|s| !s.is_empty())
             .unwrap_or_else(|| body.chars().take(200).collect());
         let (message, retryable) = match status.as_u16() {

@@ -10,7 +10,11 @@ use stashless::crds;
 
 /// Leaf paths (with types) of a generated schema.
 fn paths(schema: &Value, path: String, out: &mut Vec<(String, String)>) {
-    let ty = schema.get("type").and_then(Value::as_str).unwrap_or("").to_string();
+    let ty = schema
+        .get("type")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string();
     if let Some(props) = schema.get("properties").and_then(Value::as_object) {
         for (k, v) in props {
             paths(v, format!("{path}.{k}"), out);
@@ -53,7 +57,11 @@ fn check(ours: Value, reference_yaml: &str, kind: &str) -> usize {
             }
         }
     }
-    assert!(problems.is_empty(), "schema mismatches:\n{}", problems.join("\n"));
+    assert!(
+        problems.is_empty(),
+        "schema mismatches:\n{}",
+        problems.join("\n")
+    );
     ps.len()
 }
 
@@ -64,10 +72,19 @@ fn generated<K: CustomResourceExt>() -> Value {
 
 #[test]
 fn every_typed_field_exists_in_stash_crds() {
-    let n = check(generated::<BackupConfiguration>(), crds::BACKUP_CONFIGURATIONS, "BackupConfiguration")
-        + check(generated::<BackupSession>(), crds::BACKUP_SESSIONS, "BackupSession")
-        + check(generated::<RestoreSession>(), crds::RESTORE_SESSIONS, "RestoreSession")
-        + check(generated::<Repository>(), crds::REPOSITORIES, "Repository")
+    let n = check(
+        generated::<BackupConfiguration>(),
+        crds::BACKUP_CONFIGURATIONS,
+        "BackupConfiguration",
+    ) + check(
+        generated::<BackupSession>(),
+        crds::BACKUP_SESSIONS,
+        "BackupSession",
+    ) + check(
+        generated::<RestoreSession>(),
+        crds::RESTORE_SESSIONS,
+        "RestoreSession",
+    ) + check(generated::<Repository>(), crds::REPOSITORIES, "Repository")
         + check(generated::<AppBinding>(), crds::APP_BINDINGS, "AppBinding");
     // Guard against a walker that silently checks nothing.
     assert!(n > 80, "only {n} paths checked");

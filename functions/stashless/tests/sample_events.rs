@@ -6,13 +6,19 @@ use std::path::Path;
 use stashless::events::{SessionRef, Tick};
 
 fn samples(dir: &str) -> Vec<(String, serde_json::Value)> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../events").join(dir);
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../events")
+        .join(dir);
     let mut out = Vec::new();
     for entry in std::fs::read_dir(&root).unwrap_or_else(|e| panic!("{}: {e}", root.display())) {
         let path = entry.unwrap().path();
         let text = std::fs::read_to_string(&path).unwrap();
-        let value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-        out.push((path.file_name().unwrap().to_string_lossy().into_owned(), value));
+        let value =
+            serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        out.push((
+            path.file_name().unwrap().to_string_lossy().into_owned(),
+            value,
+        ));
     }
     assert!(out.len() >= 2, "no samples in {dir}");
     out
