@@ -578,7 +578,11 @@ pub struct ClientConfig {
     /// base64 PEM, as in the CRD (`format: byte`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca_bundle: Option<String>,
-    #[serde(default, rename = "insecureSkipTLSVerify", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        rename = "insecureSkipTLSVerify",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub insecure_skip_tls_verify: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub server_name: Option<String>,
