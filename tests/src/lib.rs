@@ -232,6 +232,20 @@ pub struct S3Target {
 }
 
 impl S3Target {
+    /// The process-wide Garage and a fresh bucket named `<tag>-<pid>` on it.
+    pub async fn garage_bucket(tag: &str) -> Result<(S3Target, String)> {
+        let g = procs::garage::Garage::shared().await?;
+        let s3 = S3Target {
+            endpoint: g.endpoint.clone(),
+            region: g.region.clone(),
+            access_key: g.access_key.clone(),
+            secret_key: g.secret_key.clone(),
+        };
+        let bucket = format!("{tag}-{}", std::process::id());
+        g.create_bucket(&bucket).await?;
+        Ok((s3, bucket))
+    }
+
     /// A raw SDK client on this endpoint, for assertions (ListMultipartUploads, objects).
     pub fn client(&self) -> aws_sdk_s3::Client {
         stashless::install_crypto_provider();

@@ -13,31 +13,15 @@ use stashless::crds;
 use stashless::events::{SessionRef, Tick};
 use stashless::scheduler::{SchedulerSettings, tick};
 use stashless_tests::faults::{Fault, Proxy};
-use stashless_tests::procs::garage::Garage;
 use stashless_tests::procs::openbao::{BaoCluster, OpenBao};
 use stashless_tests::procs::pushgateway::Pushgateway;
 use stashless_tests::{Cluster, ConfigBuilder, NS, S3Target, crd_violations, init_logs};
 
-async fn s3() -> (S3Target, &'static Garage) {
-    let g = Garage::shared()
+/// The shared Garage and a fresh bucket for this test.
+async fn s3_bucket(tag: &str) -> (S3Target, String) {
+    S3Target::garage_bucket(tag)
         .await
-        .expect("garage starts (run bash tests/setup.sh)");
-    (
-        S3Target {
-            endpoint: g.endpoint.clone(),
-            region: g.region.clone(),
-            access_key: g.access_key.clone(),
-            secret_key: g.secret_key.clone(),
-        },
-        g,
-    )
-}
-
-/// A fresh bucket per test.
-async fn bucket(g: &Garage, name: &str) -> String {
-    let b = format!("{name}-{}", std::process::id());
-    g.create_bucket(&b).await.expect("bucket");
-    b
+        .expect("garage starts (run bash tests/setup.sh)")
 }
 
 fn session_ref(name: &str) -> SessionRef {
@@ -76,8 +60,7 @@ fn failed_reason(outcome: &Outcome) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tick_backup_and_restore_brings_back_the_old_secret() {
     init_logs();
-    let (s3, g) = s3().await;
-    let bucket = bucket(g, "e2e").await;
+    let (s3, bucket) = s3_bucket("e2e").await;
     let bao = OpenBao::start().await.unwrap();
     let pgw = Pushgateway::shared().await.unwrap();
     let cluster = Cluster::start().await.unwrap();
@@ -229,8 +212,7 @@ async fn tick_backup_and_restore_brings_back_the_old_secret() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backup_through_a_standby_reads_from_the_active_node() {
     init_logs();
-    let (s3, g) = s3().await;
-    let bucket = bucket(g, "standby").await;
+    let (s3, bucket) = s3_bucket("standby").await;
     let bao = BaoCluster::start(3).await.unwrap();
     let leader = bao.leader_index().await.unwrap();
     let standby = bao.standby();
@@ -269,8 +251,7 @@ async fn backup_through_a_standby_reads_from_the_active_node() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn duplicate_delivery_three_times_yields_one_snapshot() {
     init_logs();
-    let (s3, g) = s3().await;
-    let bucket = bucket(g, "dup").await;
+    let (s3, bucket) = s3_bucket("dup").await;
     let bao = OpenBao::start().await.unwrap();
     let cluster = Cluster::start().await.unwrap();
     cluster
@@ -323,8 +304,7 @@ async fn duplicate_delivery_three_times_yields_one_snapshot() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_session_of_a_running_config_is_skipped() {
     init_logs();
-    let (s3, g) = s3().await;
-    let bucket = bucket(g, "skip").await;
+    let (s3, bucket) = s3_bucket("skip").await;
     let bao = OpenBao::start().await.unwrap();
     let cluster = Cluster::start().await.unwrap();
     cluster
@@ -452,8 +432,7 @@ struct Failing {
 impl Failing {
     async fn new(tag: &str) -> Failing {
         init_logs();
-        let (s3, g) = s3().await;
-        let bucket = bucket(g, tag).await;
+        let (s3, bucket) = s3_bucket(tag).await;
         Failing {
             cluster: Cluster::start().await.unwrap(),
             s3,

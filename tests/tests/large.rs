@@ -10,7 +10,6 @@ use sha2::Digest;
 use stashless::backup::Outcome;
 use stashless::events::SessionRef;
 use stashless::restore;
-use stashless_tests::procs::garage::Garage;
 use stashless_tests::procs::openbao::OpenBao;
 use stashless_tests::{Cluster, ConfigBuilder, NS, S3Target, init_logs};
 
@@ -28,15 +27,7 @@ fn peak_rss_mib() -> f64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_large_snapshot_spans_many_parts_and_round_trips() {
     init_logs();
-    let g = Garage::shared().await.unwrap();
-    let s3 = S3Target {
-        endpoint: g.endpoint.clone(),
-        region: g.region.clone(),
-        access_key: g.access_key.clone(),
-        secret_key: g.secret_key.clone(),
-    };
-    let bucket = format!("large-{}", std::process::id());
-    g.create_bucket(&bucket).await.unwrap();
+    let (s3, bucket) = S3Target::garage_bucket("large").await.unwrap();
     let bao = OpenBao::start().await.unwrap();
     bao.seed(128, 512 * 1024).await.unwrap();
     bao.kv_put("app/x", json!({"v": "backed-up"}))

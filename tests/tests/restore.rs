@@ -6,7 +6,6 @@ use stashless::api::SessionPhase;
 use stashless::crds;
 use stashless::events::SessionRef;
 use stashless::restore::{self, Outcome};
-use stashless_tests::procs::garage::Garage;
 use stashless_tests::procs::openbao::{BaoCluster, OpenBao};
 use stashless_tests::procs::pushgateway::Pushgateway;
 use stashless_tests::{Cluster, ConfigBuilder, NS, S3Target, crd_violations, init_logs};
@@ -19,15 +18,7 @@ struct World {
 
 async fn world(tag: &str, vault_addr: &str, token: &str) -> World {
     init_logs();
-    let g = Garage::shared().await.unwrap();
-    let s3 = S3Target {
-        endpoint: g.endpoint.clone(),
-        region: g.region.clone(),
-        access_key: g.access_key.clone(),
-        secret_key: g.secret_key.clone(),
-    };
-    let bucket = format!("{tag}-{}", std::process::id());
-    g.create_bucket(&bucket).await.unwrap();
+    let (s3, bucket) = S3Target::garage_bucket(tag).await.unwrap();
     let cluster = Cluster::start().await.unwrap();
     cluster
         .vault_binding("vault", vault_addr, token)

@@ -11,7 +11,6 @@ use stashless::events::SessionRef;
 use stashless::repository::{
     Invoker, Location, Manifest, ObjectId, StaticCredentials, Store, TargetId, Tuning,
 };
-use stashless_tests::procs::garage::Garage;
 use stashless_tests::procs::openbao::OpenBao;
 use stashless_tests::{Cluster, ConfigBuilder, NS, S3Target, init_logs};
 
@@ -65,15 +64,7 @@ async fn history(store: &Store, s3: &S3Target, config: &str, days: &[i64]) -> Ve
 
 async fn setup(tag: &str, policy: serde_json::Value) -> (Cluster, S3Target, Store, OpenBao) {
     init_logs();
-    let g = Garage::shared().await.unwrap();
-    let s3 = S3Target {
-        endpoint: g.endpoint.clone(),
-        region: g.region.clone(),
-        access_key: g.access_key.clone(),
-        secret_key: g.secret_key.clone(),
-    };
-    let bucket = format!("{tag}-{}", std::process::id());
-    g.create_bucket(&bucket).await.unwrap();
+    let (s3, bucket) = S3Target::garage_bucket(tag).await.unwrap();
     let store = Store::open(
         Location {
             endpoint: Some(s3.endpoint.clone()),

@@ -18,8 +18,8 @@ use kube::{Api, Client, ResourceExt};
 use serde_json::{Value, json};
 
 use crate::api::{
-    self, BackupConfiguration, BackupSession, Condition, Repository, RepositoryStatus,
-    SessionPhase, condition, go_duration, human_size, set_condition, timestamp,
+    self, BackupConfiguration, BackupSession, Condition, Repository, RepositoryStatus, condition,
+    go_duration, human_size, set_condition, timestamp,
 };
 use crate::archive::{SnapshotInfo, SnapshotVerifier};
 use crate::cluster::{EventType, record_event};
@@ -133,27 +133,12 @@ pub async fn run(
 ) -> Result<Outcome> {
     let started = Instant::now();
     let api: Api<BackupSession> = Api::namespaced(ctx.kube.clone(), &target.namespace);
-    let session = match api.get_opt(&target.name).await {
-        Ok(Some(s)) => s,
-        Ok(None) => {
-            return Ok(Outcome::NotClaimed {
-                why: "the BackupSession no longer exists".into(),
-            });
-        }
-        Err(e) => {
-            return Err(Error::kube(
-                format!("reading BackupSession {}/{}", target.namespace, target.name),
-                e,
-            ));
-        }
-    };
-    if let Some(phase) = session.status.as_ref().and_then(|s| s.phase)
-        && phase != SessionPhase::Pending
-    {
-        return Ok(Outcome::NotClaimed {
-            why: format!("the BackupSession is already {}", phase.as_str()),
-        });
-    }
+    let session =
+        match session::fetch_pending(&api, "BackupSession", &target.namespace, &target.name).await?
+        {
+            Ok(s) => s,
+            Err(why) => return Ok(Outcome::NotClaimed { why }),
+        };
 
     // The configuration decides the time limit; read it before claiming so the deadline
     // written at claim time is the real one. A missing one is reported after the claim.
@@ -178,14 +163,12 @@ pub async fn run(
         .and_then(|c| c.spec.time_out.as_deref())
         .and_then(api::parse_go_duration)
         .unwrap_or(ctx.settings.default_timeout);
-    let mut deadline = started + session_limit;
-    if let Some(ld) = lambda_deadline {
-        deadline = deadline.min(ld.checked_sub(ctx.settings.deadline_margin).unwrap_or(ld));
-    }
-    let deadline_wall = Utc::now()
-        + chrono::Duration::from_std(deadline.saturating_duration_since(started))
-            .unwrap_or_default();
-
+    let (deadline, deadline_wall) = session::deadline(
+        started,
+        session_limit,
+        lambda_deadline,
+        ctx.settings.deadline_margin,
+    );
     let session = match session::claim(&api, &session, deadline_wall).await? {
         Claim::Claimed(s) => s,
         Claim::Taken => {

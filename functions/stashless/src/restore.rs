@@ -12,7 +12,6 @@
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use chrono::Utc;
 use kube::api::ListParams;
 use kube::{Api, ResourceExt};
 use serde_json::json;
@@ -58,43 +57,24 @@ pub async fn run(
 ) -> Result<Outcome> {
     let started = Instant::now();
     let api: Api<RestoreSession> = Api::namespaced(ctx.kube.clone(), &target.namespace);
-    let rs = match api.get_opt(&target.name).await {
-        Ok(Some(s)) => s,
-        Ok(None) => {
-            return Ok(Outcome::NotClaimed {
-                why: "the RestoreSession no longer exists".into(),
-            });
-        }
-        Err(e) => {
-            return Err(Error::kube(
-                format!(
-                    "reading RestoreSession {}/{}",
-                    target.namespace, target.name
-                ),
-                e,
-            ));
-        }
-    };
-    if let Some(phase) = rs.status.as_ref().and_then(|s| s.phase)
-        && phase != SessionPhase::Pending
+    let rs = match session::fetch_pending(&api, "RestoreSession", &target.namespace, &target.name)
+        .await?
     {
-        return Ok(Outcome::NotClaimed {
-            why: format!("the RestoreSession is already {}", phase.as_str()),
-        });
-    }
+        Ok(s) => s,
+        Err(why) => return Ok(Outcome::NotClaimed { why }),
+    };
     let limit = rs
         .spec
         .time_out
         .as_deref()
         .and_then(api::parse_go_duration)
         .unwrap_or(ctx.settings.default_timeout);
-    let mut deadline = started + limit;
-    if let Some(ld) = lambda_deadline {
-        deadline = deadline.min(ld.checked_sub(ctx.settings.deadline_margin).unwrap_or(ld));
-    }
-    let deadline_wall = Utc::now()
-        + chrono::Duration::from_std(deadline.saturating_duration_since(started))
-            .unwrap_or_default();
+    let (deadline, deadline_wall) = session::deadline(
+        started,
+        limit,
+        lambda_deadline,
+        ctx.settings.deadline_margin,
+    );
     let rs = match session::claim(&api, &rs, deadline_wall).await? {
         Claim::Claimed(s) => s,
         Claim::Taken => {

@@ -10,8 +10,68 @@ use kube::{Api, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
-use crate::api::{BackupSession, LABEL_INVOKER_NAME, LABEL_INVOKER_TYPE, SessionPhase, timestamp};
+use crate::api::{
+    BackupSession, LABEL_INVOKER_NAME, LABEL_INVOKER_TYPE, RestoreSession, SessionPhase, timestamp,
+};
 use crate::error::{Error, Result, api_code};
+
+/// The phase of a Stash session object.
+pub trait HasPhase {
+    fn phase(&self) -> Option<SessionPhase>;
+}
+
+impl HasPhase for BackupSession {
+    fn phase(&self) -> Option<SessionPhase> {
+        self.status.as_ref().and_then(|s| s.phase)
+    }
+}
+
+impl HasPhase for RestoreSession {
+    fn phase(&self) -> Option<SessionPhase> {
+        self.status.as_ref().and_then(|s| s.phase)
+    }
+}
+
+/// Re-read a session named by an event. `Ok(Err(why))` when it is not ours to run: gone,
+/// or already past Pending (a duplicate or late delivery).
+pub async fn fetch_pending<K>(
+    api: &Api<K>,
+    kind: &str,
+    namespace: &str,
+    name: &str,
+) -> Result<std::result::Result<K, String>>
+where
+    K: Resource + Clone + DeserializeOwned + Debug + HasPhase,
+{
+    match api.get_opt(name).await {
+        Ok(Some(s)) => match s.phase() {
+            Some(p) if p != SessionPhase::Pending => {
+                Ok(Err(format!("the {kind} is already {}", p.as_str())))
+            }
+            _ => Ok(Ok(s)),
+        },
+        Ok(None) => Ok(Err(format!("the {kind} no longer exists"))),
+        Err(e) => Err(Error::kube(format!("reading {kind} {namespace}/{name}"), e)),
+    }
+}
+
+/// When this session must be done: its own time limit from `started`, but never past the
+/// Lambda deadline less `margin` (time to abort and write status). Also as wall-clock time,
+/// for `status.sessionDeadline`.
+pub fn deadline(
+    started: std::time::Instant,
+    limit: Duration,
+    lambda_deadline: Option<std::time::Instant>,
+    margin: Duration,
+) -> (std::time::Instant, DateTime<Utc>) {
+    let mut at = started + limit;
+    if let Some(ld) = lambda_deadline {
+        at = at.min(ld.checked_sub(margin).unwrap_or(ld));
+    }
+    let wall = Utc::now()
+        + chrono::Duration::from_std(at.saturating_duration_since(started)).unwrap_or_default();
+    (at, wall)
+}
 
 /// Outcome of trying to claim a session.
 #[derive(Debug)]
@@ -115,7 +175,7 @@ fn order_key(s: &BackupSession) -> (DateTime<Utc>, String) {
 }
 
 fn phase(s: &BackupSession) -> Option<SessionPhase> {
-    s.status.as_ref().and_then(|st| st.phase)
+    s.phase()
 }
 
 /// Another session of the same invoker that is Running and came first, if any. A Running
