@@ -845,10 +845,10 @@ async fn push_metrics(
             _ => None,
         })
         .collect();
-    println!(
-        "{}",
-        metrics::emf_line(&[("BackupConfiguration", format!("{ns}/{name}"))], &emf)
-    );
+    metrics::emit_emf(&metrics::emf_line(
+        &[("BackupConfiguration", format!("{ns}/{name}"))],
+        &emf,
+    ));
     let Some(gateway) = &ctx.settings.pushgateway else {
         return;
     };

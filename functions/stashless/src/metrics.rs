@@ -113,6 +113,17 @@ pub fn emf_line(
     serde_json::Value::Object(root).to_string()
 }
 
+/// Print an EMF line where CloudWatch will pick it up: inside Lambda (stdout goes to the
+/// function's log group), or when `STASHLESS_EMF=1`. Elsewhere (the CLI) it would only
+/// clutter the output.
+pub fn emit_emf(line: &str) {
+    let wanted = std::env::var_os("AWS_LAMBDA_FUNCTION_NAME").is_some()
+        || std::env::var("STASHLESS_EMF").is_ok_and(|v| v == "1");
+    if wanted {
+        println!("{line}");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

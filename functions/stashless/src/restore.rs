@@ -531,16 +531,13 @@ async fn push_metrics(
 ) {
     let ns = rs.namespace().unwrap_or_default();
     let b = if success { 1.0 } else { 0.0 };
-    println!(
-        "{}",
-        metrics::emf_line(
-            &[("RestoreSession", format!("{ns}/{}", rs.name_any()))],
-            &[
-                ("RestoreSuccess", b, "Count"),
-                ("RestoreDuration", duration.as_secs_f64(), "Seconds")
-            ]
-        )
-    );
+    metrics::emit_emf(&metrics::emf_line(
+        &[("RestoreSession", format!("{ns}/{}", rs.name_any()))],
+        &[
+            ("RestoreSuccess", b, "Count"),
+            ("RestoreDuration", duration.as_secs_f64(), "Seconds"),
+        ],
+    ));
     let Some(gateway) = &ctx.settings.pushgateway else {
         return;
     };
