@@ -44,43 +44,7 @@ impl Cluster {
     pub async fn start() -> Result<Cluster> {
         stashless::install_crypto_provider();
         let kube = MemKube::new();
-        for (group, version, kind, plural, status) in [
-            (
-                "stash.appscode.com",
-                "v1beta1",
-                "BackupConfiguration",
-                "backupconfigurations",
-                true,
-            ),
-            (
-                "stash.appscode.com",
-                "v1beta1",
-                "BackupSession",
-                "backupsessions",
-                true,
-            ),
-            (
-                "stash.appscode.com",
-                "v1beta1",
-                "RestoreSession",
-                "restoresessions",
-                true,
-            ),
-            (
-                "stash.appscode.com",
-                "v1alpha1",
-                "Repository",
-                "repositories",
-                true,
-            ),
-            (
-                "appcatalog.appscode.com",
-                "v1alpha1",
-                "AppBinding",
-                "appbindings",
-                false,
-            ),
-        ] {
+        for (group, version, kind, plural, status) in stashless::crds::KINDS {
             let k = ResourceKind::new(group, version, kind, plural);
             kube.register(if status { k.with_status() } else { k });
         }

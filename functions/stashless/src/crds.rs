@@ -15,6 +15,45 @@ pub const REPOSITORIES: &str =
 pub const APP_BINDINGS: &str =
     include_str!("../../../infra/crds/stash/appbindings.appcatalog.appscode.com.yaml");
 
+/// The five kinds as (group, version, kind, plural, has a status subresource).
+pub const KINDS: [(&str, &str, &str, &str, bool); 5] = [
+    (
+        "stash.appscode.com",
+        "v1beta1",
+        "BackupConfiguration",
+        "backupconfigurations",
+        true,
+    ),
+    (
+        "stash.appscode.com",
+        "v1beta1",
+        "BackupSession",
+        "backupsessions",
+        true,
+    ),
+    (
+        "stash.appscode.com",
+        "v1beta1",
+        "RestoreSession",
+        "restoresessions",
+        true,
+    ),
+    (
+        "stash.appscode.com",
+        "v1alpha1",
+        "Repository",
+        "repositories",
+        true,
+    ),
+    (
+        "appcatalog.appscode.com",
+        "v1alpha1",
+        "AppBinding",
+        "appbindings",
+        false,
+    ),
+];
+
 /// All five, in the order to apply them.
 pub const ALL: [&str; 5] = [
     APP_BINDINGS,

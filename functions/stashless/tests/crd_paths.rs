@@ -114,3 +114,28 @@ fn reference_crds_have_status_subresources_where_stash_has_them() {
         assert_eq!(!sub.is_null(), has_status, "{}", v["metadata"]["name"]);
     }
 }
+
+#[test]
+fn kinds_table_matches_the_crd_files() {
+    for (yaml, (group, version, kind, plural, status)) in [
+        crds::BACKUP_CONFIGURATIONS,
+        crds::BACKUP_SESSIONS,
+        crds::RESTORE_SESSIONS,
+        crds::REPOSITORIES,
+        crds::APP_BINDINGS,
+    ]
+    .into_iter()
+    .zip(crds::KINDS)
+    {
+        let v: Value = serde_saphyr::from_str(yaml).unwrap();
+        assert_eq!(v["spec"]["group"], group);
+        assert_eq!(v["spec"]["names"]["kind"], kind);
+        assert_eq!(v["spec"]["names"]["plural"], plural);
+        assert_eq!(v["spec"]["versions"][0]["name"], version);
+        assert_eq!(
+            !v["spec"]["versions"][0]["subresources"]["status"].is_null(),
+            status,
+            "{kind}"
+        );
+    }
+}
