@@ -20,6 +20,7 @@ pub mod retention;
 pub mod schedule;
 pub mod scheduler;
 pub mod session;
+pub mod sweep;
 pub mod vault;
 
 pub use error::{Error, Result};

@@ -1,0 +1,269 @@
+//! The sweep, run inside every scheduler tick: level-triggered repair, so the product works
+//! with no in-cluster component and nothing is ever left Running.
+//!
+//! - A session Running past its `status.sessionDeadline` lost its function (Lambda killed,
+//!   crashed, or a status write that never landed): it is marked Failed with a reason.
+//! - A BackupSession whose BackupConfiguration is gone is marked Failed.
+//! - A session still Pending after a grace period was never picked up (a lost event): it is
+//!   returned for dispatching again. The functions re-read and claim, so a duplicate is
+//!   harmless.
+//!
+//! Every write carries the resourceVersion the sweep saw: if the function finished in the
+//! meantime, the write conflicts and the function's own status stands.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use chrono::{DateTime, Utc};
+use kube::api::{ListParams, Patch, PatchParams};
+use kube::{Api, Client, Resource, ResourceExt};
+use serde::Serialize;
+use serde_json::json;
+
+use crate::api::{
+    BackupConfiguration, BackupSession, Condition, RestoreSession, SessionPhase, condition,
+    set_condition,
+};
+use crate::error::{Error, Result, api_code};
+use crate::events::SessionRef;
+use crate::session::HasPhase;
+
+#[derive(Debug, Clone)]
+pub struct SweepSettings {
+    /// A session Pending for longer than this is dispatched again.
+    pub pending_grace: chrono::Duration,
+    /// A Running session without a `sessionDeadline` (written by something other than
+    /// stashless) is considered lost after this long.
+    pub running_without_deadline: chrono::Duration,
+}
+
+impl Default for SweepSettings {
+    fn default() -> Self {
+        SweepSettings {
+            pending_grace: chrono::Duration::minutes(2),
+            running_without_deadline: chrono::Duration::minutes(30),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct SweepReport {
+    /// Sessions to dispatch again (`kind` set).
+    pub redispatch: Vec<SessionRef>,
+    /// Sessions marked Failed here, with the reason (`Kind namespace/name`).
+    pub failed: BTreeMap<String, String>,
+}
+
+fn created(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> DateTime<Utc> {
+    meta.creation_timestamp
+        .as_ref()
+        .map(crate::k8s_time)
+        .unwrap_or_default()
+}
+
+fn deadline_of(deadline: Option<&str>) -> Option<DateTime<Utc>> {
+    deadline
+        .and_then(|d| DateTime::parse_from_rfc3339(d).ok())
+        .map(|d| d.with_timezone(&Utc))
+}
+
+/// Why a Running session is lost, if it is.
+fn lost(
+    deadline: Option<&str>,
+    created_at: DateTime<Utc>,
+    now: DateTime<Utc>,
+    s: &SweepSettings,
+) -> Option<String> {
+    match deadline_of(deadline) {
+        Some(d) if d < now => Some(format!(
+            "deadline exceeded: the function running this session stopped before finishing (sessionDeadline {} passed); nothing was stored; it runs again at the next schedule",
+            crate::api::timestamp(d)
+        )),
+        Some(_) => None,
+        None if now - created_at > s.running_without_deadline => Some(format!(
+            "deadline exceeded: Running for more than {} minutes without a deadline; nobody is working on it",
+            s.running_without_deadline.num_minutes()
+        )),
+        None => None,
+    }
+}
+
+async fn mark_failed<K>(
+    api: &Api<K>,
+    obj: &K,
+    reason: &str,
+    conditions: Vec<Condition>,
+    backup: bool,
+) -> Result<bool>
+where
+    K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let mut conditions = conditions;
+    if reason.starts_with("deadline exceeded") {
+        set_condition(
+            &mut conditions,
+            Condition::new(
+                condition::DEADLINE_EXCEEDED,
+                true,
+                "DeadlineExceeded",
+                reason,
+            ),
+        );
+    }
+    let mut status = json!({"phase": "Failed", "conditions": conditions});
+    if backup {
+        status["targets"] = json!([{"phase": "Failed", "totalHosts": 1, "stats": [{"hostname": crate::backup::DEFAULT_HOST, "phase": "Failed", "error": reason}]}]);
+    } else {
+        set_condition(
+            &mut conditions,
+            Condition::new(condition::RESTORE_COMPLETED, false, "RestoreFailed", reason),
+        );
+        status["conditions"] = json!(conditions);
+        status["stats"] =
+            json!([{"hostname": crate::backup::DEFAULT_HOST, "phase": "Failed", "error": reason}]);
+    }
+    let patch = json!({"metadata": {"resourceVersion": obj.resource_version()}, "status": status});
+    match api
+        .patch_status(
+            &obj.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(&patch),
+        )
+        .await
+    {
+        Ok(_) => Ok(true),
+        // It changed since we looked (the function finished after all): leave it be.
+        Err(e) if matches!(api_code(&e), Some(409) | Some(404)) => Ok(false),
+        Err(e) => Err(Error::kube(
+            format!("failing lost session {}", obj.name_any()),
+            e,
+        )),
+    }
+}
+
+/// One sweep over all namespaces (or `namespaces`) at `now`.
+pub async fn sweep(
+    client: &Client,
+    namespaces: &[String],
+    now: DateTime<Utc>,
+    s: &SweepSettings,
+) -> Result<SweepReport> {
+    let mut report = SweepReport::default();
+    let scopes: Vec<Option<&str>> = if namespaces.is_empty() {
+        vec![None]
+    } else {
+        namespaces.iter().map(|n| Some(n.as_str())).collect()
+    };
+    for scope in scopes {
+        let (backups, restores, configs): (
+            Api<BackupSession>,
+            Api<RestoreSession>,
+            Api<BackupConfiguration>,
+        ) = match scope {
+            None => (
+                Api::all(client.clone()),
+                Api::all(client.clone()),
+                Api::all(client.clone()),
+            ),
+            Some(ns) => (
+                Api::namespaced(client.clone(), ns),
+                Api::namespaced(client.clone(), ns),
+                Api::namespaced(client.clone(), ns),
+            ),
+        };
+        let lp = ListParams::default();
+        let existing: BTreeSet<(String, String)> = configs
+            .list(&lp)
+            .await
+            .map_err(|e| Error::kube("listing BackupConfigurations", e))?
+            .items
+            .iter()
+            .map(|c| (c.namespace().unwrap_or_default(), c.name_any()))
+            .collect();
+        for bs in backups
+            .list(&lp)
+            .await
+            .map_err(|e| Error::kube("listing BackupSessions", e))?
+            .items
+        {
+            let ns = bs.namespace().unwrap_or_default();
+            let api: Api<BackupSession> = Api::namespaced(client.clone(), &ns);
+            let key = format!("BackupSession {ns}/{}", bs.name_any());
+            let phase = bs.phase();
+            let active = matches!(
+                phase,
+                None | Some(SessionPhase::Pending) | Some(SessionPhase::Running)
+            );
+            let owner_gone = bs.spec.invoker.kind == "BackupConfiguration"
+                && !existing.contains(&(ns.clone(), bs.spec.invoker.name.clone()));
+            let conditions = bs
+                .status
+                .as_ref()
+                .map(|s| s.conditions.clone())
+                .unwrap_or_default();
+            let reason = if active && owner_gone {
+                Some(format!(
+                    "BackupConfiguration {ns}/{} no longer exists: nothing to back up",
+                    bs.spec.invoker.name
+                ))
+            } else if phase == Some(SessionPhase::Running) {
+                let deadline = bs
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.session_deadline.as_deref());
+                lost(deadline, created(&bs.metadata), now, s)
+            } else {
+                None
+            };
+            if let Some(reason) = reason {
+                if mark_failed(&api, &bs, &reason, conditions, true).await? {
+                    report.failed.insert(key, reason);
+                }
+            } else if matches!(phase, None | Some(SessionPhase::Pending))
+                && now - created(&bs.metadata) > s.pending_grace
+            {
+                report.redispatch.push(SessionRef {
+                    kind: Some("BackupSession".into()),
+                    namespace: ns,
+                    name: bs.name_any(),
+                });
+            }
+        }
+        for rs in restores
+            .list(&lp)
+            .await
+            .map_err(|e| Error::kube("listing RestoreSessions", e))?
+            .items
+        {
+            let ns = rs.namespace().unwrap_or_default();
+            let api: Api<RestoreSession> = Api::namespaced(client.clone(), &ns);
+            let phase = rs.phase();
+            if phase == Some(SessionPhase::Running) {
+                let deadline = rs
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.session_deadline.as_deref());
+                if let Some(reason) = lost(deadline, created(&rs.metadata), now, s) {
+                    let conditions = rs
+                        .status
+                        .as_ref()
+                        .map(|s| s.conditions.clone())
+                        .unwrap_or_default();
+                    if mark_failed(&api, &rs, &reason, conditions, false).await? {
+                        report
+                            .failed
+                            .insert(format!("RestoreSession {ns}/{}", rs.name_any()), reason);
+                    }
+                }
+            } else if matches!(phase, None | Some(SessionPhase::Pending))
+                && now - created(&rs.metadata) > s.pending_grace
+            {
+                report.redispatch.push(SessionRef {
+                    kind: Some("RestoreSession".into()),
+                    namespace: ns,
+                    name: rs.name_any(),
+                });
+            }
+        }
+    }
+    Ok(report)
+}
