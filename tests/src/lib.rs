@@ -5,6 +5,7 @@
 pub mod bao_extra;
 pub mod faults;
 pub mod procs;
+pub mod runtime_api;
 
 use std::sync::Arc;
 

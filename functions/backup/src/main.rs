@@ -9,6 +9,7 @@ use stashless::events::SessionRef;
 #[tokio::main]
 async fn main() -> Result<(), Error> {
     stashless::init_tracing();
+    stashless::lambda::graceful_shutdown("backup").await;
     let client = ClusterSource::from_env().client().await?;
     let ctx = Context::new(client, Settings::from_env());
     run(service_fn(|event: LambdaEvent<Value>| {

@@ -10,6 +10,7 @@ use stashless::restore::run as restore;
 #[tokio::main]
 async fn main() -> Result<(), Error> {
     stashless::init_tracing();
+    stashless::lambda::graceful_shutdown("restore").await;
     let client = ClusterSource::from_env().client().await?;
     let ctx = Context::new(client, Settings::from_env());
     run(service_fn(|event: LambdaEvent<Value>| {

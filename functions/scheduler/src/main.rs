@@ -12,6 +12,7 @@ use stashless::sweep::{SweepSettings, sweep};
 #[tokio::main]
 async fn main() -> Result<(), Error> {
     stashless::init_tracing();
+    stashless::lambda::graceful_shutdown("scheduler").await;
     let client = ClusterSource::from_env().client().await?;
     let settings = SchedulerSettings::from_env();
     run(service_fn(|event: LambdaEvent<Value>| {

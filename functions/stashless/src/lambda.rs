@@ -28,6 +28,17 @@ pub fn deadline_instant(deadline_ms: u64) -> Option<Instant> {
 #[error("{0}")]
 pub struct Retryable(pub String);
 
+/// Register for SIGTERM (Lambda sends it at shutdown only to functions with an extension;
+/// the runtime registers a no-op internal one for this): log, flush, exit 0. An invocation
+/// still running has already been bounded by its deadline, which aborts uploads and writes
+/// status before Lambda's own timeout.
+pub async fn graceful_shutdown(function: &'static str) {
+    lambda_runtime::spawn_graceful_shutdown_handler(move || async move {
+        tracing::info!(function, "SIGTERM: shutting down");
+    })
+    .await;
+}
+
 /// Map a handler result to what the runtime should see.
 pub fn respond(result: Result<Value, Error>) -> Result<Value, lambda_runtime::Error> {
     match result {

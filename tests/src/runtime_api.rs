@@ -1,0 +1,303 @@
+//! A local AWS Lambda Runtime API (the `2018-06-01` protocol the real `lambda_runtime` loop
+//! speaks), so the function binaries run exactly as in Lambda: the test queues an event,
+//! the binary fetches it from `/runtime/invocation/next` and posts its response or error.
+//!
+//! Not modelled: the Extensions API beyond registration (and an event stream that never
+//! sends: no INVOKE/SHUTDOWN events; shutdown is the SIGTERM the test sends), Logs/Telemetry APIs, init
+//! timeouts, freezing between invocations, response streaming.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Result, bail};
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
+use serde_json::Value;
+use tokio::sync::{Mutex, Notify};
+
+#[derive(Default)]
+struct Inner {
+    queue: VecDeque<(String, Value)>,
+    results: HashMap<String, std::result::Result<Value, Value>>,
+    first_poll: Option<std::time::Instant>,
+    polls: u64,
+}
+
+#[derive(Clone, Default)]
+struct Shared {
+    inner: Arc<Mutex<Inner>>,
+    queued: Arc<Notify>,
+    done: Arc<Notify>,
+}
+
+pub struct RuntimeApi {
+    pub addr: String,
+    shared: Shared,
+    task: tokio::task::JoinHandle<()>,
+    next_id: std::sync::atomic::AtomicU64,
+}
+
+async fn next(State(s): State<Shared>) -> impl IntoResponse {
+    loop {
+        let notified = s.queued.notified();
+        {
+            let mut inner = s.inner.lock().await;
+            inner.polls += 1;
+            if inner.first_poll.is_none() {
+                inner.first_poll = Some(std::time::Instant::now());
+            }
+            if let Some((id, event)) = inner.queue.pop_front() {
+                let deadline = SystemTime::now().duration_since(UNIX_EPOCH).unwrap()
+                    + Duration::from_secs(120);
+                let mut h = HeaderMap::new();
+                h.insert(
+                    "Lambda-Runtime-Aws-Request-Id",
+                    HeaderValue::from_str(&id).unwrap(),
+                );
+                h.insert(
+                    "Lambda-Runtime-Deadline-Ms",
+                    HeaderValue::from(deadline.as_millis() as u64),
+                );
+                h.insert(
+                    "Lambda-Runtime-Invoked-Function-Arn",
+                    HeaderValue::from_static(
+                        "arn:aws:lambda:us-east-1:111122223333:function:stashless",
+                    ),
+                );
+                h.insert(
+                    "Lambda-Runtime-Trace-Id",
+                    HeaderValue::from_static("Root=1-5759e988-bd862e3fe1be46a994272793"),
+                );
+                return (StatusCode::OK, h, event.to_string());
+            }
+        }
+        notified.await;
+    }
+}
+
+async fn respond(State(s): State<Shared>, Path(id): Path<String>, body: Bytes) -> StatusCode {
+    let v = serde_json::from_slice(&body)
+        .unwrap_or(Value::String(String::from_utf8_lossy(&body).into_owned()));
+    s.inner.lock().await.results.insert(id, Ok(v));
+    s.done.notify_waiters();
+    StatusCode::ACCEPTED
+}
+
+async fn error(State(s): State<Shared>, Path(id): Path<String>, body: Bytes) -> StatusCode {
+    let v = serde_json::from_slice(&body)
+        .unwrap_or(Value::String(String::from_utf8_lossy(&body).into_owned()));
+    s.inner.lock().await.results.insert(id, Err(v));
+    s.done.notify_waiters();
+    StatusCode::ACCEPTED
+}
+
+async fn init_error(State(s): State<Shared>, body: Bytes) -> StatusCode {
+    let v = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    s.inner.lock().await.results.insert("init".into(), Err(v));
+    s.done.notify_waiters();
+    StatusCode::ACCEPTED
+}
+
+async fn extension_register() -> impl IntoResponse {
+    let mut h = HeaderMap::new();
+    h.insert(
+        "Lambda-Extension-Identifier",
+        HeaderValue::from_static("ext-7d1c0a2b"),
+    );
+    (
+        StatusCode::OK,
+        h,
+        r#"{"functionName":"stashless","functionVersion":"$LATEST","handler":"bootstrap"}"#,
+    )
+}
+
+/// An extension that subscribed to nothing waits here until shutdown.
+async fn extension_next() -> StatusCode {
+    std::future::pending::<()>().await;
+    StatusCode::OK
+}
+
+impl RuntimeApi {
+    pub async fn start() -> Result<RuntimeApi> {
+        let shared = Shared::default();
+        let app = Router::new()
+            .route("/2018-06-01/runtime/invocation/next", get(next))
+            .route(
+                "/2018-06-01/runtime/invocation/{id}/response",
+                post(respond),
+            )
+            .route("/2018-06-01/runtime/invocation/{id}/error", post(error))
+            .route("/2018-06-01/runtime/init/error", post(init_error))
+            .route("/2020-01-01/extension/register", post(extension_register))
+            .route("/2020-01-01/extension/event/next", get(extension_next))
+            .with_state(shared.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?.to_string();
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Ok(RuntimeApi {
+            addr,
+            shared,
+            task,
+            next_id: Default::default(),
+        })
+    }
+
+    /// Queue one event and wait for the function's answer: Ok(response) or Err(error body).
+    pub async fn invoke(
+        &self,
+        event: Value,
+        timeout: Duration,
+    ) -> Result<(String, std::result::Result<Value, Value>)> {
+        let n = self
+            .next_id
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let id = format!("req-{n:04}-8f3e2c1a");
+        self.shared
+            .inner
+            .lock()
+            .await
+            .queue
+            .push_back((id.clone(), event));
+        self.shared.queued.notify_waiters();
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let done = self.shared.done.notified();
+            {
+                let mut inner = self.shared.inner.lock().await;
+                if let Some(r) = inner.results.remove(&id) {
+                    return Ok((id, r));
+                }
+                if let Some(Err(e)) = inner.results.get("init") {
+                    bail!("the function failed to initialise: {e}");
+                }
+            }
+            if tokio::time::timeout_at(deadline, done).await.is_err() {
+                bail!("no answer to {id} within {timeout:?}");
+            }
+        }
+    }
+
+    /// When the function first asked for work (its start-up is done by then).
+    pub async fn first_poll(&self) -> Option<std::time::Instant> {
+        self.shared.inner.lock().await.first_poll
+    }
+}
+
+impl Drop for RuntimeApi {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Every sample in `events/<dir>`, by file name.
+pub fn samples(dir: &str) -> Vec<(String, Value)> {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../events")
+        .join(dir);
+    let mut out: Vec<(String, Value)> = std::fs::read_dir(&root)
+        .unwrap_or_else(|e| panic!("{}: {e}", root.display()))
+        .map(|e| {
+            let p = e.unwrap().path();
+            let v = serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
+            (p.file_name().unwrap().to_string_lossy().into_owned(), v)
+        })
+        .collect();
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
+}
+
+/// A function binary running under the local Runtime API, as Lambda runs it.
+pub struct LambdaProcess {
+    pub api: RuntimeApi,
+    child: tokio::process::Child,
+    log: std::path::PathBuf,
+    pub spawned: std::time::Instant,
+}
+
+impl LambdaProcess {
+    pub async fn start(bin: &str, function: &str, env: &[(&str, &str)]) -> Result<LambdaProcess> {
+        let api = RuntimeApi::start().await?;
+        let log = std::env::temp_dir().join(format!(
+            "stashless-{function}-{}-{}.log",
+            std::process::id(),
+            api.addr.replace(':', "_")
+        ));
+        let file = std::fs::File::create(&log)?;
+        let spawned = std::time::Instant::now();
+        let child = tokio::process::Command::new(bin)
+            .env("AWS_LAMBDA_RUNTIME_API", &api.addr)
+            .env("AWS_LAMBDA_FUNCTION_NAME", function)
+            .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "512")
+            .env("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST")
+            .env("AWS_LAMBDA_LOG_FORMAT", "JSON")
+            .env("AWS_REGION", "us-east-1")
+            .envs(env.iter().copied())
+            .stdout(file.try_clone()?)
+            .stderr(file)
+            .kill_on_drop(true)
+            .spawn()?;
+        Ok(LambdaProcess {
+            api,
+            child,
+            log,
+            spawned,
+        })
+    }
+
+    /// Everything the function printed (logs, EMF lines).
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// A closure reading the logs later (after `terminate` consumed the process).
+    pub fn logs_handle(&self) -> impl Fn() -> String + use<> {
+        let path = self.log.clone();
+        move || std::fs::read_to_string(&path).unwrap_or_default()
+    }
+
+    /// From spawn to the first request for work.
+    pub async fn startup(&self) -> Option<Duration> {
+        self.api.first_poll().await.map(|t| t - self.spawned)
+    }
+
+    /// Send SIGTERM and wait for the process to exit.
+    pub async fn terminate(mut self) -> Result<std::process::ExitStatus> {
+        if let Some(pid) = self.child.id() {
+            unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
+        }
+        Ok(tokio::time::timeout(Duration::from_secs(10), self.child.wait()).await??)
+    }
+}
+
+/// Run every sample of `dir` through the function: `malformed-*` must be answered with a
+/// `rejected` response (not an error: Lambda must not retry them), the rest with a normal
+/// response. Returns the request ids used, in order.
+pub async fn run_samples(f: &LambdaProcess, dir: &str) -> Result<Vec<String>> {
+    let mut ids = Vec::new();
+    for (name, event) in samples(dir) {
+        let (id, r) = f.api.invoke(event, Duration::from_secs(60)).await?;
+        let v = match r {
+            Ok(v) => v,
+            Err(e) => bail!(
+                "{dir}/{name}: the function returned an error (Lambda would retry): {e}\n{}",
+                f.logs()
+            ),
+        };
+        if name.starts_with("malformed") {
+            if v["status"] != "rejected" {
+                bail!("{dir}/{name}: expected a rejected response, got {v}");
+            }
+        } else if v["status"] == "rejected" {
+            bail!("{dir}/{name}: a valid sample was rejected: {v}");
+        }
+        ids.push(id);
+    }
+    Ok(ids)
+}
