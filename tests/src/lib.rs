@@ -4,6 +4,7 @@
 
 pub mod bao_extra;
 pub mod faults;
+pub mod moto;
 pub mod procs;
 pub mod runtime_api;
 

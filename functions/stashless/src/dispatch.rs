@@ -1,76 +1,366 @@
-//! Turning session changes into function invocations. Events only say *what* changed;
-//! the functions re-read the object and claim it, so duplicate, late or out-of-order
-//! deliveries are harmless (level-triggered, as controllers are).
+//! Turning object changes into function invocations. Events only say *what* changed
+//! (kind, namespace, name, uid, resourceVersion, change); the functions re-read the object
+//! and claim it, so duplicate, late or out-of-order deliveries are harmless.
 //!
-//! This module has the in-process router used by the demo and tests: a
-//! `kube::runtime::watcher` on BackupSessions and RestoreSessions that hands every Pending
-//! session to the backup or restore logic in this process.
+//! One trait, two implementations: [`EventBridge`] (`PutEvents` on a bus whose rules route
+//! to the Lambda functions) and [`InProcess`] (the demo and tests run the same handlers in
+//! this process). [`bridge`] is the watch loop both the in-cluster bridge and the demo use.
+//!
+//! Events on the bus: `source` = `stashless.bridge`, `detail-type` = `<Kind> <Change>`
+//! (e.g. `BackupSession Added`), `detail` = [`Change`] as JSON. No object bodies, no secrets.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
+use async_trait::async_trait;
 use futures::StreamExt;
 use kube::runtime::watcher::{self, Event};
-use kube::{Api, ResourceExt};
+use kube::{Api, Client, Resource, ResourceExt};
+use serde::{Deserialize, Serialize};
+use tokio::sync::Mutex;
 use tokio::task::JoinSet;
 
-use crate::api::{BackupSession, RestoreSession, SessionPhase};
+use crate::api::{BackupConfiguration, BackupSession, RestoreSession, SessionPhase};
 use crate::backup::Context;
+use crate::error::{Error, Result};
 use crate::events::SessionRef;
 use crate::session::HasPhase;
 
-fn pending<K: HasPhase>(k: &K) -> bool {
-    matches!(k.phase(), None | Some(SessionPhase::Pending))
+pub const SOURCE: &str = "stashless.bridge";
+/// PutEvents limits: 10 entries and 256 KiB per call.
+pub const MAX_ENTRIES: usize = 10;
+pub const MAX_BATCH_BYTES: usize = 256 * 1024;
+
+/// What changed. This is the `detail` of a bridge event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Change {
+    pub kind: String,
+    pub namespace: String,
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uid: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resource_version: Option<String>,
+    /// `Added`, `Modified`, `Deleted`, or `Sweep` (re-sent by the scheduler's sweep).
+    pub change: String,
 }
 
-fn to_ref<K: kube::Resource>(kind: &str, k: &K) -> SessionRef {
-    SessionRef {
-        kind: Some(kind.into()),
-        namespace: k.namespace().unwrap_or_default(),
-        name: k.name_any(),
+impl Change {
+    pub fn of<K: Resource>(kind: &str, obj: &K, change: &str) -> Change {
+        Change {
+            kind: kind.into(),
+            namespace: obj.namespace().unwrap_or_default(),
+            name: obj.name_any(),
+            uid: obj.meta().uid.clone(),
+            resource_version: obj.meta().resource_version.clone(),
+            change: change.into(),
+        }
+    }
+
+    pub fn from_ref(r: &SessionRef, change: &str) -> Change {
+        Change {
+            kind: r.kind.clone().unwrap_or_default(),
+            namespace: r.namespace.clone(),
+            name: r.name.clone(),
+            uid: None,
+            resource_version: None,
+            change: change.into(),
+        }
+    }
+
+    pub fn detail_type(&self) -> String {
+        format!("{} {}", self.kind, self.change)
+    }
+
+    pub fn session_ref(&self) -> SessionRef {
+        SessionRef {
+            kind: Some(self.kind.clone()),
+            namespace: self.namespace.clone(),
+            name: self.name.clone(),
+        }
     }
 }
 
-/// Watch BackupSessions and RestoreSessions in all namespaces and run the backup or restore
-/// for each Pending one, in this process, until the returned future is dropped.
-pub async fn route_in_process(ctx: Arc<Context>) {
-    let backups: Api<BackupSession> = Api::all(ctx.kube.clone());
-    let restores: Api<RestoreSession> = Api::all(ctx.kube.clone());
-    let mut running = JoinSet::new();
-    let mut b = std::pin::pin!(watcher::watcher(backups, watcher::Config::default()));
-    let mut r = std::pin::pin!(watcher::watcher(restores, watcher::Config::default()));
-    loop {
-        tokio::select! {
-            Some(ev) = b.next() => match ev {
-                Ok(Event::Apply(s)) | Ok(Event::InitApply(s)) if pending(&s) => {
-                    let (ctx, target) = (ctx.clone(), to_ref("BackupSession", &s));
-                    running.spawn(async move {
+/// Hands changes to whatever runs the functions.
+#[async_trait]
+pub trait Dispatch: Send + Sync {
+    async fn dispatch(&self, changes: &[Change]) -> Result<()>;
+}
+
+/// Runs the backup and restore handlers in this process (demo, tests).
+pub struct InProcess {
+    ctx: Arc<Context>,
+    tasks: Mutex<JoinSet<()>>,
+}
+
+impl InProcess {
+    pub fn new(ctx: Arc<Context>) -> Arc<InProcess> {
+        Arc::new(InProcess {
+            ctx,
+            tasks: Mutex::new(JoinSet::new()),
+        })
+    }
+
+    /// Wait until every dispatched invocation has finished.
+    pub async fn idle(&self) {
+        let mut tasks = self.tasks.lock().await;
+        while tasks.join_next().await.is_some() {}
+    }
+}
+
+#[async_trait]
+impl Dispatch for InProcess {
+    async fn dispatch(&self, changes: &[Change]) -> Result<()> {
+        let mut tasks = self.tasks.lock().await;
+        while tasks.try_join_next().is_some() {}
+        for c in changes {
+            let (ctx, target) = (self.ctx.clone(), c.session_ref());
+            match c.kind.as_str() {
+                "BackupSession" => {
+                    tasks.spawn(async move {
                         if let Err(e) = crate::backup::run(&ctx, &target, None).await {
                             tracing::warn!(session = %target.name, error = %e, "backup invocation failed");
                         }
                     });
                 }
-                Ok(_) => {}
-                Err(e) => tracing::debug!(error = %e, "BackupSession watch error (the watcher retries)"),
-            },
-            Some(ev) = r.next() => match ev {
-                Ok(Event::Apply(s)) | Ok(Event::InitApply(s)) if pending(&s) => {
-                    let (ctx, target) = (ctx.clone(), to_ref("RestoreSession", &s));
-                    running.spawn(async move {
+                "RestoreSession" => {
+                    tasks.spawn(async move {
                         if let Err(e) = crate::restore::run(&ctx, &target, None).await {
                             tracing::warn!(session = %target.name, error = %e, "restore invocation failed");
                         }
                     });
                 }
-                Ok(_) => {}
-                Err(e) => tracing::debug!(error = %e, "RestoreSession watch error (the watcher retries)"),
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `PutEvents` on an EventBridge bus, batched within the API's limits; entries that fail
+/// (throttling, internal errors) are retried with backoff.
+pub struct EventBridge {
+    client: aws_sdk_eventbridge::Client,
+    bus: String,
+}
+
+impl EventBridge {
+    pub fn new(client: aws_sdk_eventbridge::Client, bus: impl Into<String>) -> EventBridge {
+        EventBridge {
+            client,
+            bus: bus.into(),
+        }
+    }
+
+    /// From the environment: `STASHLESS_EVENT_BUS` (name or ARN), AWS config as usual.
+    pub async fn from_env() -> Option<EventBridge> {
+        let bus = std::env::var("STASHLESS_EVENT_BUS")
+            .ok()
+            .filter(|b| !b.is_empty())?;
+        crate::install_crypto_provider();
+        let conf = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+        Some(EventBridge::new(
+            aws_sdk_eventbridge::Client::new(&conf),
+            bus,
+        ))
+    }
+
+    fn entry(&self, c: &Change) -> aws_sdk_eventbridge::types::PutEventsRequestEntry {
+        aws_sdk_eventbridge::types::PutEventsRequestEntry::builder()
+            .event_bus_name(&self.bus)
+            .source(SOURCE)
+            .detail_type(c.detail_type())
+            .detail(serde_json::to_string(c).expect("change serialises"))
+            .build()
+    }
+
+    async fn put_batch(&self, batch: &[Change]) -> Result<()> {
+        let mut pending: Vec<Change> = batch.to_vec();
+        let mut delay = Duration::from_millis(100);
+        for attempt in 1..=6 {
+            let out = self
+                .client
+                .put_events()
+                .set_entries(Some(pending.iter().map(|c| self.entry(c)).collect()))
+                .send()
+                .await;
+            match out {
+                Ok(out) if out.failed_entry_count == 0 => return Ok(()),
+                Ok(out) => {
+                    // Results are positional: keep the entries that carry an error code.
+                    let results = out.entries.unwrap_or_default();
+                    pending = pending
+                        .into_iter()
+                        .zip(results)
+                        .filter(|(_, r)| r.error_code.is_some())
+                        .map(|(c, _)| c)
+                        .collect();
+                    tracing::warn!(
+                        attempt,
+                        failed = pending.len(),
+                        "PutEvents: some entries failed, retrying them"
+                    );
+                }
+                Err(e) => {
+                    tracing::warn!(attempt, error = %aws_sdk_eventbridge::error::DisplayErrorContext(&e), "PutEvents failed, retrying");
+                }
+            }
+            tokio::time::sleep(delay).await;
+            delay *= 2;
+        }
+        Err(Error::Dispatch(format!(
+            "PutEvents to {} kept failing for {} event(s): {}",
+            self.bus,
+            pending.len(),
+            pending
+                .iter()
+                .map(|c| format!("{}/{}", c.namespace, c.name))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )))
+    }
+}
+
+/// Split into PutEvents batches: at most 10 entries and 256 KiB each.
+pub fn batches(changes: &[Change]) -> Vec<&[Change]> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    let mut bytes = 0;
+    for (i, c) in changes.iter().enumerate() {
+        let size = serde_json::to_string(c).map(|s| s.len()).unwrap_or(0)
+            + c.detail_type().len()
+            + SOURCE.len();
+        if i > start && (i - start == MAX_ENTRIES || bytes + size > MAX_BATCH_BYTES) {
+            out.push(&changes[start..i]);
+            start = i;
+            bytes = 0;
+        }
+        bytes += size;
+    }
+    if start < changes.len() {
+        out.push(&changes[start..]);
+    }
+    out
+}
+
+#[async_trait]
+impl Dispatch for EventBridge {
+    async fn dispatch(&self, changes: &[Change]) -> Result<()> {
+        for batch in batches(changes) {
+            self.put_batch(batch).await?;
+        }
+        Ok(())
+    }
+}
+
+fn pending<K: HasPhase>(k: &K) -> bool {
+    matches!(k.phase(), None | Some(SessionPhase::Pending))
+}
+
+/// Health of a running bridge: true once every watch has listed and while none is failing.
+#[derive(Debug, Default)]
+pub struct Health {
+    backups: AtomicBool,
+    restores: AtomicBool,
+    configs: AtomicBool,
+}
+
+impl Health {
+    pub fn ok(&self) -> bool {
+        self.backups.load(Ordering::Relaxed)
+            && self.restores.load(Ordering::Relaxed)
+            && self.configs.load(Ordering::Relaxed)
+    }
+}
+
+/// The watch bridge: watches BackupSessions, RestoreSessions and BackupConfigurations
+/// (all namespaces, or `namespaces`) and dispatches each relevant change: a session that
+/// is Pending (new, or still unclaimed), a configuration whose spec changed. The watcher
+/// resumes from bookmarks and relists after 410 Gone by itself. Runs until dropped.
+pub async fn bridge(
+    client: Client,
+    namespaces: Vec<String>,
+    to: Arc<dyn Dispatch>,
+    health: Arc<Health>,
+) {
+    fn apis<K>(client: &Client, namespaces: &[String]) -> Vec<Api<K>>
+    where
+        K: Resource<Scope = kube::core::NamespaceResourceScope, DynamicType = ()>,
+    {
+        if namespaces.is_empty() {
+            vec![Api::all(client.clone())]
+        } else {
+            namespaces
+                .iter()
+                .map(|n| Api::namespaced(client.clone(), n))
+                .collect()
+        }
+    }
+    let cfg = || watcher::Config::default().any_semantic();
+    let b = futures::stream::select_all(
+        apis::<BackupSession>(&client, &namespaces)
+            .into_iter()
+            .map(|a| watcher::watcher(a, cfg()).boxed()),
+    );
+    let r = futures::stream::select_all(
+        apis::<RestoreSession>(&client, &namespaces)
+            .into_iter()
+            .map(|a| watcher::watcher(a, cfg()).boxed()),
+    );
+    let c = futures::stream::select_all(
+        apis::<BackupConfiguration>(&client, &namespaces)
+            .into_iter()
+            .map(|a| watcher::watcher(a, cfg()).boxed()),
+    );
+    let (mut b, mut r, mut c) = (b, r, c);
+    loop {
+        let changes: Vec<Change> = tokio::select! {
+            Some(ev) = b.next() => match ev {
+                Ok(Event::Apply(s)) | Ok(Event::InitApply(s)) if pending(&s) => vec![Change::of("BackupSession", &s, "Added")],
+                Ok(Event::InitDone) => { health.backups.store(true, Ordering::Relaxed); vec![] }
+                Ok(_) => vec![],
+                Err(e) => { tracing::warn!(error = %e, "BackupSession watch error (retrying)"); vec![] }
             },
-            Some(_) = running.join_next(), if !running.is_empty() => {}
+            Some(ev) = r.next() => match ev {
+                Ok(Event::Apply(s)) | Ok(Event::InitApply(s)) if pending(&s) => vec![Change::of("RestoreSession", &s, "Added")],
+                Ok(Event::InitDone) => { health.restores.store(true, Ordering::Relaxed); vec![] }
+                Ok(_) => vec![],
+                Err(e) => { tracing::warn!(error = %e, "RestoreSession watch error (retrying)"); vec![] }
+            },
+            Some(ev) = c.next() => match ev {
+                Ok(Event::Apply(cfg)) if cfg.status.as_ref().and_then(|s| s.observed_generation) != cfg.metadata.generation => {
+                    vec![Change::of("BackupConfiguration", &cfg, "Modified")]
+                }
+                Ok(Event::InitDone) => { health.configs.store(true, Ordering::Relaxed); vec![] }
+                Ok(_) => vec![],
+                Err(e) => { tracing::warn!(error = %e, "BackupConfiguration watch error (retrying)"); vec![] }
+            },
+            else => return,
+        };
+        if !changes.is_empty()
+            && let Err(e) = to.dispatch(&changes).await
+        {
+            tracing::error!(error = %e, "dispatching failed; the scheduler's sweep will pick the sessions up");
         }
     }
 }
 
+/// The demo's and tests' router: the bridge with in-process dispatch.
+pub async fn route_in_process(ctx: Arc<Context>) {
+    let client = ctx.kube.clone();
+    bridge(
+        client,
+        Vec::new(),
+        InProcess::new(ctx),
+        Arc::new(Health::default()),
+    )
+    .await
+}
+
 /// Wait until a session reaches a final phase, by watching it. Returns the final object.
-pub async fn follow<K>(api: &Api<K>, name: &str) -> crate::Result<K>
+pub async fn follow<K>(api: &Api<K>, name: &str) -> Result<K>
 where
     K: kube::Resource
         + Clone
@@ -88,7 +378,51 @@ where
             Err(e) => tracing::debug!(error = %e, "watch error while following {name}"),
         }
     }
-    Err(crate::Error::Invalid(format!(
+    Err(Error::Invalid(format!(
         "stopped following {name}: the watch ended"
     )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn change(i: usize, pad: usize) -> Change {
+        Change {
+            kind: "BackupSession".into(),
+            namespace: "ns".into(),
+            name: format!("s-{i}-{}", "x".repeat(pad)),
+            uid: None,
+            resource_version: None,
+            change: "Added".into(),
+        }
+    }
+
+    #[test]
+    fn batches_respect_entry_and_size_limits() {
+        let many: Vec<Change> = (0..25).map(|i| change(i, 0)).collect();
+        let b = batches(&many);
+        assert_eq!(
+            b.iter().map(|b| b.len()).collect::<Vec<_>>(),
+            vec![10, 10, 5]
+        );
+        let big: Vec<Change> = (0..5).map(|i| change(i, 100 * 1024)).collect();
+        let b = batches(&big);
+        assert!(
+            b.iter().all(|b| b.len() <= 2),
+            "{:?}",
+            b.iter().map(|b| b.len()).collect::<Vec<_>>()
+        );
+        assert_eq!(b.iter().map(|b| b.len()).sum::<usize>(), 5);
+        assert!(batches(&[]).is_empty());
+    }
+
+    #[test]
+    fn detail_carries_no_object_body() {
+        let c = change(1, 0);
+        let v = serde_json::to_value(&c).unwrap();
+        let keys: Vec<&String> = v.as_object().unwrap().keys().collect();
+        assert_eq!(keys, ["change", "kind", "name", "namespace"]);
+        assert_eq!(c.detail_type(), "BackupSession Added");
+    }
 }

@@ -45,6 +45,9 @@ pub enum Error {
     /// The function's deadline (Lambda's or the session's `timeOut`) came first.
     #[error("deadline exceeded: {0}")]
     Deadline(String),
+    /// Handing work to the functions (EventBridge) failed.
+    #[error("dispatch: {0}")]
+    Dispatch(String),
     /// The invocation payload is not one we accept.
     #[error("malformed event: {0}")]
     BadEvent(String),
@@ -66,6 +69,7 @@ impl Error {
                 _ => true,
             },
             Error::Vault { retryable, .. } | Error::Storage { retryable, .. } => *retryable,
+            Error::Dispatch(_) => true,
             Error::NotFound { .. }
             | Error::Invalid(_)
             | Error::Archive(_)
