@@ -330,7 +330,9 @@ pub async fn bridge(
                 Err(e) => { tracing::warn!(error = %e, "RestoreSession watch error (retrying)"); vec![] }
             },
             Some(ev) = c.next() => match ev {
-                Ok(Event::Apply(cfg)) if cfg.status.as_ref().and_then(|s| s.observed_generation) != cfg.metadata.generation => {
+                Ok(Event::Apply(cfg)) | Ok(Event::InitApply(cfg))
+                    if cfg.status.as_ref().and_then(|s| s.observed_generation) != cfg.metadata.generation =>
+                {
                     vec![Change::of("BackupConfiguration", &cfg, "Modified")]
                 }
                 Ok(Event::InitDone) => { health.configs.store(true, Ordering::Relaxed); vec![] }
