@@ -15,6 +15,8 @@ pub enum Fault {
     None,
     /// Close both sides after this many bytes went from server to client on one connection.
     CutAfter(u64),
+    /// Pass server→client bytes at most this fast (bytes per second): a slow stream.
+    Throttle(u64),
 }
 
 pub struct Proxy {
@@ -64,12 +66,14 @@ async fn relay(client: TcpStream, server: TcpStream, fault: Fault, cuts: Arc<Ato
         let _ = tokio::io::copy(&mut cr, &mut sw).await;
         let _ = sw.shutdown().await;
     });
-    let limit = match fault {
-        Fault::None => u64::MAX,
-        Fault::CutAfter(n) => n,
+    let (limit, rate) = match fault {
+        Fault::None => (u64::MAX, None),
+        Fault::CutAfter(n) => (n, None),
+        Fault::Throttle(bps) => (u64::MAX, Some(bps.max(1))),
     };
+    let started = std::time::Instant::now();
     let mut sent = 0u64;
-    let mut buf = vec![0u8; 64 * 1024];
+    let mut buf = vec![0u8; if rate.is_some() { 4 * 1024 } else { 64 * 1024 }];
     loop {
         let n = match sr.read(&mut buf).await {
             Ok(0) | Err(_) => break,
@@ -80,6 +84,11 @@ async fn relay(client: TcpStream, server: TcpStream, fault: Fault, cuts: Arc<Ato
             break;
         }
         sent += allowed as u64;
+        if let Some(bps) = rate {
+            // Hold the stream back to the rate: the time these bytes are due at.
+            let due = started + std::time::Duration::from_secs_f64(sent as f64 / bps as f64);
+            tokio::time::sleep_until(due.into()).await;
+        }
         if sent >= limit {
             cuts.fetch_add(1, Ordering::SeqCst);
             break;

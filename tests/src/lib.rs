@@ -6,6 +6,7 @@ pub mod bao_extra;
 pub mod faults;
 pub mod moto;
 pub mod procs;
+pub mod put_events;
 pub mod runtime_api;
 
 use std::sync::Arc;

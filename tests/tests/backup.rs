@@ -678,3 +678,91 @@ async fn malformed_and_stale_events_are_refused_quietly() {
     assert!(failed_reason(&outcome).contains("BackupConfiguration vault/vanished not found"));
     let _ = Duration::ZERO;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_stream_past_a_three_second_deadline_fails_and_aborts() {
+    let f = Failing::new("slow").await;
+    let bao = OpenBao::start().await.unwrap();
+    bao.seed(100, 4096).await.unwrap();
+    let upstream = bao.addr.trim_start_matches("http://").to_string();
+    // 64 KiB/s: the snapshot needs far longer than the 3 s the configuration allows.
+    let proxy = Proxy::start(&upstream, Fault::Throttle(64 * 1024))
+        .await
+        .unwrap();
+    f.cluster
+        .vault_binding("vault", &proxy.addr, &bao.root_token)
+        .await
+        .unwrap();
+    f.cluster
+        .repository("repo", &f.s3, &f.bucket, "")
+        .await
+        .unwrap();
+    f.cluster
+        .backup_config(ConfigBuilder::new("cfg").time_out("3s"))
+        .await
+        .unwrap();
+    f.cluster.new_session("cfg", "cfg-1").await.unwrap();
+    let started = std::time::Instant::now();
+    let outcome = backup::run(&f.cluster.backup_context(None), &session_ref("cfg-1"), None)
+        .await
+        .unwrap();
+    let reason = failed_reason(&outcome);
+    assert!(reason.starts_with("deadline exceeded"), "{reason}");
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "took {:?}",
+        started.elapsed()
+    );
+    let st = f.cluster.session("cfg-1").await.unwrap().status.unwrap();
+    assert_eq!(st.phase, Some(SessionPhase::Failed));
+    assert!(st.conditions.iter().any(|c| c.type_ == "DeadlineExceeded"));
+    assert_eq!(
+        f.s3.open_uploads(&f.bucket).await.unwrap(),
+        0,
+        "incomplete multipart upload left"
+    );
+    assert!(f.s3.keys(&f.bucket, "").await.unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn out_of_order_events_are_harmless() {
+    init_logs();
+    let (s3, bucket) = s3_bucket("order").await;
+    let bao = OpenBao::start().await.unwrap();
+    let cluster = Cluster::start().await.unwrap();
+    cluster
+        .vault_binding("vault", &bao.addr, &bao.root_token)
+        .await
+        .unwrap();
+    cluster.repository("repo", &s3, &bucket, "").await.unwrap();
+    cluster
+        .backup_config(ConfigBuilder::new("cfg"))
+        .await
+        .unwrap();
+    cluster.new_session("cfg", "cfg-1").await.unwrap();
+    let envelope = |change: &str, name: &str| {
+        json!({"version": "0", "id": "1", "detail-type": format!("BackupSession {change}"), "source": "stashless.bridge",
+               "account": "1", "time": "2026-01-01T00:00:00Z", "region": "us-east-1", "resources": [],
+               "detail": {"kind": "BackupSession", "namespace": NS, "name": name, "change": change}})
+    };
+    let ctx = cluster.backup_context(None);
+    // A "Deleted" event arriving first: the function reads the object, which exists and is Pending.
+    let first = SessionRef::from_event(&envelope("Deleted", "cfg-1"), "BackupSession").unwrap();
+    assert!(matches!(
+        backup::run(&ctx, &first, None).await.unwrap(),
+        Outcome::Succeeded { .. }
+    ));
+    // The "Added" event arriving late is a no-op.
+    let late = SessionRef::from_event(&envelope("Added", "cfg-1"), "BackupSession").unwrap();
+    assert!(matches!(
+        backup::run(&ctx, &late, None).await.unwrap(),
+        Outcome::NotClaimed { .. }
+    ));
+    // An event for a session deleted in between is a no-op too.
+    let gone = SessionRef::from_event(&envelope("Added", "cfg-deleted"), "BackupSession").unwrap();
+    assert!(matches!(
+        backup::run(&ctx, &gone, None).await.unwrap(),
+        Outcome::NotClaimed { .. }
+    ));
+    assert_eq!(s3.keys(&bucket, "snapshots/").await.unwrap().len(), 2);
+}

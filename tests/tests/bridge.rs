@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::Value;
+
 use stashless::dispatch::{EventBridge, Health, SOURCE, bridge};
 use stashless_tests::moto::Moto;
 use stashless_tests::{Cluster, ConfigBuilder, init_logs};
@@ -140,5 +141,136 @@ async fn session_changes_arrive_on_the_bus_as_documented() {
         "{seen:?}"
     );
     assert!(health.ok());
+    task.abort();
+}
+
+use stashless::dispatch::{Change, Dispatch};
+use stashless_tests::put_events::PutEventsServer;
+use tokio::sync::Mutex;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partial_put_events_failures_are_retried_signed_and_never_doubled() {
+    init_logs();
+    let server = PutEventsServer::start().await.unwrap();
+    let bus = EventBridge::new(server.client(), "stashless");
+    let changes: Vec<Change> = (0..13)
+        .map(|i| Change {
+            kind: "BackupSession".into(),
+            namespace: "vault".into(),
+            name: format!("s-{i}"),
+            uid: Some(format!("uid-{i}")),
+            resource_version: Some("1".into()),
+            change: "Added".into(),
+        })
+        .collect();
+    // The first request (10 entries) has its first 3 entries throttled.
+    server.fail_next(3);
+    bus.dispatch(&changes).await.unwrap();
+    let accepted = server.accepted().await;
+    let mut names: Vec<String> = accepted
+        .iter()
+        .map(|e| {
+            serde_json::from_str::<Value>(e["Detail"].as_str().unwrap()).unwrap()["name"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    names.sort();
+    let mut expected: Vec<String> = (0..13).map(|i| format!("s-{i}")).collect();
+    expected.sort();
+    assert_eq!(names, expected, "every change exactly once");
+    assert_eq!(server.requests(), 3, "10 + the 3 retried + 3");
+    assert_eq!(server.unsigned(), 0);
+    assert!(
+        accepted
+            .iter()
+            .all(|e| e["Source"] == SOURCE && e["EventBusName"] == "stashless")
+    );
+    assert_eq!(accepted[0]["DetailType"], "BackupSession Added");
+}
+
+/// Records what the bridge dispatches.
+#[derive(Default)]
+struct Recorder(Mutex<Vec<Change>>);
+
+#[async_trait::async_trait]
+impl Dispatch for Recorder {
+    async fn dispatch(&self, changes: &[Change]) -> stashless::Result<()> {
+        self.0.lock().await.extend_from_slice(changes);
+        Ok(())
+    }
+}
+
+impl Recorder {
+    async fn wait_for(&self, n: usize) -> Vec<Change> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let got = self.0.lock().await.clone();
+            if got.len() >= n || tokio::time::Instant::now() > deadline {
+                return got;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+fn session(name: &str) -> Value {
+    serde_json::json!({
+        "apiVersion": "stash.appscode.com/v1beta1", "kind": "BackupSession",
+        "metadata": {"name": name, "namespace": "vault"},
+        "spec": {"invoker": {"apiGroup": "stash.appscode.com", "kind": "BackupConfiguration", "name": "cfg"}}
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relist_after_410_gone_neither_loses_nor_duplicates() {
+    init_logs();
+    stashless::install_crypto_provider();
+    let kube = memkube::MemKube::new();
+    for (g, v, k, p, st) in stashless::crds::KINDS {
+        let r = memkube::ResourceKind::new(g, v, k, p);
+        kube.register(if st { r.with_status() } else { r });
+    }
+    let server = kube.serve().await.unwrap();
+    let addr = server.addr();
+    let client = stashless::cluster::ClusterSource::Url {
+        url: server.url(),
+        token: None,
+    }
+    .client()
+    .await
+    .unwrap();
+    let rec = Arc::new(Recorder::default());
+    let task = tokio::spawn(bridge(
+        client.clone(),
+        Vec::new(),
+        rec.clone(),
+        Arc::new(Health::default()),
+    ));
+    for n in ["a", "b", "c"] {
+        kube.insert("stash.appscode.com", "backupsessions", session(n))
+            .unwrap();
+    }
+    assert_eq!(rec.wait_for(3).await.len(), 3);
+
+    // The API server goes away; meanwhile history is compacted and a session is created.
+    server.shutdown().await;
+    kube.compact();
+    kube.insert("stash.appscode.com", "backupsessions", session("d"))
+        .unwrap();
+    let _server = kube.serve_on(addr).await.unwrap();
+    // The watcher resumes from its old resourceVersion, gets 410 Gone, relists. "d" must
+    // come through; a session created after the relist proves the relist was processed.
+    assert_eq!(rec.wait_for(4).await.len(), 4);
+    kube.insert("stash.appscode.com", "backupsessions", session("e"))
+        .unwrap();
+    let all = rec.wait_for(5).await;
+    let names: Vec<&str> = all.iter().map(|c| c.name.as_str()).collect();
+    assert_eq!(
+        names,
+        ["a", "b", "c", "d", "e"],
+        "lost or duplicated dispatches"
+    );
     task.abort();
 }

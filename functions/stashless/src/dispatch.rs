@@ -9,6 +9,7 @@
 //! Events on the bus: `source` = `stashless.bridge`, `detail-type` = `<Kind> <Change>`
 //! (e.g. `BackupSession Added`), `detail` = [`Change`] as JSON. No object bodies, no secrets.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -315,37 +316,82 @@ pub async fn bridge(
             .map(|a| watcher::watcher(a, cfg()).boxed()),
     );
     let (mut b, mut r, mut c) = (b, r, c);
+    // What was already dispatched, by uid → resourceVersion: a relist (after 410 Gone or a
+    // reconnect) replays every object, and an unchanged one must not be dispatched again.
+    let mut sent: HashMap<String, String> = HashMap::new();
     loop {
-        let changes: Vec<Change> = tokio::select! {
+        let candidates: Vec<Change> = tokio::select! {
             Some(ev) = b.next() => match ev {
-                Ok(Event::Apply(s)) | Ok(Event::InitApply(s)) if pending(&s) => vec![Change::of("BackupSession", &s, "Added")],
+                Ok(Event::Apply(s)) | Ok(Event::InitApply(s)) => session_change("BackupSession", &s, &mut sent),
+                Ok(Event::Delete(s)) => { forget(&s, &mut sent); vec![] }
                 Ok(Event::InitDone) => { health.backups.store(true, Ordering::Relaxed); vec![] }
-                Ok(_) => vec![],
+                Ok(Event::Init) => vec![],
                 Err(e) => { tracing::warn!(error = %e, "BackupSession watch error (retrying)"); vec![] }
             },
             Some(ev) = r.next() => match ev {
-                Ok(Event::Apply(s)) | Ok(Event::InitApply(s)) if pending(&s) => vec![Change::of("RestoreSession", &s, "Added")],
+                Ok(Event::Apply(s)) | Ok(Event::InitApply(s)) => session_change("RestoreSession", &s, &mut sent),
+                Ok(Event::Delete(s)) => { forget(&s, &mut sent); vec![] }
                 Ok(Event::InitDone) => { health.restores.store(true, Ordering::Relaxed); vec![] }
-                Ok(_) => vec![],
+                Ok(Event::Init) => vec![],
                 Err(e) => { tracing::warn!(error = %e, "RestoreSession watch error (retrying)"); vec![] }
             },
             Some(ev) = c.next() => match ev {
                 Ok(Event::Apply(cfg)) | Ok(Event::InitApply(cfg))
                     if cfg.status.as_ref().and_then(|s| s.observed_generation) != cfg.metadata.generation =>
                 {
-                    vec![Change::of("BackupConfiguration", &cfg, "Modified")]
+                    fresh(Change::of("BackupConfiguration", &cfg, "Modified"), &mut sent).into_iter().collect()
                 }
+                Ok(Event::Delete(cfg)) => { forget(&cfg, &mut sent); vec![] }
                 Ok(Event::InitDone) => { health.configs.store(true, Ordering::Relaxed); vec![] }
                 Ok(_) => vec![],
                 Err(e) => { tracing::warn!(error = %e, "BackupConfiguration watch error (retrying)"); vec![] }
             },
             else => return,
         };
-        if !changes.is_empty()
-            && let Err(e) = to.dispatch(&changes).await
+        if !candidates.is_empty()
+            && let Err(e) = to.dispatch(&candidates).await
         {
             tracing::error!(error = %e, "dispatching failed; the scheduler's sweep will pick the sessions up");
         }
+    }
+}
+
+/// A Pending session not yet dispatched at this resourceVersion → one change. A session
+/// that left Pending is forgotten (it will not be dispatched again).
+fn session_change<K: Resource + HasPhase>(
+    kind: &str,
+    s: &K,
+    sent: &mut HashMap<String, String>,
+) -> Vec<Change> {
+    if pending(s) {
+        let added = if s.meta().generation.unwrap_or(1) <= 1 {
+            "Added"
+        } else {
+            "Modified"
+        };
+        fresh(Change::of(kind, s, added), sent)
+            .into_iter()
+            .collect()
+    } else {
+        forget(s, sent);
+        vec![]
+    }
+}
+
+fn fresh(c: Change, sent: &mut HashMap<String, String>) -> Option<Change> {
+    let (Some(uid), Some(rv)) = (c.uid.clone(), c.resource_version.clone()) else {
+        return Some(c);
+    };
+    if sent.get(&uid) == Some(&rv) {
+        return None;
+    }
+    sent.insert(uid, rv);
+    Some(c)
+}
+
+fn forget<K: Resource>(k: &K, sent: &mut HashMap<String, String>) {
+    if let Some(uid) = &k.meta().uid {
+        sent.remove(uid);
     }
 }
 
