@@ -272,5 +272,31 @@ async fn a_relist_after_410_gone_neither_loses_nor_duplicates() {
         ["a", "b", "c", "d", "e"],
         "lost or duplicated dispatches"
     );
+
+    // Updates that claim a session, and deletes, produce no entries: the next entry after
+    // them is the next new session.
+    let api: kube::Api<stashless::api::BackupSession> =
+        kube::Api::namespaced(client.clone(), "vault");
+    let a = api.get("a").await.unwrap();
+    let stashless::session::Claim::Claimed(_) =
+        stashless::session::claim(&api, &a, chrono::Utc::now())
+            .await
+            .unwrap()
+    else {
+        panic!("claim")
+    };
+    stashless::session::patch_status(&api, "a", serde_json::json!({"phase": "Succeeded"}))
+        .await
+        .unwrap();
+    api.delete("b", &Default::default()).await.unwrap();
+    kube.insert("stash.appscode.com", "backupsessions", session("f"))
+        .unwrap();
+    let all = rec.wait_for(6).await;
+    let names: Vec<&str> = all.iter().map(|c| c.name.as_str()).collect();
+    assert_eq!(
+        names,
+        ["a", "b", "c", "d", "e", "f"],
+        "an update or delete produced an entry"
+    );
     task.abort();
 }
