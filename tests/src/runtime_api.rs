@@ -256,10 +256,15 @@ impl LambdaProcess {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    /// A closure reading the logs later (after `terminate` consumed the process).
-    pub fn logs_handle(&self) -> impl Fn() -> String + use<> {
+    /// A closure that reads the logs once the process is gone (after `terminate` consumed
+    /// it) and removes the log file.
+    pub fn logs_handle(&self) -> impl FnOnce() -> String + use<> {
         let path = self.log.clone();
-        move || std::fs::read_to_string(&path).unwrap_or_default()
+        move || {
+            let logs = std::fs::read_to_string(&path).unwrap_or_default();
+            std::fs::remove_file(&path).ok();
+            logs
+        }
     }
 
     /// From spawn to the first request for work.
@@ -300,4 +305,52 @@ pub async fn run_samples(f: &LambdaProcess, dir: &str) -> Result<Vec<String>> {
         ids.push(id);
     }
     Ok(ids)
+}
+
+/// The conformance check every session function passes under the Runtime API: all samples
+/// of `events/<dir>` answered (malformed ones rejected), JSON logs with the request id, a
+/// failing API server (`failing_plural`) surfaced as a retryable error, and SIGTERM ending
+/// the process with exit 0 and a log line.
+pub async fn session_function_conformance(
+    bin: &str,
+    function: &str,
+    dir: &str,
+    failing_plural: &str,
+) -> Result<()> {
+    let cluster = crate::Cluster::start().await?;
+    let url = cluster.server.url();
+    let f = LambdaProcess::start(bin, function, &[("STASHLESS_KUBE_URL", &url)]).await?;
+    let ids = run_samples(&f, dir).await?;
+    println!("{function} start-up: {:?}", f.startup().await);
+    let logs = f.logs();
+    if !logs.contains(&format!("\"requestId\":\"{}\"", ids[0])) {
+        bail!("no request id in the JSON logs:\n{logs}");
+    }
+    cluster
+        .kube
+        .inject_failure(memkube::Failure::new(failing_plural, 500).times(50));
+    let (_, r) = f
+        .api
+        .invoke(
+            serde_json::json!({"namespace": "vault", "name": "s-1"}),
+            Duration::from_secs(60),
+        )
+        .await?;
+    match r {
+        Err(e)
+            if e["errorMessage"]
+                .as_str()
+                .is_some_and(|m| m.contains("Kubernetes API")) => {}
+        other => bail!("a failing API server must surface as a retryable error, got {other:?}"),
+    }
+    cluster.kube.clear_failures();
+    let logs = f.logs_handle();
+    let status = f.terminate().await?;
+    if !status.success() {
+        bail!("SIGTERM must end the function cleanly: {status:?}");
+    }
+    if !logs().contains("SIGTERM: shutting down") {
+        bail!("no shutdown log line");
+    }
+    Ok(())
 }
