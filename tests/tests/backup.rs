@@ -766,3 +766,80 @@ async fn out_of_order_events_are_harmless() {
     ));
     assert_eq!(s3.keys(&bucket, "snapshots/").await.unwrap().len(), 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_during_a_restore_of_the_same_vault_is_skipped() {
+    init_logs();
+    let (s3, bucket) = s3_bucket("duringrestore").await;
+    let bao = OpenBao::start().await.unwrap();
+    let cluster = Cluster::start().await.unwrap();
+    cluster
+        .vault_binding("vault", &bao.addr, &bao.root_token)
+        .await
+        .unwrap();
+    cluster
+        .vault_binding("other", &bao.addr, &bao.root_token)
+        .await
+        .unwrap();
+    cluster.repository("repo", &s3, &bucket, "").await.unwrap();
+    cluster
+        .backup_config(ConfigBuilder::new("cfg"))
+        .await
+        .unwrap();
+    // A restore of another AppBinding does not block the backup …
+    let elsewhere = cluster
+        .new_restore("rs-other", "repo", "other", None, false)
+        .await
+        .unwrap();
+    let deadline = Utc::now() + chrono::Duration::minutes(10);
+    let stashless::session::Claim::Claimed(_) =
+        stashless::session::claim(&cluster.api(), &elsewhere, deadline)
+            .await
+            .unwrap()
+    else {
+        panic!("claim")
+    };
+    cluster.new_session("cfg", "cfg-1").await.unwrap();
+    let ctx = cluster.backup_context(None);
+    assert!(matches!(
+        backup::run(&ctx, &session_ref("cfg-1"), None)
+            .await
+            .unwrap(),
+        Outcome::Succeeded { .. }
+    ));
+    // … a Running restore of this configuration's AppBinding does.
+    let rs = cluster
+        .new_restore("rs-same", "repo", "vault", None, false)
+        .await
+        .unwrap();
+    let stashless::session::Claim::Claimed(_) =
+        stashless::session::claim(&cluster.api(), &rs, deadline)
+            .await
+            .unwrap()
+    else {
+        panic!("claim")
+    };
+    cluster.new_session("cfg", "cfg-2").await.unwrap();
+    let outcome = backup::run(&ctx, &session_ref("cfg-2"), None)
+        .await
+        .unwrap();
+    let Outcome::Skipped { reason } = outcome else {
+        panic!("{outcome:?}")
+    };
+    assert!(reason.contains("RestoreSession vault/rs-same"), "{reason}");
+    assert_eq!(
+        cluster
+            .session("cfg-2")
+            .await
+            .unwrap()
+            .status
+            .unwrap()
+            .phase,
+        Some(SessionPhase::Skipped)
+    );
+    assert_eq!(
+        s3.keys(&bucket, "snapshots/").await.unwrap().len(),
+        2,
+        "only cfg-1's snapshot and manifest"
+    );
+}

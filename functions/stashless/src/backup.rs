@@ -18,8 +18,8 @@ use kube::{Api, Client, ResourceExt};
 use serde_json::{Value, json};
 
 use crate::api::{
-    self, BackupConfiguration, BackupSession, Condition, Repository, RepositoryStatus, condition,
-    go_duration, human_size, set_condition, timestamp,
+    self, BackupConfiguration, BackupSession, Condition, Repository, RepositoryStatus,
+    RestoreSession, condition, go_duration, human_size, set_condition, timestamp,
 };
 use crate::archive::{SnapshotInfo, SnapshotVerifier};
 use crate::cluster::{EventType, record_event};
@@ -195,12 +195,19 @@ pub async fn run(
     };
 
     // Skip when an earlier session of the same configuration is still running.
+    // Also skip while a restore of the same Vault is Running: a snapshot taken then could
+    // hold half-restored data.
     let siblings = session::sessions_of(&api, "BackupConfiguration", &invoker.name).await?;
-    if let Some(other) = session::running_before(&siblings, &session, Utc::now()) {
-        let reason = format!(
+    let skip = match session::running_before(&siblings, &session, Utc::now()) {
+        Some(other) => Some(format!(
             "skipped: BackupSession {} of the same BackupConfiguration is still Running",
             other.name_any()
-        );
+        )),
+        None => restore_running(ctx, &config).await?.map(|rs| {
+            format!("skipped: RestoreSession {rs} is restoring the same Vault; a snapshot now could hold half-restored data")
+        }),
+    };
+    if let Some(reason) = skip {
         let mut conditions = current_conditions(&session);
         set_condition(
             &mut conditions,
@@ -236,6 +243,39 @@ pub async fn run(
             finish_failed(ctx, &api, &session, Some(&config), started, reason).await
         }
     }
+}
+
+/// A Running RestoreSession whose target is this configuration's AppBinding, if any
+/// (RestoreSessions in the target's namespace).
+async fn restore_running(ctx: &Context, config: &BackupConfiguration) -> Result<Option<String>> {
+    let Some(t) = config.spec.target.as_ref().and_then(|t| t.r#ref.as_ref()) else {
+        return Ok(None);
+    };
+    let config_ns = config.namespace().unwrap_or_default();
+    let ns = t.namespace.clone().unwrap_or_else(|| config_ns.clone());
+    let api: Api<RestoreSession> = Api::namespaced(ctx.kube.clone(), &ns);
+    let list = api
+        .list(&kube::api::ListParams::default())
+        .await
+        .map_err(|e| Error::kube("listing RestoreSessions", e))?;
+    Ok(list
+        .items
+        .iter()
+        .find(|rs| {
+            let running =
+                rs.status.as_ref().and_then(|s| s.phase) == Some(crate::api::SessionPhase::Running);
+            let target = rs.spec.target.as_ref().and_then(|t| t.r#ref.as_ref());
+            running
+                && target.is_some_and(|rt| {
+                    rt.name == t.name
+                        && rt
+                            .namespace
+                            .clone()
+                            .unwrap_or_else(|| rs.namespace().unwrap_or_default())
+                            == ns
+                })
+        })
+        .map(|rs| format!("{ns}/{}", rs.name_any())))
 }
 
 /// What a successful transfer produced.
