@@ -258,22 +258,13 @@ async fn restore_running(ctx: &Context, config: &BackupConfiguration) -> Result<
         .list(&kube::api::ListParams::default())
         .await
         .map_err(|e| Error::kube("listing RestoreSessions", e))?;
+    let wanted = Some((ns.clone(), t.name.clone()));
     Ok(list
         .items
         .iter()
         .find(|rs| {
-            let running =
-                rs.status.as_ref().and_then(|s| s.phase) == Some(crate::api::SessionPhase::Running);
-            let target = rs.spec.target.as_ref().and_then(|t| t.r#ref.as_ref());
-            running
-                && target.is_some_and(|rt| {
-                    rt.name == t.name
-                        && rt
-                            .namespace
-                            .clone()
-                            .unwrap_or_else(|| rs.namespace().unwrap_or_default())
-                            == ns
-                })
+            rs.status.as_ref().and_then(|s| s.phase) == Some(crate::api::SessionPhase::Running)
+                && crate::restore::target_key(rs) == wanted
         })
         .map(|rs| format!("{ns}/{}", rs.name_any())))
 }
@@ -889,9 +880,6 @@ async fn push_metrics(
         &[("BackupConfiguration", format!("{ns}/{name}"))],
         &emf,
     ));
-    let Some(gateway) = &ctx.settings.pushgateway else {
-        return;
-    };
     let group = MetricGroup {
         job: "stash-backup",
         grouping: vec![("namespace", ns.clone()), ("invoker_name", name.clone())],
@@ -909,7 +897,16 @@ async fn push_metrics(
         ],
         gauges,
     };
-    let c = match metrics::push(&ctx.http, gateway, &group).await {
+    publish(ctx, conditions, &group).await;
+}
+
+/// Push a metric group to the Pushgateway when one is configured, and record the outcome
+/// as the `MetricsPushed` condition (shared by backup and restore).
+pub(crate) async fn publish(ctx: &Context, conditions: &mut Vec<Condition>, group: &MetricGroup) {
+    let Some(gateway) = &ctx.settings.pushgateway else {
+        return;
+    };
+    let c = match metrics::push(&ctx.http, gateway, group).await {
         Ok(()) => Condition::new(
             condition::METRICS_PUSHED,
             true,

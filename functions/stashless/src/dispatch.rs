@@ -103,12 +103,6 @@ impl InProcess {
             tasks: Mutex::new(JoinSet::new()),
         })
     }
-
-    /// Wait until every dispatched invocation has finished.
-    pub async fn idle(&self) {
-        let mut tasks = self.tasks.lock().await;
-        while tasks.join_next().await.is_some() {}
-    }
 }
 
 #[async_trait]

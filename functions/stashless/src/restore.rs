@@ -95,7 +95,8 @@ pub async fn run(
     }
 }
 
-fn target_key(rs: &RestoreSession) -> Option<(String, String)> {
+/// The AppBinding a RestoreSession restores into, as (namespace, name).
+pub(crate) fn target_key(rs: &RestoreSession) -> Option<(String, String)> {
     let t = rs.spec.target.as_ref()?.r#ref.as_ref()?;
     Some((
         t.namespace
@@ -342,7 +343,7 @@ async fn stream_to_vault(
 ) -> Result<()> {
     let mut object = store.open_snapshot(&manifest.name).await?;
     let (tx, rx) = mpsc::channel::<std::result::Result<Bytes, std::io::Error>>(4);
-    let body = tokio_stream_from(rx);
+    let body = tokio_stream::wrappers::ReceiverStream::new(rx);
     let upload = vault.restore(node, body, force);
     let feed = async {
         let mut verifier = SnapshotVerifier::new();
@@ -408,12 +409,6 @@ async fn stream_to_vault(
     // A verification failure explains a cut upload better than Vault's reaction to it.
     fed?;
     sent
-}
-
-fn tokio_stream_from(
-    mut rx: mpsc::Receiver<std::result::Result<Bytes, std::io::Error>>,
-) -> impl futures::Stream<Item = std::result::Result<Bytes, std::io::Error>> + Send + 'static {
-    futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
 }
 
 async fn finish(
@@ -538,9 +533,6 @@ async fn push_metrics(
             ("RestoreDuration", duration.as_secs_f64(), "Seconds"),
         ],
     ));
-    let Some(gateway) = &ctx.settings.pushgateway else {
-        return;
-    };
     let target = rs
         .spec
         .target
@@ -579,19 +571,5 @@ async fn push_metrics(
             },
         ],
     };
-    let c = match metrics::push(&ctx.http, gateway, &group).await {
-        Ok(()) => Condition::new(
-            condition::METRICS_PUSHED,
-            true,
-            "SuccessfullyPushedMetrics",
-            "metrics pushed to the Pushgateway",
-        ),
-        Err(e) => Condition::new(
-            condition::METRICS_PUSHED,
-            false,
-            "FailedToPushMetrics",
-            e.to_string(),
-        ),
-    };
-    set_condition(conditions, c);
+    crate::backup::publish(ctx, conditions, &group).await;
 }
