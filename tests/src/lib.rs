@@ -16,6 +16,7 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::api::{ListParams, PostParams};
 use kube::{Api, Client};
 use memkube::{MemKube, ResourceKind, RunningServer};
+pub use procs::apiserver::{ApiServer, CrdSet};
 use serde_json::{Value, json};
 use stashless::api::{AppBinding, BackupConfiguration, BackupSession, Repository, RestoreSession};
 use stashless::backup::{Context, Settings};
@@ -36,15 +37,51 @@ pub fn init_logs() {
         .try_init();
 }
 
-/// The in-memory API server with the five Stash kinds registered, and a client for it.
+/// Which Kubernetes API server the end-to-end tests talk to: the in-memory one (default) or
+/// a real kube-apiserver (`STASHLESS_KUBE_BACKEND=apiserver`, CRD set from
+/// `STASHLESS_KUBE_CRDS`). `tests/run.sh` runs the end-to-end tests under both.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KubeBackend {
+    Memory,
+    ApiServer(CrdSet),
+}
+
+impl KubeBackend {
+    pub fn from_env() -> KubeBackend {
+        match std::env::var("STASHLESS_KUBE_BACKEND").as_deref() {
+            Ok("apiserver") => KubeBackend::ApiServer(CrdSet::from_env()),
+            Ok("memory") | Ok("") | Err(_) => KubeBackend::Memory,
+            Ok(other) => panic!("STASHLESS_KUBE_BACKEND={other:?}: want memory or apiserver"),
+        }
+    }
+}
+
+enum Server {
+    Memory {
+        kube: MemKube,
+        server: RunningServer,
+    },
+    Real(Box<ApiServer>),
+}
+
+/// A Kubernetes API server with the five Stash kinds, namespace `vault`, and a client.
 pub struct Cluster {
-    pub kube: MemKube,
-    pub server: RunningServer,
+    server: Server,
     pub client: Client,
 }
 
 impl Cluster {
+    /// The backend this test run asks for ([`KubeBackend::from_env`]).
     pub async fn start() -> Result<Cluster> {
+        match KubeBackend::from_env() {
+            KubeBackend::Memory => Self::memory().await,
+            KubeBackend::ApiServer(crds) => Self::apiserver(crds).await,
+        }
+    }
+
+    /// The in-memory API server, whatever the run asks for: for tests that inject failures
+    /// or compact history through [`Cluster::mem`].
+    pub async fn memory() -> Result<Cluster> {
         stashless::install_crypto_provider();
         let kube = MemKube::new();
         for (group, version, kind, plural, status) in stashless::crds::KINDS {
@@ -55,14 +92,79 @@ impl Cluster {
         let client = ClusterSource::Url {
             url: server.url(),
             token: None,
+            ca_file: None,
         }
         .client()
         .await?;
         Ok(Cluster {
-            kube,
-            server,
+            server: Server::Memory { kube, server },
             client,
         })
+    }
+
+    /// A fresh real etcd + kube-apiserver with `crds` installed and namespace `vault`
+    /// created (a real server refuses objects in a namespace that does not exist).
+    pub async fn apiserver(crds: CrdSet) -> Result<Cluster> {
+        stashless::install_crypto_provider();
+        let real = ApiServer::start(crds).await?;
+        let client = real.client().await?;
+        let ns: k8s_openapi::api::core::v1::Namespace =
+            serde_json::from_value(json!({"metadata": {"name": NS}}))?;
+        Api::<k8s_openapi::api::core::v1::Namespace>::all(client.clone())
+            .create(&PostParams::default(), &ns)
+            .await?;
+        Ok(Cluster {
+            server: Server::Real(Box::new(real)),
+            client,
+        })
+    }
+
+    /// The in-memory server's controls (failure injection, compaction).
+    /// Panics on a real API server: such a test must start with [`Cluster::memory`].
+    pub fn mem(&self) -> &MemKube {
+        match &self.server {
+            Server::Memory { kube, .. } => kube,
+            Server::Real(_) => panic!("this test needs the in-memory API server (Cluster::memory)"),
+        }
+    }
+
+    /// The real API server, if this is one.
+    pub fn real(&self) -> Option<&ApiServer> {
+        match &self.server {
+            Server::Real(r) => Some(r),
+            Server::Memory { .. } => None,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        match &self.server {
+            Server::Memory { server, .. } => server.url(),
+            Server::Real(r) => r.url.clone(),
+        }
+    }
+
+    /// The environment a child process (function binary, CLI) needs to reach this server.
+    pub fn env(&self) -> Vec<(&'static str, String)> {
+        match &self.server {
+            Server::Memory { server, .. } => vec![("STASHLESS_KUBE_URL", server.url())],
+            Server::Real(r) => r.env(),
+        }
+    }
+
+    /// How functions under test reach this server.
+    pub fn source(&self) -> ClusterSource {
+        match &self.server {
+            Server::Memory { server, .. } => ClusterSource::Url {
+                url: server.url(),
+                token: None,
+                ca_file: None,
+            },
+            Server::Real(r) => ClusterSource::Url {
+                url: r.url.clone(),
+                token: Some(r.token.clone()),
+                ca_file: Some(r.ca_file.clone()),
+            },
+        }
     }
 
     pub fn api<K>(&self) -> Api<K>
@@ -360,12 +462,21 @@ pub fn crd_violations(raw: &Value, crd_yaml: &str) -> Vec<String> {
 }
 
 impl Cluster {
-    /// The raw stored JSON of an object of the `stash.appscode.com` group.
-    pub fn raw(&self, plural: &str, name: &str) -> Value {
-        self.kube
-            .objects("stash.appscode.com", plural)
+    /// The raw JSON the server stores for an object of the `stash.appscode.com` group
+    /// (untyped: whatever a real server pruned is absent), or null.
+    pub async fn raw(&self, plural: &str, name: &str) -> Value {
+        let (group, version, ..) = stashless::crds::KINDS
             .into_iter()
-            .find(|o| o["metadata"]["name"] == name)
+            .find(|k| k.3 == plural)
+            .unwrap_or_else(|| panic!("unknown plural {plural}"));
+        let req = http::Request::get(format!(
+            "/apis/{group}/{version}/namespaces/{NS}/{plural}/{name}"
+        ))
+        .body(Vec::new())
+        .unwrap();
+        self.client
+            .request::<Value>(req)
+            .await
             .unwrap_or(Value::Null)
     }
 }

@@ -317,8 +317,9 @@ pub async fn session_function_conformance(
     dir: &str,
     failing_plural: &str,
 ) -> Result<()> {
-    let cluster = crate::Cluster::start().await?;
-    let url = cluster.server.url();
+    // Failure injection: the in-memory server, whatever backend the run uses.
+    let cluster = crate::Cluster::memory().await?;
+    let url = cluster.url();
     let f = LambdaProcess::start(bin, function, &[("STASHLESS_KUBE_URL", &url)]).await?;
     let ids = run_samples(&f, dir).await?;
     println!("{function} start-up: {:?}", f.startup().await);
@@ -327,7 +328,7 @@ pub async fn session_function_conformance(
         bail!("no request id in the JSON logs:\n{logs}");
     }
     cluster
-        .kube
+        .mem()
         .inject_failure(memkube::Failure::new(failing_plural, 500).times(50));
     let (_, r) = f
         .api
@@ -343,7 +344,7 @@ pub async fn session_function_conformance(
                 .is_some_and(|m| m.contains("Kubernetes API")) => {}
         other => bail!("a failing API server must surface as a retryable error, got {other:?}"),
     }
-    cluster.kube.clear_failures();
+    cluster.mem().clear_failures();
     let logs = f.logs_handle();
     let status = f.terminate().await?;
     if !status.success() {

@@ -133,7 +133,10 @@ async fn tick_backup_and_restore_brings_back_the_old_secret() {
         "{:?}",
         st.conditions
     );
-    let v = crd_violations(&cluster.raw("backupsessions", &name), crds::BACKUP_SESSIONS);
+    let v = crd_violations(
+        &cluster.raw("backupsessions", &name).await,
+        crds::BACKUP_SESSIONS,
+    );
     assert!(
         v.is_empty(),
         "BackupSession status fields Stash's CRD lacks: {v:?}"
@@ -147,7 +150,10 @@ async fn tick_backup_and_restore_brings_back_the_old_secret() {
     assert_eq!(rs.snapshot_count, Some(1));
     assert_eq!(rs.integrity, Some(true));
     assert!(rs.last_backup_time.is_some() && rs.first_backup_time.is_some());
-    let v = crd_violations(&cluster.raw("repositories", "repo"), crds::REPOSITORIES);
+    let v = crd_violations(
+        &cluster.raw("repositories", "repo").await,
+        crds::REPOSITORIES,
+    );
     assert!(
         v.is_empty(),
         "Repository status fields Stash's CRD lacks: {v:?}"
@@ -407,7 +413,7 @@ async fn invalid_and_paused_schedules_do_not_stop_the_others() {
     let good: BackupConfiguration = cluster.api().get("good").await.unwrap();
     assert_eq!(good.status.unwrap().phase.as_deref(), Some("Ready"));
     let v = crd_violations(
-        &cluster.raw("backupconfigurations", "bad"),
+        &cluster.raw("backupconfigurations", "bad").await,
         crds::BACKUP_CONFIGURATIONS,
     );
     assert!(v.is_empty(), "{v:?}");
@@ -468,7 +474,7 @@ impl Failing {
             Some(reason.as_str())
         );
         let v = crd_violations(
-            &self.cluster.raw("backupsessions", "cfg-1"),
+            &self.cluster.raw("backupsessions", "cfg-1").await,
             crds::BACKUP_SESSIONS,
         );
         assert!(v.is_empty(), "{v:?}");

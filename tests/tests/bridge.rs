@@ -237,6 +237,7 @@ async fn a_relist_after_410_gone_neither_loses_nor_duplicates() {
     let client = stashless::cluster::ClusterSource::Url {
         url: server.url(),
         token: None,
+        ca_file: None,
     }
     .client()
     .await

@@ -82,7 +82,7 @@ async fn assert_failed_cleanly(w: &World, name: &str, o: &Outcome, expect: &str)
         .unwrap();
     assert_eq!(c.status, "False");
     let v = crd_violations(
-        &w.cluster.raw("restoresessions", name),
+        &w.cluster.raw("restoresessions", name).await,
         crds::RESTORE_SESSIONS,
     );
     assert!(v.is_empty(), "{v:?}");
@@ -149,7 +149,7 @@ async fn restore_latest_brings_back_changed_and_deleted_secrets() {
             .any(|c| c.type_ == "RestoreCompleted" && c.status == "True")
     );
     let v = crd_violations(
-        &w.cluster.raw("restoresessions", "restore-latest"),
+        &w.cluster.raw("restoresessions", "restore-latest").await,
         crds::RESTORE_SESSIONS,
     );
     assert!(v.is_empty(), "{v:?}");

@@ -65,7 +65,7 @@ async fn lost_running_sessions_and_orphans_end_failed_and_live_ones_are_left_alo
     assert!(s.conditions.iter().any(|c| c.type_ == "DeadlineExceeded"));
     assert!(
         crd_violations(
-            &cluster.raw("backupsessions", "cfg-lost"),
+            &cluster.raw("backupsessions", "cfg-lost").await,
             crds::BACKUP_SESSIONS
         )
         .is_empty()
@@ -88,7 +88,7 @@ async fn lost_running_sessions_and_orphans_end_failed_and_live_ones_are_left_alo
     assert_eq!(r.phase, Some(SessionPhase::Failed));
     assert!(
         crd_violations(
-            &cluster.raw("restoresessions", "rs-lost"),
+            &cluster.raw("restoresessions", "rs-lost").await,
             crds::RESTORE_SESSIONS
         )
         .is_empty()

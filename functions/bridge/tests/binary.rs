@@ -19,7 +19,7 @@ async fn bridge_binary_health_delivery_and_shutdown() {
         .unwrap()
         .port();
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_bridge"))
-        .env("STASHLESS_KUBE_URL", cluster.server.url())
+        .envs(cluster.env())
         .env("STASHLESS_EVENT_BUS", "stashless")
         .env("STASHLESS_HEALTH_ADDR", format!("127.0.0.1:{port}"))
         .env("AWS_ENDPOINT_URL", &bus.endpoint)

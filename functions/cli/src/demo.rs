@@ -112,6 +112,7 @@ pub async fn run(data_dir: PathBuf, secrets: usize) -> Result<Summary> {
     let client = ClusterSource::Url {
         url: server.url(),
         token: None,
+        ca_file: None,
     }
     .client()
     .await?;

@@ -43,8 +43,13 @@ enum Command {
         #[arg(long, default_value_t = 50)]
         secrets: usize,
     },
-    /// Print the CRDs the functions expect (Stash's own, byte for byte).
-    Crds,
+    /// Print the CRDs the functions expect: Stash's own, byte for byte (for clusters that
+    /// already run Stash), or with --generated the ones derived from stashless's types.
+    Crds {
+        /// Print the CRDs generated from stashless's Rust types instead of Stash's.
+        #[arg(long)]
+        generated: bool,
+    },
     /// Back up now: create a BackupSession for a BackupConfiguration and follow it.
     Backup {
         #[command(subcommand)]
@@ -117,8 +122,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Crds => {
+        Command::Crds { generated: false } => {
             println!("{}", stashless::crds::ALL.join("---\n"));
+            Ok(())
+        }
+        Command::Crds { generated: true } => {
+            let docs: Vec<String> = stashless::crds::generated()
+                .iter()
+                .map(|(_, crd)| stashless::crds::generated_yaml(crd))
+                .collect();
+            print!("{}", docs.join("---\n"));
             Ok(())
         }
         Command::Backup {

@@ -9,12 +9,10 @@ use serde_json::{Value, json};
 use stashless_tests::procs::openbao::OpenBao;
 use stashless_tests::{Cluster, ConfigBuilder, NS, S3Target, init_logs};
 
-fn stashless(args: &[&str], kube_url: Option<&str>) -> Output {
+/// Run the binary with `kube_env` (how to reach the test's API server) added.
+fn stashless(args: &[&str], kube_env: &[(&'static str, String)]) -> Output {
     let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_stashless"));
-    cmd.args(args);
-    if let Some(url) = kube_url {
-        cmd.env("STASHLESS_KUBE_URL", url);
-    }
+    cmd.args(args).envs(kube_env.iter().map(|(k, v)| (*k, v)));
     cmd.output().expect("runs")
 }
 
@@ -38,7 +36,7 @@ fn demo_prints_a_verified_round_trip() {
             "--output",
             "json",
         ],
-        None,
+        &[],
     );
     let (out, err) = text(&o);
     assert!(o.status.success(), "demo failed:\n{err}");
@@ -58,7 +56,7 @@ fn demo_prints_a_verified_round_trip() {
             "--secrets",
             "0",
         ],
-        None,
+        &[],
     );
     let (out, err) = text(&o);
     assert!(o.status.success(), "{err}");
@@ -68,7 +66,7 @@ fn demo_prints_a_verified_round_trip() {
 
 #[test]
 fn crds_prints_stash_s_five_crds() {
-    let o = stashless(&["crds"], None);
+    let o = stashless(&["crds"], &[]);
     assert!(o.status.success());
     let docs: Vec<Value> =
         serde_saphyr::from_multiple(&String::from_utf8_lossy(&o.stdout)).unwrap();
@@ -91,7 +89,7 @@ fn every_subcommand_has_help() {
         vec!["verify", "--help"],
         vec!["restore", "--help"],
     ] {
-        let o = stashless(&args, None);
+        let o = stashless(&args, &[]);
         assert!(o.status.success(), "{args:?}");
         assert!(
             String::from_utf8_lossy(&o.stdout).contains("Usage"),
@@ -132,10 +130,10 @@ async fn world(
     (cluster, s3, bucket, bao, router)
 }
 
-async fn run(args: Vec<String>, url: String) -> Output {
+async fn run(args: Vec<String>, env: Vec<(&'static str, String)>) -> Output {
     tokio::task::spawn_blocking(move || {
         let a: Vec<&str> = args.iter().map(String::as_str).collect();
-        stashless(&a, Some(&url))
+        stashless(&a, &env)
     })
     .await
     .unwrap()
@@ -148,7 +146,7 @@ fn args(a: &[&str]) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backup_now_snapshots_list_verify_and_restore() {
     let (cluster, s3, bucket, bao, router) = world("cli").await;
-    let url = cluster.server.url();
+    let env = cluster.env();
     bao.kv_put("app/x", json!({"v": "backed-up"}))
         .await
         .unwrap();
@@ -156,14 +154,14 @@ async fn backup_now_snapshots_list_verify_and_restore() {
     // backup now → follows the session to Succeeded.
     let o = run(
         args(&["backup", "now", "cfg", "-n", NS, "-o", "json"]),
-        url.clone(),
+        env.clone(),
     )
     .await;
     let (out, err) = text(&o);
     assert!(o.status.success(), "{err}");
     let status: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(status["phase"], "Succeeded");
-    let o = run(args(&["backup", "now", "missing", "-n", NS]), url.clone()).await;
+    let o = run(args(&["backup", "now", "missing", "-n", NS]), env.clone()).await;
     assert!(!o.status.success());
     assert!(
         text(&o)
@@ -176,7 +174,7 @@ async fn backup_now_snapshots_list_verify_and_restore() {
     // snapshots list.
     let o = run(
         args(&["snapshots", "list", "repo", "-n", NS, "-o", "json"]),
-        url.clone(),
+        env.clone(),
     )
     .await;
     let (out, err) = text(&o);
@@ -185,9 +183,9 @@ async fn backup_now_snapshots_list_verify_and_restore() {
     assert_eq!(list.len(), 1);
     let name = list[0]["name"].as_str().unwrap().to_string();
     assert!(list[0]["raft"]["index"].as_u64().unwrap() > 0);
-    let o = run(args(&["snapshots", "list", "repo", "-n", NS]), url.clone()).await;
+    let o = run(args(&["snapshots", "list", "repo", "-n", NS]), env.clone()).await;
     assert!(text(&o).0.contains(&name));
-    let o = run(args(&["snapshots", "list", "nope", "-n", NS]), url.clone()).await;
+    let o = run(args(&["snapshots", "list", "nope", "-n", NS]), env.clone()).await;
     assert!(!o.status.success());
     assert!(
         text(&o).1.contains("Repository vault/nope not found"),
@@ -196,7 +194,7 @@ async fn backup_now_snapshots_list_verify_and_restore() {
     );
 
     // verify: good, then a damaged object.
-    let o = run(args(&["verify", "repo", &name, "-n", NS]), url.clone()).await;
+    let o = run(args(&["verify", "repo", &name, "-n", NS]), env.clone()).await;
     let (out, err) = text(&o);
     assert!(o.status.success(), "{err}");
     assert!(
@@ -218,7 +216,7 @@ async fn backup_now_snapshots_list_verify_and_restore() {
             "-n",
             NS,
         ]),
-        url.clone(),
+        env.clone(),
     )
     .await;
     assert!(o.status.success(), "{}", text(&o).1);
@@ -238,7 +236,7 @@ async fn backup_now_snapshots_list_verify_and_restore() {
             "-n",
             NS,
         ]),
-        url.clone(),
+        env.clone(),
     )
     .await;
     assert!(!o.status.success());
@@ -260,7 +258,7 @@ async fn backup_now_snapshots_list_verify_and_restore() {
         .send()
         .await
         .unwrap();
-    let o = run(args(&["verify", "repo", "-n", NS]), url.clone()).await;
+    let o = run(args(&["verify", "repo", "-n", NS]), env.clone()).await;
     assert!(!o.status.success());
     assert!(
         text(&o).1.contains("damaged") || text(&o).1.contains("does not match"),

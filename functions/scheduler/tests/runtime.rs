@@ -14,14 +14,11 @@ async fn scheduler_function_under_the_lambda_runtime() {
         .backup_config(ConfigBuilder::new("hourly").schedule("0 * * * *"))
         .await
         .unwrap();
-    let url = cluster.server.url();
-    let f = LambdaProcess::start(
-        env!("CARGO_BIN_EXE_scheduler"),
-        "scheduler",
-        &[("STASHLESS_KUBE_URL", &url)],
-    )
-    .await
-    .unwrap();
+    let env = cluster.env();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let f = LambdaProcess::start(env!("CARGO_BIN_EXE_scheduler"), "scheduler", &env)
+        .await
+        .unwrap();
     run_samples(&f, "scheduler").await.unwrap();
     println!("scheduler start-up: {:?}", f.startup().await);
     let (_, r) = f

@@ -13,8 +13,13 @@ use crate::error::{Error, Result, api_code};
 /// Where the API server is. Resolved once per process (Lambda keeps it across invocations).
 #[derive(Debug, Clone, Default)]
 pub enum ClusterSource {
-    /// `STASHLESS_KUBE_URL` (+ optional `STASHLESS_KUBE_TOKEN`): a plain URL, for local runs and tests.
-    Url { url: String, token: Option<String> },
+    /// `STASHLESS_KUBE_URL` (+ optional `STASHLESS_KUBE_TOKEN` and `STASHLESS_KUBE_CA_FILE`,
+    /// a PEM bundle the server's certificate must chain to): for local runs and tests.
+    Url {
+        url: String,
+        token: Option<String>,
+        ca_file: Option<std::path::PathBuf>,
+    },
     /// Kubeconfig (`KUBECONFIG`, `~/.kube/config`) or in-cluster service account.
     #[default]
     Infer,
@@ -28,6 +33,9 @@ impl ClusterSource {
                 token: std::env::var("STASHLESS_KUBE_TOKEN")
                     .ok()
                     .filter(|t| !t.is_empty()),
+                ca_file: std::env::var_os("STASHLESS_KUBE_CA_FILE")
+                    .filter(|p| !p.is_empty())
+                    .map(Into::into),
             },
             _ => ClusterSource::Infer,
         }
@@ -36,13 +44,24 @@ impl ClusterSource {
     pub async fn client(&self) -> Result<Client> {
         crate::install_crypto_provider();
         let config = match self {
-            ClusterSource::Url { url, token } => {
+            ClusterSource::Url { url, token, ca_file } => {
                 let uri = url
                     .parse()
                     .map_err(|e| Error::Invalid(format!("STASHLESS_KUBE_URL {url:?} is not a URL: {e}")))?;
                 let mut config = Config::new(uri);
                 if let Some(token) = token {
                     config.auth_info.token = Some(token.clone().into());
+                }
+                if let Some(ca_file) = ca_file {
+                    // Read once here so a wrong path fails with its name, not at first use;
+                    // kube re-reads the file itself (CA rotation).
+                    std::fs::metadata(ca_file).map_err(|e| {
+                        Error::Invalid(format!(
+                            "STASHLESS_KUBE_CA_FILE {}: {e}",
+                            ca_file.display()
+                        ))
+                    })?;
+                    config.root_cert_file = Some(ca_file.clone());
                 }
                 config
             }

@@ -1,8 +1,16 @@
 //! The Stash CRDs as Stash publishes them (copied byte for byte into `infra/crds/stash/`,
 //! sources in `SOURCES.md` there), and a checker that finds field paths a CRD's schema
 //! does not have: a real API server silently prunes those from what we write.
+//!
+//! Also the CRDs generated from stashless's own Rust types ([`generated`]), kept in
+//! `infra/crds/generated/`: what a cluster without Stash gets. Both sets are installed into
+//! a real kube-apiserver by the test suite (`tests/kube/apiserver.sh`).
 
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::CustomResourceExt;
 use serde_json::Value;
+
+use crate::api::{AppBinding, BackupConfiguration, BackupSession, Repository, RestoreSession};
 
 pub const BACKUP_CONFIGURATIONS: &str =
     include_str!("../../../infra/crds/stash/backupconfigurations.stash.appscode.com.yaml");
@@ -150,7 +158,7 @@ fn walk(schema: &Value, value: &Value, path: String, out: &mut Vec<String>) {
 
 /// The openAPIV3Schema of a CRD manifest's storage version, as JSON.
 pub fn schema_of(crd_yaml: &str) -> Value {
-    let crd: k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition =
+    let crd: CustomResourceDefinition =
         serde_saphyr::from_str(crd_yaml).expect("bundled CRD parses");
     let version = crd
         .spec
@@ -166,4 +174,30 @@ pub fn schema_of(crd_yaml: &str) -> Value {
             .expect("schema"),
     )
     .expect("schema serialises")
+}
+
+/// The five CRDs generated from the Rust types, in the order to apply them, each with
+/// its file name in `infra/crds/generated/` (`<plural>.<group>.yaml`, like Stash's).
+pub fn generated() -> Vec<(String, CustomResourceDefinition)> {
+    [
+        AppBinding::crd(),
+        Repository::crd(),
+        BackupConfiguration::crd(),
+        BackupSession::crd(),
+        RestoreSession::crd(),
+    ]
+    .into_iter()
+    .map(|crd| {
+        let name = crd.metadata.name.clone().unwrap_or_default();
+        (format!("{name}.yaml"), crd)
+    })
+    .collect()
+}
+
+/// A generated CRD as the YAML file committed under `infra/crds/generated/`.
+pub fn generated_yaml(crd: &CustomResourceDefinition) -> String {
+    format!(
+        "# Generated from stashless's Rust types by `stashless crds --generated`; do not edit.\n{}",
+        serde_saphyr::to_string(crd).expect("a CRD serialises")
+    )
 }

@@ -36,6 +36,7 @@
 //! `main` through `exit`), and failing that by the death signal. Directories
 //! left behind by test processes that died hard are swept on next use.
 
+pub mod apiserver;
 pub mod garage;
 pub mod openbao;
 pub mod pushgateway;
@@ -221,12 +222,30 @@ fn temp_root() -> PathBuf {
     std::env::temp_dir().join("stashless-e2e")
 }
 
+/// `/dev/shm/stashless-e2e` when there is a writable tmpfs there (etcd's data: fsync on a
+/// VM disk dominates its write latency), else [`temp_root`].
+fn memory_root() -> PathBuf {
+    let shm = Path::new("/dev/shm");
+    match fs::metadata(shm) {
+        Ok(m) if m.is_dir() && !m.permissions().readonly() => shm.join("stashless-e2e"),
+        _ => temp_root(),
+    }
+}
+
 /// Remove directories of test processes that no longer exist (killed hard,
 /// so neither `Drop` nor the `atexit` hook ran). Once per process.
 fn sweep_stale_dirs() {
     static ONCE: OnceLock<()> = OnceLock::new();
     ONCE.get_or_init(|| {
-        let Ok(entries) = fs::read_dir(temp_root()) else {
+        for root in [temp_root(), memory_root()] {
+            sweep_stale_dirs_in(&root);
+        }
+    });
+}
+
+fn sweep_stale_dirs_in(root: &Path) {
+    {
+        let Ok(entries) = fs::read_dir(root) else {
             return;
         };
         let me = std::process::id();
@@ -244,7 +263,7 @@ fn sweep_stale_dirs() {
                 let _ = fs::remove_dir_all(entry.path());
             }
         }
-    });
+    }
 }
 
 /// A scratch directory, removed (recursively) on drop.
@@ -257,8 +276,16 @@ pub struct TempDir {
 impl TempDir {
     /// A new empty directory whose name contains `label`.
     pub fn new(label: &str) -> Result<TempDir> {
+        Self::new_in(temp_root(), label)
+    }
+
+    /// Like [`TempDir::new`], on tmpfs where there is one.
+    pub fn in_memory(label: &str) -> Result<TempDir> {
+        Self::new_in(memory_root(), label)
+    }
+
+    fn new_in(root: PathBuf, label: &str) -> Result<TempDir> {
         sweep_stale_dirs();
-        let root = temp_root();
         fs::create_dir_all(&root).with_context(|| format!("creating {}", root.display()))?;
         let n = DIR_SEQ.fetch_add(1, Ordering::Relaxed);
         let path = root.join(format!("p{}-{n}-{label}", std::process::id()));
