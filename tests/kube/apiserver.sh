@@ -151,23 +151,7 @@ install_crds() {
     . "$dir/env"
     local f plural group version json
     for f in "$src"/*.yaml; do
-        # kube-apiserver 1.20 rejects `default: ""` on a string property ("Invalid value:
-        # null: must be of type string"; later releases accept it), which Stash's AppBinding
-        # CRD has on three reference fields. Those defaults are dropped for this server only;
-        # stashless reads the fields as optional, so nothing it does depends on them.
-        json=$(python3 -c '
-import json, sys, yaml
-def strip(node):
-    if isinstance(node, dict):
-        if node.get("type") == "string" and node.get("default") == "":
-            del node["default"]
-        for v in node.values():
-            strip(v)
-    elif isinstance(node, list):
-        for v in node:
-            strip(v)
-    return node
-print(json.dumps(strip(yaml.safe_load(open(sys.argv[1])))))' "$f")
+        json=$(python3 -c 'import json,sys,yaml; print(json.dumps(yaml.safe_load(open(sys.argv[1]))))' "$f")
         local code
         code=$(printf '%s' "$json" | kcurl "$dir" -o "$dir/crd-create.out" -w '%{http_code}' -X POST \
             -H 'Content-Type: application/json' --data-binary @- \

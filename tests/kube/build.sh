@@ -11,7 +11,13 @@
 #   vendored openapi-gen over the same package list Kubernetes' Makefile uses;
 # - the vendored modern-go/reflect2 1.0.1 crashes on Go >= 1.18: replaced by Debian's
 #   reflect2 and json-iterator (golang-github-modern-go-reflect2-dev and
-#   golang-github-json-iterator-go-dev).
+#   golang-github-json-iterator-go-dev);
+# - the vendored OpenAPI validators treat a value as null when
+#   reflect.DeepEqual(reflect.Zero(T), reflect.ValueOf(v)) holds. Built with Go >= 1.19 that
+#   is true for the empty string (both Values point at the runtime's shared zero buffer),
+#   so every CR with a "" field is rejected ("must be of type string: null") and Stash's
+#   AppBinding CRD (`default: ""`) too. Released 1.20 binaries, built with Go 1.15, accept
+#   them; the check is reduced to `data == nil`, which is what it meant for decoded JSON.
 # The deb-src entries come from a private apt configuration derived from the machine's
 # own sources list, so no registry host is written into the repository.
 set -euo pipefail
@@ -22,7 +28,10 @@ VERSION_WANTED="v1.20.2"
 
 log() { echo "[kube/build] $*" >&2; }
 
-if [ -x "$BIN" ] && "$BIN" --version 2>/dev/null | grep -q "$VERSION_WANTED"; then
+# Bumped whenever the recipe below changes, so a binary built by an older one is rebuilt.
+RECIPE=2
+if [ -x "$BIN" ] && "$BIN" --version 2>/dev/null | grep -q "$VERSION_WANTED" \
+    && [ "$(cat "$BIN.recipe" 2>/dev/null)" = "$RECIPE" ]; then
     log "cached: $BIN"
     exit 0
 fi
@@ -82,6 +91,12 @@ for dep in github.com/modern-go/reflect2 github.com/json-iterator/go; do
     cp -r "/usr/share/gocode/src/$dep" "$SRC/vendor/$dep"
 done
 
+for f in vendor/k8s.io/kube-openapi/pkg/validation/validate/type.go vendor/github.com/go-openapi/validate/type.go; do
+    grep -q 'data == nil || reflect.DeepEqual(reflect.Zero(reflect.TypeOf(data)), reflect.ValueOf(data))' "$SRC/$f" \
+        || { log "expected zero-value check not found in $f"; exit 1; }
+    sed -i 's/data == nil || reflect.DeepEqual(reflect.Zero(reflect.TypeOf(data)), reflect.ValueOf(data))/data == nil/' "$SRC/$f"
+done
+
 cd "$GOPATH/src/$PKG"
 log "building openapi-gen"
 go build -o "$WORK/openapi-gen" "$PKG/vendor/k8s.io/kube-openapi/cmd/openapi-gen"
@@ -105,6 +120,7 @@ ldflags="-s -w -X k8s.io/component-base/version.gitVersion=$VERSION_WANTED -X k8
 ldflags="$ldflags -X $PKG/vendor/k8s.io/component-base/version.gitVersion=$VERSION_WANTED -X $PKG/vendor/k8s.io/component-base/version.gitMajor=1 -X $PKG/vendor/k8s.io/component-base/version.gitMinor=20"
 go build -ldflags "$ldflags" -o "$BIN.tmp" "$PKG/cmd/kube-apiserver"
 mv "$BIN.tmp" "$BIN"
+echo "$RECIPE" >"$BIN.recipe"
 "$BIN" --version
 # The source tree is large; the Go build cache stays for a quick rebuild.
 rm -rf "$WORK"

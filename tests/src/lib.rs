@@ -37,6 +37,16 @@ pub fn init_logs() {
         .try_init();
 }
 
+/// Register the five kinds with Stash's schemas, so memkube prunes, defaults and validates
+/// writes as a real server with Stash's CRDs does.
+pub fn register_stash_kinds(kube: &MemKube) {
+    for (group, version, kind, plural, status) in stashless::crds::KINDS {
+        let k = ResourceKind::new(group, version, kind, plural)
+            .with_schema(stashless::crds::stash_schema(plural));
+        kube.register(if status { k.with_status() } else { k });
+    }
+}
+
 /// Which Kubernetes API server the end-to-end tests talk to: the in-memory one (default) or
 /// a real kube-apiserver (`STASHLESS_KUBE_BACKEND=apiserver`, CRD set from
 /// `STASHLESS_KUBE_CRDS`). `tests/run.sh` runs the end-to-end tests under both.
@@ -84,10 +94,8 @@ impl Cluster {
     pub async fn memory() -> Result<Cluster> {
         stashless::install_crypto_provider();
         let kube = MemKube::new();
-        for (group, version, kind, plural, status) in stashless::crds::KINDS {
-            let k = ResourceKind::new(group, version, kind, plural);
-            kube.register(if status { k.with_status() } else { k });
-        }
+        register_stash_kinds(&kube);
+        kube.namespace(NS);
         let server = kube.serve().await?;
         let client = ClusterSource::Url {
             url: server.url(),

@@ -228,10 +228,8 @@ async fn a_relist_after_410_gone_neither_loses_nor_duplicates() {
     init_logs();
     stashless::install_crypto_provider();
     let kube = memkube::MemKube::new();
-    for (g, v, k, p, st) in stashless::crds::KINDS {
-        let r = memkube::ResourceKind::new(g, v, k, p);
-        kube.register(if st { r.with_status() } else { r });
-    }
+    stashless_tests::register_stash_kinds(&kube);
+    kube.namespace("vault");
     let server = kube.serve().await.unwrap();
     let addr = server.addr();
     let client = stashless::cluster::ClusterSource::Url {

@@ -50,7 +50,8 @@ fn step(msg: &str) {
 /// Every Stash kind the functions use, registered on the in-memory API server.
 fn stash_kinds(kube: &MemKube) {
     for (group, version, kind, plural, status) in stashless::crds::KINDS {
-        let k = ResourceKind::new(group, version, kind, plural);
+        let k = ResourceKind::new(group, version, kind, plural)
+            .with_schema(stashless::crds::stash_schema(plural));
         kube.register(if status { k.with_status() } else { k });
     }
 }

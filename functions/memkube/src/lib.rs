@@ -75,12 +75,15 @@
 //!
 //! ## What is NOT modelled
 //!
-//! * No OpenAPI schema validation, pruning of unknown fields or defaulting; no CEL rules.
+//! * Schemas ([`ResourceKind::with_schema`]) are applied in part: pruning, nulls,
+//!   defaulting, `type`, `enum`, `required`, embedded resources and int-or-string; not
+//!   `format`, `pattern`, limits, `anyOf`/`oneOf`/`allOf`/`not`, list types or CEL rules.
 //! * No admission (webhooks or built-in), no RBAC/authorization, no real authentication.
 //! * No finalizers (`metadata.finalizers` is stored but deletion is immediate, no
-//!   `deletionTimestamp`), no garbage collection of `ownerReferences`, no namespace
-//!   lifecycle (objects can be created in namespaces that do not exist; deleting a Namespace
-//!   leaves its objects), `propagationPolicy`/`gracePeriodSeconds` are ignored.
+//!   `deletionTimestamp`), no garbage collection of `ownerReferences`; namespace lifecycle
+//!   only in part (a create in a namespace that does not exist is a 404, as on a real server,
+//!   but deleting a Namespace leaves its objects and there is no `Terminating` phase);
+//!   `propagationPolicy`/`gracePeriodSeconds` are ignored.
 //! * No pagination: `limit`/`continue` are ignored, a list always returns everything and never
 //!   a `continue` token. `resourceVersion`/`resourceVersionMatch` on GET/LIST are ignored (the
 //!   current state is always served).
@@ -95,6 +98,7 @@
 //!   a plain kind; no Pod/Service/... semantics).
 
 mod patch;
+mod schema;
 mod selector;
 mod server;
 mod store;
@@ -126,6 +130,8 @@ pub struct ResourceKind {
     pub namespaced: bool,
     /// Whether `status` is a subresource (as CRDs with `subresources.status`).
     pub status_subresource: bool,
+    /// The CRD's `openAPIV3Schema`: writes are pruned, defaulted and validated against it.
+    pub schema: Option<Arc<Value>>,
 }
 
 impl ResourceKind {
@@ -143,7 +149,15 @@ impl ResourceKind {
             plural: plural.into(),
             namespaced: true,
             status_subresource: false,
+            schema: None,
         }
+    }
+
+    /// Prune, default and validate writes against a CRD's `openAPIV3Schema`, as a real
+    /// server does for custom resources (see `schema.rs` for what is modelled).
+    pub fn with_schema(mut self, open_api_v3_schema: Value) -> Self {
+        self.schema = Some(Arc::new(open_api_v3_schema));
+        self
     }
 
     /// Enables the `/status` subresource.
@@ -276,6 +290,20 @@ impl MemKube {
         inner.register(ResourceKind::new("", "v1", "Event", "events"));
         inner.register(ResourceKind::new("", "v1", "ConfigMap", "configmaps"));
         inner.register(ResourceKind::new("", "v1", "Namespace", "namespaces").cluster_scoped());
+        // As in a new cluster; objects can only be created in namespaces that exist.
+        for ns in ["default", "kube-system", "kube-public"] {
+            let ns_kind = inner
+                .kind_by_plural("", "namespaces")
+                .expect("registered above");
+            inner
+                .create(
+                    &ns_kind,
+                    None,
+                    serde_json::json!({"metadata": {"name": ns}}),
+                    false,
+                )
+                .expect("a new store accepts the initial namespaces");
+        }
         Self {
             shared: Arc::new(Shared {
                 inner: Mutex::new(inner),
@@ -373,6 +401,25 @@ impl MemKube {
     /// Creates an object directly, without HTTP (same rules as a POST; the namespace is taken
     /// from the object's `metadata.namespace`, `default` if unset). Returns the stored object,
     /// or the failure `Status`. Handy for seeding the local demo.
+    /// Creates the Namespace `name` unless it exists (objects can only be created in a
+    /// namespace that exists, as on a real server).
+    pub fn namespace(&self, name: &str) {
+        let mut inner = self.shared.lock();
+        let kind = inner
+            .kind_by_plural("", "namespaces")
+            .expect("registered in new()");
+        if inner.get(&kind, None, name).is_err() {
+            inner
+                .create(
+                    &kind,
+                    None,
+                    serde_json::json!({"metadata": {"name": name}}),
+                    false,
+                )
+                .expect("a valid namespace name");
+        }
+    }
+
     pub fn insert(&self, group: &str, plural: &str, obj: Value) -> Result<Value, Value> {
         let mut inner = self.shared.lock();
         let Some(kind) = inner.kind_by_plural(group, plural) else {

@@ -95,6 +95,33 @@ impl ApiError {
         .about(kind, name)
     }
 
+    /// 422 with one cause per `(field, detail)`, as a real server reports schema errors.
+    pub(crate) fn invalid_fields(
+        kind: &ResourceKind,
+        name: &str,
+        errors: &[(String, String)],
+    ) -> Self {
+        let text: Vec<String> = errors.iter().map(|(f, d)| format!("{f}: {d}")).collect();
+        let message = if text.len() == 1 {
+            text[0].clone()
+        } else {
+            format!("[{}]", text.join(", "))
+        };
+        let mut e = Self::new(
+            422,
+            format!("{} \"{name}\" is invalid: {message}", kind.kind_ref()),
+        )
+        .about(kind, name);
+        if let Some(Value::Object(d)) = &mut e.details {
+            let causes: Vec<Value> = errors
+                .iter()
+                .map(|(f, d)| json!({"reason": "FieldValueInvalid", "message": d, "field": f}))
+                .collect();
+            d.insert("causes".into(), Value::Array(causes));
+        }
+        e
+    }
+
     pub(crate) fn invalid(kind: &ResourceKind, name: &str, field: &str, detail: &str) -> Self {
         let mut e = Self::new(
             422,
@@ -285,6 +312,38 @@ fn spec_part(kind: &ResourceKind, obj: &Value) -> Value {
         }
     }
     v
+}
+
+/// What a real server does to every write of a custom resource before storing it: empty
+/// `omitempty` metadata fields vanish (typed ObjectMeta), and the body is pruned, defaulted
+/// and validated against the CRD's schema.
+fn admit(kind: &ResourceKind, name: &str, obj: &mut Value) -> ApiResult<()> {
+    let m = meta_mut(obj);
+    for f in [
+        "labels",
+        "annotations",
+        "finalizers",
+        "ownerReferences",
+        "generateName",
+    ] {
+        let empty = match m.get(f) {
+            Some(Value::Object(o)) => o.is_empty(),
+            Some(Value::Array(a)) => a.is_empty(),
+            Some(Value::String(s)) => s.is_empty(),
+            Some(Value::Null) => true,
+            _ => false,
+        };
+        if empty {
+            m.remove(f);
+        }
+    }
+    if let Some(schema) = &kind.schema {
+        let errors = crate::schema::admit(schema, obj);
+        if !errors.is_empty() {
+            return Err(ApiError::invalid_fields(kind, name, &errors));
+        }
+    }
+    Ok(())
 }
 
 fn is_secret(kind: &ResourceKind) -> bool {
@@ -618,6 +677,19 @@ impl Inner {
                 ),
             ));
         }
+        if kind.namespaced && !dry_run {
+            let ns_name = ns.unwrap_or_default();
+            let namespaces = self.kind_by_plural("", "namespaces");
+            if let Some(nk) = namespaces
+                && self.get(&nk, None, ns_name).is_err()
+            {
+                return Err(
+                    ApiError::new(404, format!("namespaces \"{ns_name}\" not found"))
+                        .with_reason("NotFound")
+                        .about(&nk, ns_name),
+                );
+            }
+        }
         if self.get(kind, ns, &name).is_ok() {
             return Err(ApiError::new(
                 409,
@@ -652,6 +724,7 @@ impl Inner {
         if is_secret(kind) {
             normalize_secret(&mut obj)?;
         }
+        admit(kind, &name, &mut obj)?;
         if dry_run {
             return Ok(obj);
         }
@@ -723,6 +796,8 @@ impl Inner {
             .get("generation")
             .and_then(Value::as_i64)
             .unwrap_or(1);
+        admit(kind, &name, &mut cand)?;
+        // Generation follows the admitted object: a change pruned away is no change.
         let gen_now = if spec_part(kind, &cand) != spec_part(kind, &stored) {
             old_gen + 1
         } else {

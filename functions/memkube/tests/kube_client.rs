@@ -50,6 +50,8 @@ async fn setup() -> (MemKube, RunningServer, Client) {
     kube.register(
         ResourceKind::new(GROUP, "v1beta1", "BackupSession", "backupsessions").with_status(),
     );
+    kube.namespace("ns1");
+    kube.namespace("ns2");
     let server = kube.serve().await.expect("serve");
     let client = client_for(&server.url());
     (kube, server, client)

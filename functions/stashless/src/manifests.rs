@@ -48,7 +48,11 @@ pub async fn create(client: &Client, obj: &Value) -> Result<DynamicObject> {
     let ar =
         ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(group, version, kind), plural);
     let ns = obj["metadata"]["namespace"].as_str().unwrap_or("default");
-    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns, &ar);
+    let api: Api<DynamicObject> = if kind == "Namespace" {
+        Api::all_with(client.clone(), &ar)
+    } else {
+        Api::namespaced_with(client.clone(), ns, &ar)
+    };
     let dynamic: DynamicObject = serde_json::from_value(obj.clone())
         .map_err(|e| Error::Invalid(format!("manifest {kind}: {e}")))?;
     api.create(&PostParams::default(), &dynamic)
