@@ -25,6 +25,7 @@ fn example_manifests_fit_stash_crds_and_our_types() {
     assert_eq!(
         kinds,
         [
+            "Namespace",
             "Secret",
             "AppBinding",
             "Secret",
