@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The test command: installs what the tests need (idempotent), then runs every test.
-# Real OpenBao, Garage (S3), Prometheus Pushgateway; the Kubernetes API is in-memory.
+# Real OpenBao, Garage (S3), Prometheus Pushgateway; the Kubernetes API is the in-memory
+# server first, then a real kube-apiserver (etcd + kube-apiserver 1.20, tests/kube/).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export STASHLESS_CACHE="${STASHLESS_CACHE:-$HOME/.cache/stashless}"
@@ -9,4 +10,16 @@ bash tests/setup.sh
 # shellcheck disable=SC1091
 [ -f "$STASHLESS_CACHE/env.sh" ] && . "$STASHLESS_CACHE/env.sh"
 # Each end-to-end test starts its own OpenBao; four at a time suits a 2-core machine.
-cargo test --workspace --locked -- --test-threads="${STASHLESS_TEST_THREADS:-4}"
+threads="${STASHLESS_TEST_THREADS:-4}"
+echo "== all tests (Kubernetes API: in-memory)"
+cargo test --workspace --locked -- --test-threads="$threads"
+# The same end-to-end tests against a real kube-apiserver with Stash's CRDs (each test starts
+# its own etcd + kube-apiserver), then the backup/restore ones with the CRDs stashless
+# generates. Packages whose tests always use the in-memory server are not run again.
+echo "== end-to-end tests (Kubernetes API: kube-apiserver 1.20, Stash's CRDs)"
+STASHLESS_KUBE_BACKEND=apiserver cargo test --locked -p stashless-tests -p stashless-cli \
+    -p scheduler -p bridge -- --test-threads="$threads"
+echo "== backup/restore tests (kube-apiserver 1.20, generated CRDs)"
+STASHLESS_KUBE_BACKEND=apiserver STASHLESS_KUBE_CRDS=generated cargo test --locked \
+    -p stashless-tests --test backup --test restore --test sweep --test retention \
+    -- --test-threads="$threads"

@@ -7,6 +7,9 @@
 #   moto          pip package moto[server] (`moto_server`)
 #   Garage        `cargo install garage` 2.5.0 into $STASHLESS_CACHE/garage
 #                 (built from source: ~15-20 min on 2 cores the first time)
+#   kube-apiserver  1.20 built from Debian's `kubernetes` source package, with Debian's
+#                 Go and etcd-server (tests/kube/build.sh; ~8 min the first time)
+#   PyYAML        pip package (tests/kube/apiserver.sh reads the CRD YAML with it)
 #
 # Writes $STASHLESS_CACHE/env.sh (default ~/.cache/stashless/env.sh) with the
 # STASHLESS_BAO / STASHLESS_GARAGE / STASHLESS_PUSHGATEWAY paths and prints
@@ -77,6 +80,12 @@ if ! moto_server --help >/dev/null 2>&1; then
     pip_install 'moto[server]'
     moto_server --help >/dev/null 2>&1 || die "moto[server] installed but moto_server does not run (is pip's bin dir on PATH?)"
 fi
+
+python3 -c 'import yaml' >/dev/null 2>&1 || pip_install pyyaml
+
+# ---------------------------------------------------------------- kube-apiserver + etcd
+say "kube-apiserver: tests/kube/build.sh (cached after the first build)"
+bash "$(dirname "$0")/kube/build.sh" || die "building kube-apiserver failed"
 
 # ---------------------------------------------------------------- Garage
 GARAGE="$CACHE/garage/bin/garage"

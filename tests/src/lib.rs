@@ -21,6 +21,7 @@ use serde_json::{Value, json};
 use stashless::api::{AppBinding, BackupConfiguration, BackupSession, Repository, RestoreSession};
 use stashless::backup::{Context, Settings};
 use stashless::cluster::ClusterSource;
+use stashless::crds;
 use stashless::repository::Tuning;
 
 pub const NS: &str = "vault";
@@ -470,6 +471,38 @@ pub fn crd_violations(raw: &Value, crd_yaml: &str) -> Vec<String> {
 }
 
 impl Cluster {
+    /// Everything wrong with how an object was written: the raw stored JSON checked against
+    /// Stash's CRD and the generated one, and (in-memory server) every unknown field that was
+    /// pruned from a write of it. A real server prunes silently, so the in-memory server's
+    /// record is what catches a status field Stash's schema lacks.
+    pub async fn schema_violations(&self, plural: &str, name: &str) -> Vec<String> {
+        let raw = self.raw(plural, name).await;
+        let mut out: Vec<String> = crd_violations(&raw, crds::stash_yaml(plural))
+            .into_iter()
+            .map(|v| format!("Stash's CRD: {v}"))
+            .collect();
+        let generated = crds::generated()
+            .into_iter()
+            .find(|(_, c)| c.spec.names.plural == plural)
+            .map(|(_, c)| crds::generated_yaml(&c))
+            .unwrap_or_else(|| panic!("no generated CRD for {plural}"));
+        out.extend(
+            crd_violations(&raw, &generated)
+                .into_iter()
+                .map(|v| format!("generated CRD: {v}")),
+        );
+        if let Server::Memory { kube, .. } = &self.server {
+            let prefix = format!("{plural}/{NS}/{name}: ");
+            out.extend(
+                kube.pruned()
+                    .into_iter()
+                    .filter(|p| p.starts_with(&prefix))
+                    .map(|p| format!("pruned on write: {p}")),
+            );
+        }
+        out
+    }
+
     /// The raw JSON the server stores for an object of the `stash.appscode.com` group
     /// (untyped: whatever a real server pruned is absent), or null.
     pub async fn raw(&self, plural: &str, name: &str) -> Value {

@@ -9,13 +9,12 @@ use kube::ResourceExt;
 use serde_json::json;
 use stashless::api::{BackupConfiguration, SessionPhase};
 use stashless::backup::{self, Outcome};
-use stashless::crds;
 use stashless::events::{SessionRef, Tick};
 use stashless::scheduler::{SchedulerSettings, tick};
 use stashless_tests::faults::{Fault, Proxy};
 use stashless_tests::procs::openbao::{BaoCluster, OpenBao};
 use stashless_tests::procs::pushgateway::Pushgateway;
-use stashless_tests::{Cluster, ConfigBuilder, NS, S3Target, crd_violations, init_logs};
+use stashless_tests::{Cluster, ConfigBuilder, NS, S3Target, init_logs};
 
 /// The shared Garage and a fresh bucket for this test.
 async fn s3_bucket(tag: &str) -> (S3Target, String) {
@@ -133,10 +132,7 @@ async fn tick_backup_and_restore_brings_back_the_old_secret() {
         "{:?}",
         st.conditions
     );
-    let v = crd_violations(
-        &cluster.raw("backupsessions", &name).await,
-        crds::BACKUP_SESSIONS,
-    );
+    let v = cluster.schema_violations("backupsessions", &name).await;
     assert!(
         v.is_empty(),
         "BackupSession status fields Stash's CRD lacks: {v:?}"
@@ -150,10 +146,7 @@ async fn tick_backup_and_restore_brings_back_the_old_secret() {
     assert_eq!(rs.snapshot_count, Some(1));
     assert_eq!(rs.integrity, Some(true));
     assert!(rs.last_backup_time.is_some() && rs.first_backup_time.is_some());
-    let v = crd_violations(
-        &cluster.raw("repositories", "repo").await,
-        crds::REPOSITORIES,
-    );
+    let v = cluster.schema_violations("repositories", "repo").await;
     assert!(
         v.is_empty(),
         "Repository status fields Stash's CRD lacks: {v:?}"
@@ -412,10 +405,9 @@ async fn invalid_and_paused_schedules_do_not_stop_the_others() {
     );
     let good: BackupConfiguration = cluster.api().get("good").await.unwrap();
     assert_eq!(good.status.unwrap().phase.as_deref(), Some("Ready"));
-    let v = crd_violations(
-        &cluster.raw("backupconfigurations", "bad").await,
-        crds::BACKUP_CONFIGURATIONS,
-    );
+    let v = cluster
+        .schema_violations("backupconfigurations", "bad")
+        .await;
     assert!(v.is_empty(), "{v:?}");
     // Missed slots: three hours late, only the latest slot would run, and it is past the deadline.
     let late = Tick {
@@ -473,10 +465,10 @@ impl Failing {
             st.targets[0].stats[0].error.as_deref(),
             Some(reason.as_str())
         );
-        let v = crd_violations(
-            &self.cluster.raw("backupsessions", "cfg-1").await,
-            crds::BACKUP_SESSIONS,
-        );
+        let v = self
+            .cluster
+            .schema_violations("backupsessions", "cfg-1")
+            .await;
         assert!(v.is_empty(), "{v:?}");
         if self
             .s3

@@ -3,12 +3,11 @@
 
 use serde_json::json;
 use stashless::api::SessionPhase;
-use stashless::crds;
 use stashless::events::SessionRef;
 use stashless::restore::{self, Outcome};
 use stashless_tests::procs::openbao::{BaoCluster, OpenBao};
 use stashless_tests::procs::pushgateway::Pushgateway;
-use stashless_tests::{Cluster, ConfigBuilder, NS, S3Target, crd_violations, init_logs};
+use stashless_tests::{Cluster, ConfigBuilder, NS, S3Target, init_logs};
 
 struct World {
     cluster: Cluster,
@@ -81,10 +80,7 @@ async fn assert_failed_cleanly(w: &World, name: &str, o: &Outcome, expect: &str)
         .find(|c| c.type_ == "RestoreCompleted")
         .unwrap();
     assert_eq!(c.status, "False");
-    let v = crd_violations(
-        &w.cluster.raw("restoresessions", name).await,
-        crds::RESTORE_SESSIONS,
-    );
+    let v = w.cluster.schema_violations("restoresessions", name).await;
     assert!(v.is_empty(), "{v:?}");
 }
 
@@ -148,10 +144,10 @@ async fn restore_latest_brings_back_changed_and_deleted_secrets() {
             .iter()
             .any(|c| c.type_ == "RestoreCompleted" && c.status == "True")
     );
-    let v = crd_violations(
-        &w.cluster.raw("restoresessions", "restore-latest").await,
-        crds::RESTORE_SESSIONS,
-    );
+    let v = w
+        .cluster
+        .schema_violations("restoresessions", "restore-latest")
+        .await;
     assert!(v.is_empty(), "{v:?}");
     let text = pgw.metrics_text().await.unwrap();
     assert!(

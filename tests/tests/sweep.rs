@@ -4,11 +4,10 @@
 use chrono::{Duration, Utc};
 use serde_json::json;
 use stashless::api::{BackupConfiguration, SessionPhase};
-use stashless::crds;
 use stashless::session::{self, Claim};
 use stashless::sweep::{SweepSettings, sweep};
 use stashless_tests::procs::openbao::OpenBao;
-use stashless_tests::{Cluster, ConfigBuilder, NS, S3Target, crd_violations, init_logs};
+use stashless_tests::{Cluster, ConfigBuilder, NS, S3Target, init_logs};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lost_running_sessions_and_orphans_end_failed_and_live_ones_are_left_alone() {
@@ -64,11 +63,10 @@ async fn lost_running_sessions_and_orphans_end_failed_and_live_ones_are_left_alo
     );
     assert!(s.conditions.iter().any(|c| c.type_ == "DeadlineExceeded"));
     assert!(
-        crd_violations(
-            &cluster.raw("backupsessions", "cfg-lost").await,
-            crds::BACKUP_SESSIONS
-        )
-        .is_empty()
+        cluster
+            .schema_violations("backupsessions", "cfg-lost")
+            .await
+            .is_empty()
     );
     let g = cluster.session("gone-1").await.unwrap().status.unwrap();
     assert_eq!(g.phase, Some(SessionPhase::Failed));
@@ -87,11 +85,10 @@ async fn lost_running_sessions_and_orphans_end_failed_and_live_ones_are_left_alo
         .unwrap();
     assert_eq!(r.phase, Some(SessionPhase::Failed));
     assert!(
-        crd_violations(
-            &cluster.raw("restoresessions", "rs-lost").await,
-            crds::RESTORE_SESSIONS
-        )
-        .is_empty()
+        cluster
+            .schema_violations("restoresessions", "rs-lost")
+            .await
+            .is_empty()
     );
     assert_eq!(
         cluster

@@ -401,6 +401,13 @@ impl MemKube {
     /// Creates an object directly, without HTTP (same rules as a POST; the namespace is taken
     /// from the object's `metadata.namespace`, `default` if unset). Returns the stored object,
     /// or the failure `Status`. Handy for seeding the local demo.
+    /// Every unknown field pruned from a write so far, as `<plural>/<namespace>/<name>:
+    /// <path>`. A real server drops them silently; a test can assert that nothing it wrote
+    /// was lost.
+    pub fn pruned(&self) -> Vec<String> {
+        self.shared.lock().pruned()
+    }
+
     /// Creates the Namespace `name` unless it exists (objects can only be created in a
     /// namespace that exists, as on a real server).
     pub fn namespace(&self, name: &str) {

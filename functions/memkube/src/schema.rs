@@ -14,26 +14,18 @@ fn flag(schema: &Value, key: &str) -> bool {
     schema.get(key).and_then(Value::as_bool) == Some(true)
 }
 
-/// Prune, drop disallowed nulls and default `obj` in place; returns the validation errors
-/// as `(field path, detail)`, empty when the object is valid.
-pub(crate) fn admit(schema: &Value, obj: &mut Value) -> Vec<(String, String)> {
-    if let Some(map) = obj.as_object_mut() {
-        for (key, value) in map.iter_mut() {
-            if matches!(key.as_str(), "apiVersion" | "kind" | "metadata") {
-                continue;
-            }
-            if let Some(s) = schema.get("properties").and_then(|p| p.get(key)) {
-                prune_and_default(s, value);
-            }
+/// Prune, drop disallowed nulls and default `obj` in place. Returns the validation errors
+/// as `(field path, detail)`, empty when the object is valid, and the paths of the unknown
+/// fields pruned (a real server drops them silently; tests want to know).
+pub(crate) fn admit(schema: &Value, obj: &mut Value) -> (Vec<(String, String)>, Vec<String>) {
+    let mut pruned = Vec::new();
+    if obj.is_object() {
+        // The root keeps apiVersion/kind/metadata like an embedded resource.
+        let mut root = schema.clone();
+        if let Some(r) = root.as_object_mut() {
+            r.insert("x-kubernetes-embedded-resource".into(), Value::Bool(true));
         }
-        let props = schema.get("properties").and_then(Value::as_object);
-        map.retain(|k, v| {
-            matches!(k.as_str(), "apiVersion" | "kind" | "metadata")
-                || props
-                    .and_then(|p| p.get(k))
-                    .is_some_and(|s| !null_dropped(s, v))
-        });
-        apply_defaults(schema, map);
+        prune_and_default(&root, obj, "", &mut pruned);
     }
     let mut errors = Vec::new();
     if let Some(map) = obj.as_object() {
@@ -44,7 +36,7 @@ pub(crate) fn admit(schema: &Value, obj: &mut Value) -> Vec<(String, String)> {
         }
         required(schema, map, "", &mut errors);
     }
-    errors
+    (errors, pruned)
 }
 
 /// A null is dropped unless the schema says `nullable: true`.
@@ -52,14 +44,23 @@ fn null_dropped(schema: &Value, value: &Value) -> bool {
     value.is_null() && !flag(schema, "nullable")
 }
 
-fn prune_and_default(schema: &Value, value: &mut Value) {
+fn join(path: &str, key: &str) -> String {
+    if path.is_empty() {
+        key.to_string()
+    } else {
+        format!("{path}.{key}")
+    }
+}
+
+fn prune_and_default(schema: &Value, value: &mut Value, path: &str, pruned: &mut Vec<String>) {
     match value {
         Value::Object(map) => {
+            let props = schema.get("properties").and_then(Value::as_object);
             if flag(schema, "x-kubernetes-preserve-unknown-fields") {
                 // Known properties are still pruned below them; unknown ones are kept.
                 for (k, v) in map.iter_mut() {
-                    if let Some(s) = schema.get("properties").and_then(|p| p.get(k)) {
-                        prune_and_default(s, v);
+                    if let Some(s) = props.and_then(|p| p.get(k)) {
+                        prune_and_default(s, v, &join(path, k), pruned);
                     }
                 }
                 apply_defaults(schema, map);
@@ -69,8 +70,8 @@ fn prune_and_default(schema: &Value, value: &mut Value) {
                 match additional {
                     Value::Object(_) => {
                         map.retain(|_, v| !null_dropped(additional, v));
-                        for v in map.values_mut() {
-                            prune_and_default(additional, v);
+                        for (k, v) in map.iter_mut() {
+                            prune_and_default(additional, v, &join(path, k), pruned);
                         }
                     }
                     Value::Bool(false) => map.clear(),
@@ -78,18 +79,19 @@ fn prune_and_default(schema: &Value, value: &mut Value) {
                 }
                 return;
             }
-            let props = schema.get("properties").and_then(Value::as_object);
             let embedded = flag(schema, "x-kubernetes-embedded-resource");
             map.retain(|k, v| {
-                (embedded && matches!(k.as_str(), "apiVersion" | "kind" | "metadata"))
-                    || props
-                        .and_then(|p| p.get(k))
-                        .is_some_and(|s| !null_dropped(s, v))
+                let meta = embedded && matches!(k.as_str(), "apiVersion" | "kind" | "metadata");
+                let known = props.and_then(|p| p.get(k));
+                if known.is_none() && !meta {
+                    pruned.push(join(path, k));
+                }
+                meta || known.is_some_and(|s| !null_dropped(s, v))
             });
             if let Some(props) = props {
                 for (k, v) in map.iter_mut() {
                     if let Some(s) = props.get(k) {
-                        prune_and_default(s, v);
+                        prune_and_default(s, v, &join(path, k), pruned);
                     }
                 }
             }
@@ -97,8 +99,8 @@ fn prune_and_default(schema: &Value, value: &mut Value) {
         }
         Value::Array(items) => {
             if let Some(item_schema) = schema.get("items") {
-                for item in items.iter_mut() {
-                    prune_and_default(item_schema, item);
+                for (i, item) in items.iter_mut().enumerate() {
+                    prune_and_default(item_schema, item, &format!("{path}[{i}]"), pruned);
                 }
             }
         }
@@ -113,7 +115,7 @@ fn apply_defaults(schema: &Value, map: &mut Map<String, Value>) {
                 && let Some(d) = s.get("default")
             {
                 let mut d = d.clone();
-                prune_and_default(s, &mut d);
+                prune_and_default(s, &mut d, k, &mut Vec::new());
                 map.insert(k.clone(), d);
             }
         }
@@ -263,8 +265,10 @@ mod tests {
             "status": {"phase": "P", "junk": true},
             "top": 1,
         });
-        let errors = admit(&schema(), &mut o);
+        let (errors, mut pruned) = admit(&schema(), &mut o);
         assert!(errors.is_empty(), "{errors:?}");
+        pruned.sort();
+        assert_eq!(pruned, ["spec.junk", "status.junk", "top"]);
         assert_eq!(
             o,
             json!({
@@ -280,7 +284,7 @@ mod tests {
     fn wrong_types_enums_and_missing_required_fields_are_errors() {
         let mut o =
             json!({"spec": {"count": "three", "mode": "c", "port": true, "labels": {"a": 1}}});
-        let errors = admit(&schema(), &mut o);
+        let (errors, _) = admit(&schema(), &mut o);
         let fields: Vec<&str> = errors.iter().map(|(f, _)| f.as_str()).collect();
         assert!(fields.contains(&"spec.count"), "{errors:?}");
         assert!(fields.contains(&"spec.mode"), "{errors:?}");

@@ -257,6 +257,8 @@ pub(crate) struct Inner {
     pub(crate) failures: Vec<Failure>,
     pub(crate) token: Option<String>,
     pub(crate) bookmark_interval: Duration,
+    /// `<plural>/<namespace>/<name>: <path>` of every unknown field pruned from a write.
+    pruned: Vec<String>,
 }
 
 fn meta(obj: &Value) -> Option<&Map<String, Value>> {
@@ -317,7 +319,7 @@ fn spec_part(kind: &ResourceKind, obj: &Value) -> Value {
 /// What a real server does to every write of a custom resource before storing it: empty
 /// `omitempty` metadata fields vanish (typed ObjectMeta), and the body is pruned, defaulted
 /// and validated against the CRD's schema.
-fn admit(kind: &ResourceKind, name: &str, obj: &mut Value) -> ApiResult<()> {
+fn admit(kind: &ResourceKind, name: &str, obj: &mut Value) -> ApiResult<Vec<String>> {
     let m = meta_mut(obj);
     for f in [
         "labels",
@@ -338,12 +340,13 @@ fn admit(kind: &ResourceKind, name: &str, obj: &mut Value) -> ApiResult<()> {
         }
     }
     if let Some(schema) = &kind.schema {
-        let errors = crate::schema::admit(schema, obj);
+        let (errors, pruned) = crate::schema::admit(schema, obj);
         if !errors.is_empty() {
             return Err(ApiError::invalid_fields(kind, name, &errors));
         }
+        return Ok(pruned);
     }
-    Ok(())
+    Ok(Vec::new())
 }
 
 fn is_secret(kind: &ResourceKind) -> bool {
@@ -422,7 +425,28 @@ impl Inner {
             failures: Vec::new(),
             token: None,
             bookmark_interval: Duration::from_secs(1),
+            pruned: Vec::new(),
         }
+    }
+
+    fn note_pruned(
+        &mut self,
+        kind: &ResourceKind,
+        ns: Option<&str>,
+        name: &str,
+        paths: Vec<String>,
+    ) {
+        for p in paths {
+            self.pruned.push(format!(
+                "{}/{}/{name}: {p}",
+                kind.plural,
+                ns.unwrap_or_default()
+            ));
+        }
+    }
+
+    pub(crate) fn pruned(&self) -> Vec<String> {
+        self.pruned.clone()
     }
 
     pub(crate) fn register(&mut self, kind: ResourceKind) {
@@ -724,10 +748,11 @@ impl Inner {
         if is_secret(kind) {
             normalize_secret(&mut obj)?;
         }
-        admit(kind, &name, &mut obj)?;
+        let pruned = admit(kind, &name, &mut obj)?;
         if dry_run {
             return Ok(obj);
         }
+        self.note_pruned(kind, ns, &name, pruned);
         self.rv += 1;
         meta_mut(&mut obj).insert("resourceVersion".into(), json!(self.rv.to_string()));
         let key = Self::key(kind, ns, &name);
@@ -796,7 +821,11 @@ impl Inner {
             .get("generation")
             .and_then(Value::as_i64)
             .unwrap_or(1);
-        admit(kind, &name, &mut cand)?;
+        let pruned = admit(kind, &name, &mut cand)?;
+        if !dry_run {
+            let ns = (!ns.is_empty()).then_some(ns.as_str());
+            self.note_pruned(kind, ns, &name, pruned);
+        }
         // Generation follows the admitted object: a change pruned away is no change.
         let gen_now = if spec_part(kind, &cand) != spec_part(kind, &stored) {
             old_gen + 1

@@ -176,16 +176,20 @@ pub fn schema_of(crd_yaml: &str) -> Value {
     .expect("schema serialises")
 }
 
-/// The `openAPIV3Schema` of Stash's CRD for `plural` (storage version), for an in-memory
-/// API server that prunes and validates like a real one.
-pub fn stash_schema(plural: &str) -> Value {
+/// Stash's CRD (YAML) for `plural`.
+pub fn stash_yaml(plural: &str) -> &'static str {
     ALL.iter()
         .find(|yaml| {
             serde_saphyr::from_str::<CustomResourceDefinition>(yaml)
                 .is_ok_and(|crd| crd.spec.names.plural == plural)
         })
-        .map(|yaml| schema_of(yaml))
         .unwrap_or_else(|| panic!("no Stash CRD for {plural}"))
+}
+
+/// The `openAPIV3Schema` of Stash's CRD for `plural` (storage version), for an in-memory
+/// API server that prunes and validates like a real one.
+pub fn stash_schema(plural: &str) -> Value {
+    schema_of(stash_yaml(plural))
 }
 
 /// The five CRDs generated from the Rust types, in the order to apply them, each with
