@@ -90,6 +90,11 @@ fn prune_and_default(schema: &Value, value: &mut Value, path: &str, pruned: &mut
             });
             if let Some(props) = props {
                 for (k, v) in map.iter_mut() {
+                    // An embedded resource's metadata is ObjectMeta, not the schema's
+                    // (usually bare `type: object`) node: never pruned here.
+                    if embedded && k == "metadata" {
+                        continue;
+                    }
                     if let Some(s) = props.get(k) {
                         prune_and_default(s, v, &join(path, k), pruned);
                     }
@@ -278,6 +283,19 @@ mod tests {
                 "status": {"phase": "P"},
             })
         );
+    }
+
+    #[test]
+    fn metadata_is_never_pruned_even_where_the_schema_has_a_bare_metadata_node() {
+        let mut s = schema();
+        s["properties"]["metadata"] = json!({"type": "object"});
+        let mut o = json!({"metadata": {"name": "n", "labels": {"a": "b"}}, "spec": {"name": "x"}});
+        let (errors, pruned) = admit(&s, &mut o);
+        assert!(
+            errors.is_empty() && pruned.is_empty(),
+            "{errors:?} {pruned:?}"
+        );
+        assert_eq!(o["metadata"], json!({"name": "n", "labels": {"a": "b"}}));
     }
 
     #[test]
