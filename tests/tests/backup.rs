@@ -363,6 +363,14 @@ async fn invalid_and_paused_schedules_do_not_stop_the_others() {
         .backup_config(ConfigBuilder::new("berlin").schedule("CRON_TZ=Europe/Berlin 0 11 * * *"))
         .await
         .unwrap();
+    let mut snapshotter = ConfigBuilder::new("snapshotter")
+        .schedule("0 * * * *")
+        .build();
+    snapshotter["spec"]["driver"] = json!("VolumeSnapshotter");
+    cluster
+        .create::<BackupConfiguration>(snapshotter)
+        .await
+        .unwrap();
     // 10:00 UTC on a winter day is 11:00 in Berlin: both "good" and "berlin" are due.
     let t = Tick {
         time: Some(Utc.with_ymd_and_hms(2099, 1, 5, 10, 0, 30).unwrap()),
@@ -381,7 +389,13 @@ async fn invalid_and_paused_schedules_do_not_stop_the_others() {
         vec![format!("vault/berlin-{slot}"), format!("vault/good-{slot}")]
     );
     assert_eq!(report.paused, vec!["vault/resting".to_string()]);
-    assert_eq!(report.invalid.len(), 2, "{:?}", report.invalid);
+    assert_eq!(report.invalid.len(), 3, "{:?}", report.invalid);
+    assert!(
+        report.invalid["vault/snapshotter"]
+            .contains("driver \"VolumeSnapshotter\" is not supported"),
+        "{:?}",
+        report.invalid
+    );
     let bad: BackupConfiguration = cluster.api().get("bad").await.unwrap();
     let st = bad.status.unwrap();
     assert_eq!(st.phase.as_deref(), Some("Invalid"));

@@ -48,6 +48,19 @@
 //!   a create body is dropped; PUT/PATCH on the object keep the stored `status`; PUT/PATCH on
 //!   `/status` change only `status` (the resourceVersion precondition still applies). `/status`
 //!   on other kinds is a 404.
+//! * **Schemas** (kinds registered [`ResourceKind::with_schema`] with a CRD's
+//!   `openAPIV3Schema`): every write is pruned of unknown fields, loses nulls the schema does
+//!   not allow, gets `default`s, and is validated (`type`, `enum`, `required`, embedded
+//!   resources, int-or-string) with a 422 `Invalid` listing each field; the pruned paths are
+//!   recorded ([`MemKube::pruned`]) because a real server drops them silently.
+//! * **Namespaces**: `default`, `kube-system` and `kube-public` exist from the start; creating
+//!   an object in a namespace that does not exist is a 404 (create it first, e.g.
+//!   [`MemKube::namespace`]). Empty `labels`/`annotations`/`finalizers`/`ownerReferences`
+//!   vanish on write, as with the real server's typed ObjectMeta.
+//!
+//! These answers are held to a real kube-apiserver 1.20 by the differential conformance
+//! suite in `tests/tests/kube_conformance.rs` (same requests, same observable answers).
+//!
 //! * **Selectors**: `labelSelector` with `=`, `==`, `!=`, `in`, `notin`, exists, `!exists`,
 //!   `>`/`<`; `fieldSelector` with `=`, `==`, `!=` on any dotted path (`metadata.name`,
 //!   `metadata.namespace`, `type`, ... — a real server only allows a per-kind list).

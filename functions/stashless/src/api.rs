@@ -251,6 +251,10 @@ pub struct RetentionPolicy {
 )]
 #[serde(rename_all = "camelCase")]
 pub struct BackupConfigurationSpec {
+    /// Stash's agent: `Restic` (its default, what a raft snapshot backup is) or
+    /// `VolumeSnapshotter` (CSI volume snapshots, which stashless does not take).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub driver: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub schedule: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -416,6 +420,9 @@ pub struct SnapshotStats {
 )]
 #[serde(rename_all = "camelCase")]
 pub struct RestoreSessionSpec {
+    /// As in BackupConfiguration: `Restic` (default) or `VolumeSnapshotter` (not supported).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub driver: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub repository: Option<ObjectRef>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -258,6 +258,11 @@ async fn restore(
     deadline: Instant,
 ) -> Result<Done> {
     let ns = rs.namespace().unwrap_or_default();
+    if let Some(driver) = rs.spec.driver.as_deref().filter(|d| *d != "Restic") {
+        return Err(Error::Invalid(format!(
+            "driver {driver:?} is not supported: stashless restores Vault raft snapshots (driver Restic, Stash's default); remove spec.driver or set it to Restic"
+        )));
+    }
     let repo_ref = rs
         .spec
         .repository

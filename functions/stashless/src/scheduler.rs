@@ -99,6 +99,14 @@ pub async fn tick(
     for config in configs {
         let ns = config.namespace().unwrap_or_default();
         let key = format!("{ns}/{}", config.name_any());
+        if let Some(driver) = config.spec.driver.as_deref().filter(|d| *d != "Restic") {
+            let e = format!(
+                "driver {driver:?} is not supported: stashless streams Vault raft snapshots (driver Restic, Stash's default); remove spec.driver or set it to Restic"
+            );
+            mark_validity(client, &config, Err(e.clone())).await;
+            report.invalid.insert(key, e);
+            continue;
+        }
         let schedule = match config
             .spec
             .schedule
