@@ -82,6 +82,8 @@ if ! moto_server --help >/dev/null 2>&1; then
 fi
 
 python3 -c 'import yaml' >/dev/null 2>&1 || pip_install pyyaml
+# botocore: the independent SigV4 signer the EKS token is checked against (tests/oracle/).
+python3 -c 'import botocore' >/dev/null 2>&1 || pip_install botocore
 
 # ---------------------------------------------------------------- kube-apiserver + etcd
 say "kube-apiserver: tests/kube/build.sh (cached after the first build)"

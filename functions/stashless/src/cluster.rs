@@ -20,6 +20,10 @@ pub enum ClusterSource {
         token: Option<String>,
         ca_file: Option<std::path::PathBuf>,
     },
+    /// `STASHLESS_EKS_CLUSTER`: an EKS cluster by name, reached with the process's own AWS
+    /// identity (DescribeCluster for endpoint and CA, aws-iam-authenticator tokens): how the
+    /// functions run on Lambda.
+    Eks { cluster: String },
     /// Kubeconfig (`KUBECONFIG`, `~/.kube/config`) or in-cluster service account.
     #[default]
     Infer,
@@ -37,7 +41,10 @@ impl ClusterSource {
                     .filter(|p| !p.is_empty())
                     .map(Into::into),
             },
-            _ => ClusterSource::Infer,
+            _ => match std::env::var("STASHLESS_EKS_CLUSTER") {
+                Ok(cluster) if !cluster.is_empty() => ClusterSource::Eks { cluster },
+                _ => ClusterSource::Infer,
+            },
         }
     }
 
@@ -65,9 +72,21 @@ impl ClusterSource {
                 }
                 config
             }
+            ClusterSource::Eks { cluster } => {
+                let aws = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+                let region = aws.region().map(|r| r.to_string()).ok_or_else(|| {
+                    Error::Invalid("STASHLESS_EKS_CLUSTER is set but no AWS region is configured (AWS_REGION)".into())
+                })?;
+                let credentials = aws.credentials_provider().ok_or_else(|| {
+                    Error::Invalid("STASHLESS_EKS_CLUSTER is set but no AWS credentials are configured".into())
+                })?;
+                let (endpoint, ca) = crate::eks::describe(&aws_sdk_eks::Client::new(&aws), cluster).await?;
+                let tokens = crate::eks::TokenSource::new(credentials, &region, cluster);
+                return crate::eks::client(&endpoint, &ca, std::sync::Arc::new(tokens)).await;
+            }
             ClusterSource::Infer => Config::infer().await.map_err(|e| {
                 Error::Invalid(format!(
-                    "no Kubernetes configuration: {e} (set KUBECONFIG, run in-cluster, or set STASHLESS_KUBE_URL)"
+                    "no Kubernetes configuration: {e} (set STASHLESS_EKS_CLUSTER, KUBECONFIG, run in-cluster, or set STASHLESS_KUBE_URL)"
                 ))
             })?,
         };

@@ -8,6 +8,7 @@ pub mod backup;
 pub mod cluster;
 pub mod crds;
 pub mod dispatch;
+pub mod eks;
 pub mod error;
 pub mod events;
 pub mod lambda;
