@@ -1,0 +1,327 @@
+################################################################################
+# Kubernetes identity of the functions: EKS access entries → group → RBAC
+#
+# The cluster's authentication mode must include the EKS API (API or API_AND_CONFIG_MAP).
+# No EKS access policy is associated: the ClusterRole below says exactly what they may do.
+################################################################################
+
+resource "aws_eks_access_entry" "function" {
+  for_each = local.function_names
+
+  cluster_name      = var.cluster_name
+  principal_arn     = aws_iam_role.function[each.key].arn
+  kubernetes_groups = [var.kubernetes_group]
+  type              = "STANDARD"
+
+  tags = local.tags
+}
+
+locals {
+  # The rules every function needs, except Secrets (shape: rules: [{apiGroups, resources,
+  # verbs}]; a Rust test compares the file with the calls the functions make).
+  function_rules = yamldecode(file("${path.module}/rbac/functions-clusterrole.yaml")).rules
+
+  # Secrets (the AppBinding's token, the Repository's storage credentials): `get` only,
+  # cluster-wide when the functions act in all namespaces, else per namespace.
+  secrets_rule = {
+    apiGroups = [""]
+    resources = ["secrets"]
+    verbs     = ["get"]
+  }
+  cluster_rules = concat(local.function_rules, [for r in [local.secrets_rule] : r if length(var.namespaces) == 0])
+}
+
+resource "kubernetes_cluster_role_v1" "functions" {
+  metadata {
+    name   = "${var.name}-functions"
+    labels = local.k8s_labels
+  }
+
+  dynamic "rule" {
+    for_each = local.cluster_rules
+    content {
+      api_groups = rule.value.apiGroups
+      resources  = rule.value.resources
+      verbs      = rule.value.verbs
+    }
+  }
+}
+
+resource "kubernetes_cluster_role_binding_v1" "functions" {
+  metadata {
+    name   = "${var.name}-functions"
+    labels = local.k8s_labels
+  }
+
+  role_ref {
+    api_group = "rbac.authorization.k8s.io"
+    kind      = "ClusterRole"
+    name      = kubernetes_cluster_role_v1.functions.metadata[0].name
+  }
+
+  subject {
+    api_group = "rbac.authorization.k8s.io"
+    kind      = "Group"
+    name      = var.kubernetes_group
+  }
+}
+
+resource "kubernetes_role_v1" "secrets" {
+  for_each = toset(var.namespaces)
+
+  metadata {
+    name      = "${var.name}-functions-secrets"
+    namespace = each.key
+    labels    = local.k8s_labels
+  }
+
+  rule {
+    api_groups = local.secrets_rule.apiGroups
+    resources  = local.secrets_rule.resources
+    verbs      = local.secrets_rule.verbs
+  }
+}
+
+resource "kubernetes_role_binding_v1" "secrets" {
+  for_each = toset(var.namespaces)
+
+  metadata {
+    name      = "${var.name}-functions-secrets"
+    namespace = each.key
+    labels    = local.k8s_labels
+  }
+
+  role_ref {
+    api_group = "rbac.authorization.k8s.io"
+    kind      = "Role"
+    name      = kubernetes_role_v1.secrets[each.key].metadata[0].name
+  }
+
+  subject {
+    api_group = "rbac.authorization.k8s.io"
+    kind      = "Group"
+    name      = var.kubernetes_group
+  }
+}
+
+################################################################################
+# Stash CRDs, for clusters without Stash (generated from stashless's types)
+################################################################################
+
+locals {
+  crd_files = [
+    "appbindings.appcatalog.appscode.com",
+    "backupconfigurations.stash.appscode.com",
+    "backupsessions.stash.appscode.com",
+    "repositories.stash.appscode.com",
+    "restoresessions.stash.appscode.com",
+  ]
+}
+
+resource "kubernetes_manifest" "crd" {
+  for_each = var.install_crds ? toset(local.crd_files) : toset([])
+
+  manifest = yamldecode(file("${path.module}/../../crds/generated/${each.key}.yaml"))
+}
+
+################################################################################
+# The watch bridge (optional): Stash kinds → EventBridge, from inside the cluster
+# (mirrors infra/manifests/bridge/bridge.yaml)
+################################################################################
+
+locals {
+  bridge_name = "${var.name}-bridge"
+  oidc_issuer = replace(coalesce(var.oidc_provider_arn, "none"), "/^.*oidc-provider\\//", "")
+
+  k8s_labels = {
+    "app.kubernetes.io/part-of"    = "stashless"
+    "app.kubernetes.io/managed-by" = "terraform"
+  }
+  bridge_labels = merge(local.k8s_labels, {
+    "app.kubernetes.io/name" = local.bridge_name
+  })
+  bridge_namespace = var.enable_bridge && var.create_bridge_namespace ? kubernetes_namespace_v1.bridge[0].metadata[0].name : var.bridge_namespace
+}
+
+resource "kubernetes_namespace_v1" "bridge" {
+  count = var.enable_bridge && var.create_bridge_namespace ? 1 : 0
+
+  metadata {
+    name   = var.bridge_namespace
+    labels = local.k8s_labels
+  }
+}
+
+resource "kubernetes_service_account_v1" "bridge" {
+  count = var.enable_bridge ? 1 : 0
+
+  metadata {
+    name        = local.bridge_name
+    namespace   = local.bridge_namespace
+    labels      = local.bridge_labels
+    annotations = var.bridge_identity == "irsa" ? { "eks.amazonaws.com/role-arn" = aws_iam_role.bridge[0].arn } : {}
+  }
+}
+
+resource "aws_eks_pod_identity_association" "bridge" {
+  count = var.enable_bridge && var.bridge_identity == "pod_identity" ? 1 : 0
+
+  cluster_name    = var.cluster_name
+  namespace       = local.bridge_namespace
+  service_account = kubernetes_service_account_v1.bridge[0].metadata[0].name
+  role_arn        = aws_iam_role.bridge[0].arn
+
+  tags = local.tags
+}
+
+resource "kubernetes_cluster_role_v1" "bridge" {
+  count = var.enable_bridge ? 1 : 0
+
+  metadata {
+    name   = local.bridge_name
+    labels = local.bridge_labels
+  }
+
+  rule {
+    api_groups = ["stash.appscode.com"]
+    resources  = ["backupsessions", "restoresessions", "backupconfigurations"]
+    verbs      = ["list", "watch"]
+  }
+}
+
+resource "kubernetes_cluster_role_binding_v1" "bridge" {
+  count = var.enable_bridge ? 1 : 0
+
+  metadata {
+    name   = local.bridge_name
+    labels = local.bridge_labels
+  }
+
+  role_ref {
+    api_group = "rbac.authorization.k8s.io"
+    kind      = "ClusterRole"
+    name      = kubernetes_cluster_role_v1.bridge[0].metadata[0].name
+  }
+
+  subject {
+    kind      = "ServiceAccount"
+    name      = kubernetes_service_account_v1.bridge[0].metadata[0].name
+    namespace = local.bridge_namespace
+  }
+}
+
+resource "kubernetes_deployment_v1" "bridge" {
+  count = var.enable_bridge ? 1 : 0
+
+  metadata {
+    name      = local.bridge_name
+    namespace = local.bridge_namespace
+    labels    = local.bridge_labels
+  }
+
+  spec {
+    # Duplicates are harmless (the functions claim each session), but one is enough.
+    replicas = var.bridge_replicas
+
+    selector {
+      match_labels = { "app.kubernetes.io/name" = local.bridge_name }
+    }
+
+    template {
+      metadata {
+        labels = local.bridge_labels
+      }
+
+      spec {
+        service_account_name = kubernetes_service_account_v1.bridge[0].metadata[0].name
+        # The bridge watches the Stash kinds with this ServiceAccount's token.
+        automount_service_account_token = true
+
+        security_context {
+          run_as_non_root = true
+          run_as_user     = 65532
+          run_as_group    = 65532
+          seccomp_profile {
+            type = "RuntimeDefault"
+          }
+        }
+
+        container {
+          name              = "bridge"
+          image             = "${var.bridge_image}@${var.bridge_image_digest}"
+          image_pull_policy = "Always"
+
+          env {
+            name  = "STASHLESS_EVENT_BUS"
+            value = aws_cloudwatch_event_bus.this.name
+          }
+          env {
+            name  = "STASHLESS_NAMESPACES"
+            value = join(",", var.namespaces)
+          }
+          env {
+            name  = "STASHLESS_HEALTH_ADDR"
+            value = "0.0.0.0:8080"
+          }
+          env {
+            name  = "AWS_REGION"
+            value = local.region
+          }
+
+          port {
+            name           = "health"
+            container_port = 8080
+          }
+
+          liveness_probe {
+            http_get {
+              path = "/healthz"
+              port = "health"
+            }
+            period_seconds    = 20
+            failure_threshold = 6
+          }
+
+          readiness_probe {
+            http_get {
+              path = "/healthz"
+              port = "health"
+            }
+            period_seconds = 5
+          }
+
+          resources {
+            requests = {
+              cpu    = "10m"
+              memory = "32Mi"
+            }
+            limits = {
+              cpu    = "500m"
+              memory = "128Mi"
+            }
+          }
+
+          security_context {
+            allow_privilege_escalation = false
+            read_only_root_filesystem  = true
+            run_as_non_root            = true
+            run_as_user                = 65532
+            capabilities {
+              drop = ["ALL"]
+            }
+          }
+        }
+      }
+    }
+  }
+
+  # Credentials must exist before the first pod starts (Pod Identity is read at pod start).
+  depends_on = [aws_eks_pod_identity_association.bridge, aws_iam_role_policy.bridge]
+
+  lifecycle {
+    precondition {
+      condition     = var.bridge_image != null && var.bridge_image_digest != null
+      error_message = "enable_bridge = true needs bridge_image and bridge_image_digest (build the image from functions/bridge)."
+    }
+  }
+}

@@ -1,0 +1,457 @@
+################################################################################
+# General
+################################################################################
+
+variable "name" {
+  description = "Name prefix for every resource the module creates (functions are `<name>-scheduler`, `<name>-backup`, `<name>-restore`)."
+  type        = string
+  default     = "stashless"
+
+  validation {
+    condition     = can(regex("^[a-z][a-z0-9-]{0,30}$", var.name))
+    error_message = "name must be 1-31 characters of lower-case letters, digits and '-', starting with a letter."
+  }
+}
+
+variable "tags" {
+  description = "Tags added to every AWS resource the module creates."
+  type        = map(string)
+  default     = {}
+}
+
+################################################################################
+# Cluster and network
+################################################################################
+
+variable "cluster_name" {
+  description = "Name of the existing EKS cluster that runs Vault/OpenBao and holds the Stash objects. The functions call eks:DescribeCluster on it and authenticate with their IAM role (EKS access entries)."
+  type        = string
+}
+
+variable "namespaces" {
+  description = "Namespaces the functions and the bridge act in (STASHLESS_NAMESPACES). Empty means all namespaces; when set, the functions get `get` on Secrets only in these namespaces."
+  type        = list(string)
+  default     = []
+}
+
+variable "subnet_ids" {
+  description = "Private subnets the functions run in: they must reach the Vault pods, the EKS API endpoint, and S3/EKS/EventBridge (NAT or VPC endpoints)."
+  type        = list(string)
+
+  validation {
+    condition     = length(var.subnet_ids) > 0
+    error_message = "subnet_ids must name at least one subnet: Vault and the cluster endpoint are inside the VPC."
+  }
+}
+
+variable "security_group_ids" {
+  description = "Security groups attached to the functions' network interfaces. Vault's and the EKS control plane's security groups must allow HTTPS from them."
+  type        = list(string)
+
+  validation {
+    condition     = length(var.security_group_ids) > 0
+    error_message = "security_group_ids must name at least one security group."
+  }
+}
+
+################################################################################
+# Functions
+################################################################################
+
+variable "lambda_zip_dir" {
+  description = "Directory holding `<function>/bootstrap.zip` as `cargo lambda build --release --arm64 --output-format zip` writes them (scripts/build-lambdas.sh). Null means `target/lambda` at the root of this repository."
+  type        = string
+  default     = null
+}
+
+variable "architecture" {
+  description = "Instruction set the zips were built for: `arm64` (Graviton, the default and cheaper) or `x86_64`."
+  type        = string
+  default     = "arm64"
+
+  validation {
+    condition     = contains(["arm64", "x86_64"], var.architecture)
+    error_message = "architecture must be arm64 or x86_64."
+  }
+}
+
+# Sized from the benchmarks in docs/benchmarks.md: peak RSS stays under 64 MiB even with the
+# default 8 MiB x 4 parts in flight, but Lambda's CPU share and network throughput scale with
+# the memory setting, so backup and restore get more than they need to hold the data.
+variable "scheduler_memory_size" {
+  description = "Memory (MB) of the scheduler function."
+  type        = number
+  default     = 256
+}
+
+variable "scheduler_timeout" {
+  description = "Timeout (seconds) of the scheduler function; a tick lists BackupConfigurations and creates a few objects."
+  type        = number
+  default     = 60
+}
+
+variable "backup_memory_size" {
+  description = "Memory (MB) of the backup function. More memory also means more network throughput to S3."
+  type        = number
+  default     = 512
+}
+
+variable "backup_timeout" {
+  description = "Timeout (seconds) of the backup function (Lambda's maximum is 900). The function stops 20 s before it, aborts the upload and marks the session Failed."
+  type        = number
+  default     = 900
+
+  validation {
+    condition     = var.backup_timeout >= 60 && var.backup_timeout <= 900
+    error_message = "backup_timeout must be between 60 and 900 seconds."
+  }
+}
+
+variable "restore_memory_size" {
+  description = "Memory (MB) of the restore function."
+  type        = number
+  default     = 512
+}
+
+variable "restore_timeout" {
+  description = "Timeout (seconds) of the restore function (Lambda's maximum is 900)."
+  type        = number
+  default     = 900
+
+  validation {
+    condition     = var.restore_timeout >= 60 && var.restore_timeout <= 900
+    error_message = "restore_timeout must be between 60 and 900 seconds."
+  }
+}
+
+variable "scheduler_reserved_concurrency" {
+  description = "Reserved concurrency of the scheduler function. 1: a tick must not overlap itself."
+  type        = number
+  default     = 1
+}
+
+variable "backup_reserved_concurrency" {
+  description = "Reserved concurrency of the backup function. Null leaves it unreserved: backups of different Vault clusters may run in parallel, and two backups of the same one are serialised by the functions themselves (the second is Skipped). Set a number to cap the load on S3 and the account's concurrency."
+  type        = number
+  default     = null
+}
+
+variable "restore_reserved_concurrency" {
+  description = "Reserved concurrency of the restore function. 1: two restores into one Vault must never overlap."
+  type        = number
+  default     = 1
+}
+
+variable "tracing_mode" {
+  description = "Lambda X-Ray tracing mode: `PassThrough` (no traces, no extra permissions) or `Active` (the roles get the AWSXRayDaemonWriteAccess policy)."
+  type        = string
+  default     = "PassThrough"
+
+  validation {
+    condition     = contains(["PassThrough", "Active"], var.tracing_mode)
+    error_message = "tracing_mode must be PassThrough or Active."
+  }
+}
+
+variable "code_signing_config_arn" {
+  description = "ARN of an aws_lambda_code_signing_config to enforce on the functions (zips signed with AWS Signer). Null: no code signing."
+  type        = string
+  default     = null
+}
+
+variable "starting_deadline_seconds" {
+  description = "STASHLESS_STARTING_DEADLINE_SECONDS: how late a cron slot may still start a backup (like a CronJob's startingDeadlineSeconds)."
+  type        = number
+  default     = 300
+}
+
+variable "part_size_mib" {
+  description = "STASHLESS_PART_SIZE_MIB: S3 multipart part size of the backup upload. Memory used is about part size x (parts in flight + 1)."
+  type        = number
+  default     = 8
+
+  validation {
+    condition     = var.part_size_mib >= 5 && var.part_size_mib <= 512
+    error_message = "part_size_mib must be between 5 (S3's minimum part size) and 512."
+  }
+}
+
+variable "parts_in_flight" {
+  description = "STASHLESS_PARTS_IN_FLIGHT: how many parts the backup uploads concurrently."
+  type        = number
+  default     = 4
+
+  validation {
+    condition     = var.parts_in_flight >= 1 && var.parts_in_flight <= 32
+    error_message = "parts_in_flight must be between 1 and 32."
+  }
+}
+
+variable "pushgateway_url" {
+  description = "STASHLESS_PUSHGATEWAY_URL for backup and restore: a Prometheus Pushgateway that gets Stash-named metrics. Empty: metrics go to CloudWatch (embedded metric format) only."
+  type        = string
+  default     = ""
+}
+
+variable "maximum_retry_attempts" {
+  description = "How often Lambda retries a failed asynchronous invocation (0-2) before it goes to the function's dead-letter queue."
+  type        = number
+  default     = 2
+
+  validation {
+    condition     = var.maximum_retry_attempts >= 0 && var.maximum_retry_attempts <= 2
+    error_message = "maximum_retry_attempts must be 0, 1 or 2."
+  }
+}
+
+variable "maximum_event_age_in_seconds" {
+  description = "How long Lambda keeps retrying an asynchronous invocation (60-21600 s) before it goes to the dead-letter queue."
+  type        = number
+  default     = 3600
+
+  validation {
+    condition     = var.maximum_event_age_in_seconds >= 60 && var.maximum_event_age_in_seconds <= 21600
+    error_message = "maximum_event_age_in_seconds must be between 60 and 21600."
+  }
+}
+
+################################################################################
+# Schedule and events
+################################################################################
+
+variable "schedule_enabled" {
+  description = "Whether the one-minute schedule tick is enabled. Disable it to pause every schedule at once (e.g. during a maintenance window)."
+  type        = bool
+  default     = true
+}
+
+variable "schedule_maximum_retry_attempts" {
+  description = "How often EventBridge Scheduler retries invoking the scheduler function (0-185) before the tick goes to the schedule's dead-letter queue."
+  type        = number
+  default     = 3
+}
+
+variable "schedule_maximum_event_age_in_seconds" {
+  description = "How long EventBridge Scheduler keeps retrying a tick (60-86400 s). A tick older than the starting deadline is useless: the next one covers it."
+  type        = number
+  default     = 300
+}
+
+variable "event_bus_name" {
+  description = "Name of the EventBridge bus the bridge and the scheduler put session events on. Null: `<name>`."
+  type        = string
+  default     = null
+}
+
+variable "event_retry_attempts" {
+  description = "How often EventBridge retries delivering a bus event to a function (0-185) before it goes to the rules' dead-letter queue."
+  type        = number
+  default     = 10
+}
+
+variable "event_maximum_age_in_seconds" {
+  description = "How long EventBridge keeps retrying a bus event (60-86400 s)."
+  type        = number
+  default     = 3600
+}
+
+variable "dlq_message_retention_seconds" {
+  description = "How long failed events stay in the dead-letter queues. The default is SQS's maximum (14 days), so there is time to inspect and redrive them."
+  type        = number
+  default     = 1209600
+}
+
+################################################################################
+# Backup bucket
+################################################################################
+
+variable "create_bucket" {
+  description = "Create the backup bucket (versioned, SSE-KMS with its own key, TLS only, public access blocked). False: use the existing `bucket_name`."
+  type        = bool
+  default     = true
+}
+
+variable "bucket_name" {
+  description = "Name of the backup bucket. With create_bucket = true, null means `<name>-<account id>-<region>`; with create_bucket = false it must name the existing bucket that the Repositories' spec.backend.s3.bucket points at."
+  type        = string
+  default     = null
+}
+
+variable "bucket_kms_key_arn" {
+  description = "With create_bucket = false: the KMS key the existing bucket encrypts with, so the functions may use it. Null: the bucket uses SSE-S3 and no KMS permission is granted."
+  type        = string
+  default     = null
+}
+
+variable "s3_key_prefix" {
+  description = "Key prefix the functions may use in the bucket (the Repositories' spec.backend.s3.prefix, or a common parent of them). Empty: the whole bucket."
+  type        = string
+  default     = ""
+}
+
+variable "force_destroy" {
+  description = "Allow `terraform destroy` to delete a bucket that still holds snapshots. Keep false in production."
+  type        = bool
+  default     = false
+}
+
+variable "noncurrent_version_expiration_days" {
+  description = "Days after which non-current object versions (overwritten or deleted by retention) are removed for good."
+  type        = number
+  default     = 30
+}
+
+variable "object_lock_mode" {
+  description = "Default S3 Object Lock retention mode for new snapshots: null (no Object Lock), `GOVERNANCE` or `COMPLIANCE`. Object Lock can only be turned on when the bucket is created. Note: retention deletes of locked versions only add delete markers."
+  type        = string
+  default     = null
+
+  validation {
+    condition     = var.object_lock_mode == null || contains(["GOVERNANCE", "COMPLIANCE"], coalesce(var.object_lock_mode, "none"))
+    error_message = "object_lock_mode must be null, GOVERNANCE or COMPLIANCE."
+  }
+}
+
+variable "object_lock_days" {
+  description = "Default Object Lock retention in days (used when object_lock_mode is set)."
+  type        = number
+  default     = 30
+}
+
+variable "access_log_bucket" {
+  description = "Name of an existing bucket that receives S3 server access logs of the backup bucket. Null: no access logging."
+  type        = string
+  default     = null
+}
+
+variable "access_log_prefix" {
+  description = "Key prefix of the access logs in access_log_bucket. Null: `s3-access/<bucket>/`."
+  type        = string
+  default     = null
+}
+
+################################################################################
+# Encryption and logs
+################################################################################
+
+variable "kms_key_arn" {
+  description = "Customer managed KMS key for the log groups and the alarm topic. Its policy must let CloudWatch Logs and CloudWatch use it. Null: the module creates one."
+  type        = string
+  default     = null
+}
+
+variable "kms_deletion_window_in_days" {
+  description = "Waiting period before a KMS key the module created is deleted."
+  type        = number
+  default     = 30
+}
+
+variable "cloudwatch_logs_retention_in_days" {
+  description = "Retention of the functions' log groups."
+  type        = number
+  default     = 30
+}
+
+################################################################################
+# Kubernetes
+################################################################################
+
+variable "kubernetes_group" {
+  description = "Kubernetes group the functions' IAM roles are mapped to by their EKS access entries; the module's RBAC binds to it."
+  type        = string
+  default     = "stashless:functions"
+
+  validation {
+    condition     = !startswith(var.kubernetes_group, "system:")
+    error_message = "kubernetes_group must not start with system: (EKS refuses it)."
+  }
+}
+
+variable "install_crds" {
+  description = "Install the Stash CRDs (BackupConfiguration, BackupSession, RestoreSession, Repository, AppBinding) generated from stashless's types. Keep false on clusters that already have them (Stash installed, or migrating from it)."
+  type        = bool
+  default     = false
+}
+
+variable "enable_bridge" {
+  description = "Deploy the in-cluster watch bridge, which puts session events on the bus within a second of a change. Without it the scheduler's one-minute sweep still dispatches everything."
+  type        = bool
+  default     = true
+}
+
+variable "bridge_image" {
+  description = "Image repository of the bridge (built from functions/bridge), without tag or digest, e.g. `123456789012.dkr.ecr.eu-west-1.amazonaws.com/stashless-bridge`. Required when enable_bridge is true."
+  type        = string
+  default     = null
+}
+
+variable "bridge_image_digest" {
+  description = "Digest of the bridge image (`sha256:<64 hex>`): the Deployment runs `<bridge_image>@<digest>`, an immutable reference (a pod that may put events on the bus runs exactly the image that was reviewed). Required when enable_bridge is true."
+  type        = string
+  default     = null
+
+  validation {
+    condition     = var.bridge_image_digest == null || can(regex("^sha256:[0-9a-f]{64}$", coalesce(var.bridge_image_digest, "-")))
+    error_message = "bridge_image_digest must look like sha256:<64 hex digits> (docker buildx imagetools inspect, or the registry, shows it)."
+  }
+}
+
+variable "bridge_namespace" {
+  description = "Namespace the bridge runs in."
+  type        = string
+  default     = "stashless"
+}
+
+variable "create_bridge_namespace" {
+  description = "Create bridge_namespace (false when it exists already)."
+  type        = bool
+  default     = true
+}
+
+variable "bridge_replicas" {
+  description = "Replicas of the bridge. Duplicates are harmless (the functions claim each session), one is enough."
+  type        = number
+  default     = 1
+}
+
+variable "bridge_identity" {
+  description = "How the bridge gets its AWS identity: `pod_identity` (EKS Pod Identity; needs the eks-pod-identity-agent add-on) or `irsa` (IAM roles for service accounts; needs oidc_provider_arn)."
+  type        = string
+  default     = "pod_identity"
+
+  validation {
+    condition     = contains(["pod_identity", "irsa"], var.bridge_identity)
+    error_message = "bridge_identity must be pod_identity or irsa."
+  }
+}
+
+variable "oidc_provider_arn" {
+  description = "ARN of the cluster's IAM OIDC provider, for bridge_identity = irsa."
+  type        = string
+  default     = null
+}
+
+################################################################################
+# Monitoring
+################################################################################
+
+variable "alarm_email" {
+  description = "E-mail address subscribed to the alarm topic (the subscription must be confirmed). Null: no subscription."
+  type        = string
+  default     = null
+}
+
+variable "backup_configurations" {
+  description = "BackupConfigurations to watch: an alarm fires when one has had no successful backup for max_age_hours (metric BackupSuccess in namespace stashless, dimension BackupConfiguration = <namespace>/<name>)."
+  type = list(object({
+    namespace     = string
+    name          = string
+    max_age_hours = number
+  }))
+  default = []
+
+  validation {
+    condition     = alltrue([for c in var.backup_configurations : c.max_age_hours >= 1 && c.max_age_hours <= 168])
+    error_message = "max_age_hours must be between 1 and 168 (CloudWatch evaluates at most 7 days)."
+  }
+}

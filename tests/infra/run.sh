@@ -1,0 +1,136 @@
+#!/usr/bin/env bash
+# Static checks of the Terraform deployment (infra/): formatting (hclfmt, the formatter
+# `terraform fmt` is built on), parsing (python-hcl2), consistency with the Rust functions
+# (pytest), docs in sync, and checkov. Idempotent: installs what it needs once, into
+# ${STASHLESS_CACHE:-~/.cache/stashless}, and reuses it. Exits non-zero on any failure.
+#
+#   bash tests/infra/run.sh            # check
+#   bash tests/infra/run.sh --fix      # format every .tf and regenerate infra/README.md tables
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+ROOT=$PWD
+CACHE="${STASHLESS_CACHE:-$HOME/.cache/stashless}"
+FIX=0
+[[ "${1:-}" == "--fix" ]] && FIX=1
+
+# Pinned tool versions (reproducible results).
+CHECKOV_VERSION=3.3.30
+HCL2_VERSION=8.1.4
+PYTEST_VERSION=9.2.0
+PYYAML_VERSION=6.0.3
+
+log() { printf '== %s\n' "$*"; }
+
+# venv NAME "pkg==v ..." : a venv under the cache with exactly these pins (checkov and
+# python-hcl2 both ship a module named `hcl2`, so they get one venv each).
+venv() {
+  local dir="$CACHE/infra/venv-$1" pins="$2"
+  if [[ ! -f "$dir/.pins" || "$(cat "$dir/.pins")" != "$pins" ]]; then
+    log "installing $pins into $dir" >&2
+    rm -rf "$dir"
+    python3 -m venv "$dir"
+    # shellcheck disable=SC2086
+    "$dir/bin/pip" install --quiet --disable-pip-version-check $pins >&2
+    printf '%s' "$pins" >"$dir/.pins"
+  fi
+  echo "$dir"
+}
+
+# hclfmt from Debian's golang-github-hashicorp-hcl-v2-dev, built in GOPATH mode with
+# Debian's Go (no module proxy involved). Cached per package version.
+hclfmt_bin() {
+  local src=/usr/share/gocode/src/github.com/hashicorp/hcl/v2/cmd/hclfmt
+  if [[ ! -d "$src" ]] || ! command -v go >/dev/null; then
+    log "installing golang-github-hashicorp-hcl-v2-dev (apt)" >&2
+    if ! DEBIAN_FRONTEND=noninteractive apt-get install -y -q golang-go golang-github-hashicorp-hcl-v2-dev >&2; then
+      apt-get update -q >&2
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -q golang-go golang-github-hashicorp-hcl-v2-dev >&2
+    fi
+  fi
+  local ver
+  ver=$(dpkg-query -W -f='${Version}' golang-github-hashicorp-hcl-v2-dev)
+  local out="$CACHE/hclfmt/$ver/hclfmt"
+  if [[ ! -x "$out" ]]; then
+    log "building hclfmt $ver" >&2
+    mkdir -p "$CACHE/hclfmt/$ver"
+    GO111MODULE=off GOPATH="$CACHE/hclfmt/gopath:/usr/share/gocode" CGO_ENABLED=0 \
+      GOCACHE="$CACHE/hclfmt/gocache" GOFLAGS= \
+      go build -o "$out.tmp" github.com/hashicorp/hcl/v2/cmd/hclfmt >&2
+    mv "$out.tmp" "$out"
+  fi
+  echo "$out"
+}
+
+export PYTHONDONTWRITEBYTECODE=1
+start=$SECONDS
+HCLFMT=$(hclfmt_bin)
+PY=$(venv hcl2 "python-hcl2==$HCL2_VERSION pytest==$PYTEST_VERSION pyyaml==$PYYAML_VERSION")
+CHECKOV=$(venv checkov "checkov==$CHECKOV_VERSION")
+
+mapfile -t TF < <(find infra -name '*.tf' -not -path '*/.terraform/*' | sort)
+failed=0
+
+log "hclfmt (${#TF[@]} files)"
+for f in "${TF[@]}"; do
+  if ! "$HCLFMT" "$f" >"$CACHE/infra/fmt.out"; then
+    echo "FAIL $f: hclfmt could not parse it"; failed=1; continue
+  fi
+  if ! cmp -s "$f" "$CACHE/infra/fmt.out"; then
+    if [[ $FIX == 1 ]]; then
+      cp "$CACHE/infra/fmt.out" "$f"; echo "formatted $f"
+    else
+      echo "FAIL $f is not formatted (bash tests/infra/run.sh --fix):"
+      diff -u "$f" "$CACHE/infra/fmt.out" | head -40 || true
+      failed=1
+    fi
+  fi
+done
+
+if [[ $FIX == 1 ]]; then
+  log "regenerating infra/README.md tables"
+  "$PY/bin/python" tests/infra/gen_docs.py --write
+fi
+
+log "pytest tests/infra"
+"$PY/bin/python" -m pytest -q -p no:cacheprovider tests/infra || failed=1
+
+log "checkov $CHECKOV_VERSION"
+# checkov -d infra --framework terraform --compact, as JSON (not --quiet, so the skips and
+# their reasons are in it); --skip-download: no Bridgecrew platform, the checks come with
+# the package. The summary below prints every failure and every skip with its reason.
+rm -f "$CACHE/infra/checkov.json"
+"$CHECKOV/bin/checkov" -d infra --framework terraform --compact --skip-download \
+  --download-external-modules false -o json >"$CACHE/infra/checkov.json" 2>"$CACHE/infra/checkov.err" || true
+"$PY/bin/python" - "$CACHE/infra/checkov.json" "$CACHE/infra/checkov.err" <<'PYEOF' || failed=1
+import json, sys
+try:
+    data = json.load(open(sys.argv[1]))
+except ValueError:
+    sys.stdout.write(open(sys.argv[2]).read()[-4000:])
+    print("checkov produced no JSON report")
+    sys.exit(1)
+reports = data if isinstance(data, list) else [data]
+p = f = s = 0
+skips = {}
+for r in reports:
+    summ = r.get("summary", {})
+    p += summ.get("passed", 0); f += summ.get("failed", 0); s += summ.get("skipped", 0)
+    if summ.get("parsing_errors"):
+        print(f"FAIL checkov could not parse {summ['parsing_errors']} file(s)"); f += 1
+    for c in r.get("results", {}).get("failed_checks", []):
+        print(f"FAIL {c['check_id']} {c['check_name']}\n     {c['resource']} ({c['file_path']}:{c['file_line_range']})")
+    for c in r.get("results", {}).get("skipped_checks", []):
+        res = c["resource"].split("module.stashless.", 1)[-1].split("[")[0]
+        skips.setdefault((c["check_id"], res), c.get("check_result", {}).get("suppress_comment", ""))
+for (check, res), why in sorted(skips.items()):
+    print(f"skip {check} {res}: {why}")
+print(f"checkov: {p} passed, {f} failed, {s} skipped")
+sys.exit(1 if f or not p else 0)
+PYEOF
+
+log "done in $((SECONDS - start)) s"
+if [[ $failed != 0 ]]; then
+  echo "infra checks FAILED"
+  exit 1
+fi
+echo "infra checks passed"

@@ -1,0 +1,492 @@
+"""The Terraform module against the Rust code it deploys: the functions, the environment
+they read, the AWS calls they make (→ IAM), the metric they emit (→ alarms), the events they
+send (→ rules), and the in-cluster bridge against its reference manifest."""
+
+import json
+import re
+import subprocess
+import warnings
+from pathlib import Path
+
+import pytest
+import yaml
+
+import tf
+
+# --------------------------------------------------------------------------- functions
+
+# Crates under functions/ that are not deployed by the module, and why.
+NOT_DEPLOYED = {
+    "cli": "the day-2 command-line tool and local demo; runs with a person's credentials",
+    "memkube": "in-memory Kubernetes API server for tests and the demo",
+}
+BRIDGE = "bridge"  # a binary crate deployed as a Kubernetes Deployment, not a Lambda
+
+
+def lambda_crates() -> set[str]:
+    return {
+        name
+        for name, manifest in tf.crates().items()
+        if tf.is_binary(name, manifest) and "lambda_runtime" in manifest.get("dependencies", {})
+    }
+
+
+def module_functions() -> set[str]:
+    return set(tf.module_locals()["functions"])
+
+
+def test_one_lambda_per_lambda_crate():
+    crates = lambda_crates()
+    assert crates, "no Lambda crates found"
+    assert module_functions() == crates, (
+        f"crates running on lambda_runtime: {sorted(crates)}; functions in the module: {sorted(module_functions())}"
+    )
+    names = set(re.findall(r'"(\w+)"', tf.module_locals()["function_names"]))
+    assert names == crates, "local.function_names must list the same functions"
+    (fn,) = tf.resources("aws_lambda_function").values()
+    assert fn["for_each"] == "${local.functions}"
+
+
+def test_every_crate_is_accounted_for():
+    for name, manifest in tf.crates().items():
+        if name in lambda_crates() or name == BRIDGE or name in NOT_DEPLOYED:
+            continue
+        assert not tf.is_binary(name, manifest), f"functions/{name} is a binary the module does not know: deploy it or add it to NOT_DEPLOYED"
+
+
+def test_build_script_builds_every_lambda():
+    script = tf.ROOT / "scripts" / "build-lambdas.sh"
+    subprocess.run(["bash", "-n", str(script)], check=True)
+    out = subprocess.run(["bash", str(script), "--dry-run"], check=True, capture_output=True, text=True).stdout.split()
+    assert out[:3] == ["cargo", "lambda", "build"]
+    assert {"--release", "--arm64"} <= set(out)
+    assert out[out.index("--output-format") + 1] == "zip"
+    assert out[out.index("--lambda-dir") + 1] == str(tf.ROOT / "target" / "lambda")
+    packages = {out[i + 1] for i, a in enumerate(out) if a == "-p"}
+    assert packages == {tf.crates()[c]["package"]["name"] for c in lambda_crates()}
+    # The module's default zip directory is the same place.
+    assert tf.module_locals()["lambda_zip_dir"] == '${coalesce(var.lambda_zip_dir, "${path.module}/../../../target/lambda")}'
+    assert (tf.MODULE / "../../../target/lambda").resolve() == tf.ROOT / "target" / "lambda"
+
+
+def test_every_function_has_async_retries_and_a_dead_letter_queue():
+    (cfg,) = tf.resources("aws_lambda_function_event_invoke_config").values()
+    assert cfg["for_each"] == "${local.function_names}"
+    (dest,) = cfg["destination_config"]
+    (on_failure,) = dest["on_failure"]
+    assert on_failure["destination"] == "${aws_sqs_queue.dlq[each.key].arn}"
+    (queue,) = tf.resources("aws_sqs_queue").values()
+    assert queue["sqs_managed_sse_enabled"] is True or "kms_master_key_id" in queue
+
+
+# --------------------------------------------------------------------------- environment
+
+# What each deployed component gets (README: Function configuration), and nothing else.
+EXPECTED_ENV = {
+    "scheduler": {"STASHLESS_EKS_CLUSTER", "STASHLESS_NAMESPACES", "STASHLESS_EVENT_BUS", "STASHLESS_STARTING_DEADLINE_SECONDS"},
+    "backup": {"STASHLESS_EKS_CLUSTER", "STASHLESS_NAMESPACES", "STASHLESS_PART_SIZE_MIB", "STASHLESS_PARTS_IN_FLIGHT", "STASHLESS_PUSHGATEWAY_URL"},
+    "restore": {"STASHLESS_EKS_CLUSTER", "STASHLESS_NAMESPACES", "STASHLESS_PUSHGATEWAY_URL"},
+    "bridge": {"STASHLESS_EVENT_BUS", "STASHLESS_NAMESPACES", "STASHLESS_HEALTH_ADDR", "AWS_REGION"},
+}
+# Set only when the variable is non-empty.
+OPTIONAL_ENV = {"STASHLESS_PUSHGATEWAY_URL"}
+
+# Read by the code, never set by the module.
+LOCAL_ONLY = {
+    "STASHLESS_KUBE_URL": "a plain API server URL for local runs and tests; on AWS the cluster comes from STASHLESS_EKS_CLUSTER",
+    "STASHLESS_KUBE_TOKEN": "goes with STASHLESS_KUBE_URL",
+    "STASHLESS_KUBE_CA_FILE": "goes with STASHLESS_KUBE_URL",
+    "STASHLESS_BAO": "path of the bao binary for the demo and tests",
+    "STASHLESS_EMF": "forces EMF lines outside Lambda; inside Lambda they are always printed",
+}
+# Never set by the module, whatever reads them.
+FORBIDDEN = set(LOCAL_ONLY) | {"PROMETHEUS_PUSHGATEWAY_URL", "HOSTNAME"}
+FORBIDDEN_LAMBDA = {"STASHLESS_HEALTH_ADDR"}
+
+# Set by the module by design before the code reads it (kept only while no code reads it).
+PENDING_IN_CODE = {
+    "STASHLESS_EKS_CLUSTER": "EKS config resolution (eks:DescribeCluster + presigned STS token)",
+}
+
+ENV_NAME = re.compile(r"\bSTASHLESS_[A-Z][A-Z0-9_]*[A-Z0-9]\b")
+
+
+def env_in_code() -> dict[str, set[Path]]:
+    """STASHLESS_* names in string literals of production Rust code → files."""
+    found: dict[str, set[Path]] = {}
+    for path, (raw, masked) in tf.rust_sources().items():
+        for _, s in tf.string_literals(raw, masked):
+            for name in ENV_NAME.findall(s):
+                found.setdefault(name, set()).add(path)
+    return found
+
+
+def module_env() -> dict[str, set[str]]:
+    fns = tf.module_locals()["functions"]
+    env = {name: tf.hcl_keys(body["environment"]) for name, body in fns.items()}
+    (deployment,) = tf.resources("kubernetes_deployment_v1").values()
+    (spec,) = deployment["spec"]
+    (template,) = spec["template"]
+    (pod,) = template["spec"]
+    (container,) = pod["container"]
+    env["bridge"] = {tf.unquote(e["name"]) for e in container["env"]}
+    return env
+
+
+def test_lambda_environment_is_what_the_functions_read():
+    (fn,) = tf.resources("aws_lambda_function").values()
+    (environment,) = fn["environment"]
+    assert environment["variables"] == "${each.value.environment}"
+    assert module_env() == EXPECTED_ENV
+
+
+def test_pushgateway_is_only_set_when_given():
+    assert "STASHLESS_PUSHGATEWAY_URL" not in tf.hcl_keys(tf.module_locals()["common_environment"])
+    expr = tf.module_locals()["pushgateway_environment"]
+    assert re.search(r'var\.pushgateway_url == ""\s*\?\s*\{\}', expr), expr
+
+
+def test_module_sets_nothing_local_or_forbidden():
+    for component, names in module_env().items():
+        bad = names & FORBIDDEN
+        assert not bad, f"{component} must not get {bad}"
+        assert not {n for n in names if n.startswith("AWS_LAMBDA_")}
+        if component != "bridge":
+            assert not names & FORBIDDEN_LAMBDA, f"{component} must not get {names & FORBIDDEN_LAMBDA}"
+
+
+def test_every_variable_in_the_code_is_set_or_local_only():
+    deployed = set().union(*EXPECTED_ENV.values())
+    for name, files in env_in_code().items():
+        where = ", ".join(str(p.relative_to(tf.ROOT)) for p in sorted(files))
+        assert name in deployed or name in LOCAL_ONLY, f"{name} (read in {where}) is neither set by the module nor listed in LOCAL_ONLY"
+
+
+def test_variables_read_by_a_component_are_set_for_it():
+    """Files that belong to one component: its own crate, and the library module named after
+    it (functions/stashless/src/<component>.rs)."""
+    for name, files in env_in_code().items():
+        if name in LOCAL_ONLY:
+            continue
+        for path in files:
+            crate = tf.crate_of(path)
+            owner = crate if crate in EXPECTED_ENV else path.stem if crate == "stashless" and path.stem in EXPECTED_ENV else None
+            if owner:
+                assert name in EXPECTED_ENV[owner], f"{path.relative_to(tf.ROOT)} reads {name}, but the module does not set it for {owner}"
+
+
+def test_every_variable_the_module_sets_is_read():
+    in_code = env_in_code()
+    for component, names in module_env().items():
+        for name in names:
+            if not name.startswith("STASHLESS_"):
+                continue  # AWS_REGION: read by the AWS SDK
+            if name in in_code:
+                continue
+            assert name in PENDING_IN_CODE, f"the module sets {name} for {component}, but no code reads it"
+            warnings.warn(f"{name} is not read by the code yet (set by design: {PENDING_IN_CODE[name]})")
+
+
+# --------------------------------------------------------------------------- IAM
+
+# SDK operation → IAM actions it is authorised by. An operation not listed fails the test.
+SDK_ACTIONS = {
+    # aws-sdk-s3
+    "create_multipart_upload": {"s3:PutObject"},
+    "upload_part": {"s3:PutObject"},
+    "complete_multipart_upload": {"s3:PutObject"},
+    "put_object": {"s3:PutObject"},
+    "abort_multipart_upload": {"s3:AbortMultipartUpload"},
+    "get_object": {"s3:GetObject"},
+    "head_object": {"s3:GetObject"},
+    "list_objects_v2": {"s3:ListBucket"},
+    "list_objects": {"s3:ListBucket"},
+    "head_bucket": {"s3:ListBucket"},
+    "delete_object": {"s3:DeleteObject"},
+    "delete_objects": {"s3:DeleteObject"},
+    "list_multipart_uploads": {"s3:ListBucketMultipartUploads"},
+    "list_parts": {"s3:ListMultipartUploadParts"},
+    "copy_object": {"s3:PutObject", "s3:GetObject"},
+    # aws-sdk-eventbridge
+    "put_events": {"events:PutEvents"},
+    # aws-sdk-eks
+    "describe_cluster": {"eks:DescribeCluster"},
+    # aws-sdk-sts: GetCallerIdentity needs no permission (Vault AWS auth, EKS tokens)
+    "get_caller_identity": set(),
+}
+
+# Which data-plane actions each component is meant to have (the code is shared, so which
+# function calls what is a design decision; the tests below hold the policies to it).
+DESIGN = {
+    "scheduler": {"events:PutEvents", "eks:DescribeCluster"},
+    "backup": {"s3:PutObject", "s3:GetObject", "s3:DeleteObject", "s3:AbortMultipartUpload", "s3:ListBucket", "eks:DescribeCluster"},
+    "restore": {"s3:GetObject", "s3:ListBucket", "eks:DescribeCluster"},
+    "bridge": {"events:PutEvents"},
+}
+
+# Granted without a call in the code, and why.
+INFRASTRUCTURE = {
+    "logs:CreateLogStream": "Lambda writes the function's output to its log group with the execution role",
+    "logs:PutLogEvents": "Lambda writes the function's output to its log group with the execution role",
+    "ec2:CreateNetworkInterface": "Lambda attaches the function to the VPC (Vault and the EKS endpoint are in it)",
+    "ec2:DescribeNetworkInterfaces": "Lambda VPC attachment",
+    "ec2:DescribeSubnets": "Lambda VPC attachment",
+    "ec2:DeleteNetworkInterface": "Lambda VPC attachment",
+    "ec2:AssignPrivateIpAddresses": "Lambda VPC attachment",
+    "ec2:UnassignPrivateIpAddresses": "Lambda VPC attachment",
+    "sqs:SendMessage": "Lambda sends failed asynchronous invocations to the function's DLQ with the execution role",
+}
+# SSE-KMS: what an S3 action needs from the bucket key.
+KMS_FOR_S3 = {
+    "s3:PutObject": {"kms:GenerateDataKey", "kms:Decrypt"},  # multipart parts are encrypted with the upload's data key
+    "s3:GetObject": {"kms:Decrypt"},
+}
+GRANTED_BY_DESIGN = {
+    "eks:DescribeCluster": "EKS config resolution (endpoint and CA of STASHLESS_EKS_CLUSTER)",
+}
+
+
+def sdk_operations() -> dict[str, set[Path]]:
+    ops: dict[str, set[Path]] = {}
+    for path, (raw, masked) in tf.rust_sources().items():
+        if tf.crate_of(path) in NOT_DEPLOYED or not re.search(r"\baws_sdk_\w+", raw):
+            continue
+        for _, op in tf.sdk_calls(masked):
+            ops.setdefault(op, set()).add(path)
+    return ops
+
+
+def actions_called() -> set[str]:
+    out = set()
+    for op, files in sdk_operations().items():
+        where = ", ".join(str(p.relative_to(tf.ROOT)) for p in sorted(files))
+        assert op in SDK_ACTIONS, f"AWS SDK operation {op} (in {where}) has no IAM mapping: add it to SDK_ACTIONS"
+        out |= SDK_ACTIONS[op]
+    return out
+
+
+def components() -> list[str]:
+    return sorted(DESIGN)
+
+
+def rendered(component: str, **overrides) -> dict:
+    return tf.policy(component, **overrides)
+
+
+def test_sdk_scan_finds_the_known_call_sites():
+    ops = sdk_operations()
+    for op in ["create_multipart_upload", "upload_part", "complete_multipart_upload", "abort_multipart_upload", "get_object", "put_events"]:
+        assert op in ops, f"the SDK call scan no longer finds {op}: the scanner is broken"
+
+
+@pytest.mark.parametrize("kms", [True, False], ids=["sse-kms", "sse-s3"])
+@pytest.mark.parametrize("component", components())
+def test_policy_templates_render_to_valid_policies(component, kms):
+    doc = rendered(component, **({} if kms else {"kms_key_arn": ""}))
+    assert doc["Version"] == "2012-10-17"
+    sids = [st.get("Sid") for st in tf.statements(doc)]
+    assert all(sids) and len(sids) == len(set(sids)), f"{component}: every statement needs a unique Sid"
+    has_kms = any(a.startswith("kms:") for a in tf.granted_actions(doc))
+    assert has_kms == (kms and component in ("backup", "restore"))
+
+
+def test_every_call_the_code_makes_is_granted():
+    granted = set().union(*(tf.granted_actions(rendered(c)) for c in components()))
+    missing = actions_called() - granted
+    assert not missing, f"the code calls {missing} but no policy grants it"
+
+
+@pytest.mark.parametrize("component", components())
+def test_policy_grants_exactly_the_design(component):
+    doc = rendered(component)
+    granted = tf.granted_actions(doc)
+    data_plane = {a for a in granted if a not in INFRASTRUCTURE and not a.startswith("kms:")}
+    assert data_plane == DESIGN[component]
+    kms_needed = set().union(*(KMS_FOR_S3.get(a, set()) for a in data_plane))
+    assert {a for a in granted if a.startswith("kms:")} == kms_needed
+    if component != "bridge":
+        assert set(INFRASTRUCTURE) <= granted, f"{component} lacks {set(INFRASTRUCTURE) - granted}"
+
+
+def test_nothing_is_granted_that_no_code_calls():
+    called = actions_called()
+    for component in components():
+        for action in DESIGN[component]:
+            if action in called:
+                continue
+            assert action in GRANTED_BY_DESIGN, f"{component} is granted {action}, which no code calls"
+            warnings.warn(f"{action} granted by design ({GRANTED_BY_DESIGN[action]}); no call site found yet")
+
+
+@pytest.mark.parametrize("component", components())
+def test_policy_resources_are_scoped(component):
+    v = tf.SAMPLE_VARS
+    for st in tf.statements(rendered(component)):
+        actions = set(tf.as_list(st["Action"]))
+        resources = set(tf.as_list(st["Resource"]))
+        if resources == {"*"}:
+            assert actions <= {a for a in INFRASTRUCTURE if a.startswith("ec2:")}, f"{component}: {actions} on *"
+            continue
+        for a in actions:
+            service = a.split(":")[0]
+            if a == "s3:ListBucket":
+                assert resources == {v["bucket_arn"]}
+                assert st["Condition"]["StringLike"]["s3:prefix"] == f"{v['prefix']}*"
+            elif service == "s3":
+                assert resources == {f"{v['bucket_arn']}/{v['prefix']}*"}
+            elif service == "kms":
+                assert resources == {v["kms_key_arn"]}
+            elif service == "eks":
+                assert resources == {v["cluster_arn"]}
+            elif service == "events":
+                assert resources == {v["bus_arn"]}
+            elif service == "logs":
+                assert resources == {f"{v['log_group_arn']}:*"}
+            elif service == "sqs":
+                assert resources == {v["dlq_arn"]}
+            else:
+                pytest.fail(f"{component}: unexpected action {a}")
+
+
+def test_no_permission_for_sts_get_caller_identity():
+    for component in components():
+        assert not {a for a in tf.granted_actions(rendered(component)) if a.startswith("sts:")}
+
+
+def test_module_renders_each_function_with_its_own_template():
+    policy = tf.resources("aws_iam_role_policy")["function"]
+    assert "policies/${each.key}.json.tftpl" in policy["policy"]
+    vars_expr = tf.module_locals()["policy_template_vars"]
+    for name in tf.SAMPLE_VARS:
+        assert re.search(rf"\b{name}\s*=", vars_expr), f"template variable {name} is not passed by the module"
+
+
+# --------------------------------------------------------------------------- metrics
+
+def test_backup_age_alarm_matches_the_emf_the_code_emits():
+    loc = tf.module_locals()
+    namespace, metric, dim = (tf.unquote(loc[k]) for k in ("emf_namespace", "emf_backup_metric", "emf_backup_dim_key"))
+    metrics_rs = (tf.FUNCTIONS / "stashless" / "src" / "metrics.rs").read_text()
+    backup_rs = (tf.FUNCTIONS / "stashless" / "src" / "backup.rs").read_text()
+    assert re.search(rf'"Namespace"\s*:\s*"{re.escape(namespace)}"', metrics_rs), "EMF namespace differs from metrics.rs"
+    assert re.search(rf'Some\(\(\s*"{re.escape(metric)}"', backup_rs), f"backup.rs does not emit {metric}"
+    dims = re.search(r"emf_line\(\s*&\[(.*?)\]\s*,", backup_rs, re.S)
+    assert dims, "backup.rs no longer calls emf_line"
+    keys = re.findall(r'\(\s*"(\w+)"\s*,', dims.group(1))
+    assert keys == [dim], f"backup.rs emits dimensions {keys}, the alarm uses [{dim}]"
+    assert 'format!("{ns}/{name}")' in dims.group(1), "the dimension value is no longer <namespace>/<name>"
+    alarm = tf.resources("aws_cloudwatch_metric_alarm")["backup_age"]
+    assert alarm["namespace"] == "${local.emf_namespace}"
+    assert alarm["metric_name"] == "${local.emf_backup_metric}"
+    assert tf.unquote(alarm["treat_missing_data"]) == "breaching"
+    assert tf.unquote(alarm["statistic"]) == "Sum"
+
+
+# --------------------------------------------------------------------------- events
+
+
+def rule_patterns() -> dict[str, dict]:
+    """Route name → event pattern, evaluated from local.routes as the module builds it."""
+    loc = tf.module_locals()
+    source = tf.unquote(loc["event_source"])
+    out = {}
+    for name, r in loc["routes"].items():
+        kind = tf.unquote(r["kind"])
+        changes = [tf.unquote(c) for c in r["changes"]]
+        out[name] = {"source": [source], "detail-type": [f"{kind} {c}" for c in changes], "detail": {"kind": [kind]}}
+    return out
+
+
+def matches(pattern: dict, event: dict) -> bool:
+    for key, want in pattern.items():
+        if isinstance(want, dict):
+            if not isinstance(event.get(key), dict) or not matches(want, event[key]):
+                return False
+        elif event.get(key) not in want:
+            return False
+    return True
+
+
+def test_rule_pattern_is_built_as_the_test_assumes():
+    (rule,) = tf.resources("aws_cloudwatch_event_rule").values()
+    pattern = rule["event_pattern"]
+    for needle in ["local.event_source", '"detail-type"', "each.value.kind} ${c}", "kind = [each.value.kind]"]:
+        assert needle in pattern, f"event_pattern changed ({needle}): update rule_patterns()"
+    (target,) = tf.resources("aws_cloudwatch_event_target").values()
+    assert target["arn"] == "${aws_lambda_function.this[each.key].arn}"
+    assert target["retry_policy"] and target["dead_letter_config"]
+
+
+def test_source_matches_the_code():
+    dispatch = (tf.FUNCTIONS / "stashless" / "src" / "dispatch.rs").read_text()
+    m = re.search(r'pub const SOURCE: &str = "([^"]+)"', dispatch)
+    assert m and m.group(1) == tf.unquote(tf.module_locals()["event_source"])
+
+
+def test_sample_events_reach_their_function():
+    patterns = rule_patterns()
+    seen = 0
+    for path in sorted((tf.ROOT / "events").glob("*/*.json")):
+        event = json.loads(path.read_text())
+        if not isinstance(event, dict) or event.get("source") != tf.unquote(tf.module_locals()["event_source"]):
+            continue
+        seen += 1
+        target = path.parent.name
+        routed = [name for name, p in patterns.items() if matches(p, event)]
+        assert routed == [target], f"{path.relative_to(tf.ROOT)} goes to {routed}, expected [{target}]"
+    assert seen >= 3
+
+
+def test_every_change_the_code_sends_is_routed():
+    patterns = rule_patterns()
+    sent = set()
+    for path, (raw, masked) in tf.rust_sources().items():
+        for m in re.finditer(r"Change::(?:from_ref|of)\(", masked):
+            # the last string literal argument of the call
+            end = masked.find(")", m.end())
+            args = raw[m.end() : end]
+            sent |= set(re.findall(r'"(Added|Modified|Sweep|Deleted)"', args))
+    sent |= {"Added", "Modified"}  # session_change() picks one of these for sessions
+    sent.discard("Deleted")  # never dispatched (forget())
+    for route, kind in [("backup", "BackupSession"), ("restore", "RestoreSession")]:
+        for change in sent:
+            assert f"{kind} {change}" in patterns[route]["detail-type"], f"{kind} {change} events are not routed"
+    assert "BackupConfiguration Modified" in patterns["scheduler"]["detail-type"]
+
+
+# --------------------------------------------------------------------------- Kubernetes
+
+
+def test_rbac_yaml_shape():
+    doc = yaml.safe_load((tf.MODULE / "rbac" / "functions-clusterrole.yaml").read_text())
+    assert set(doc) == {"rules"}
+    for rule in doc["rules"]:
+        assert set(rule) == {"apiGroups", "resources", "verbs"}, rule
+        assert all(isinstance(v, list) and v for v in rule.values())
+        assert "*" not in rule["verbs"] and "*" not in rule["resources"]
+        assert "secrets" not in rule["resources"], "secrets are granted by the module (cluster-wide or per namespace)"
+    resources = {r for rule in doc["rules"] for r in rule["resources"]}
+    for kind in ["backupconfigurations", "backupsessions", "restoresessions", "repositories", "appbindings", "events"]:
+        assert kind in resources
+
+
+def test_bridge_mirrors_the_reference_manifest():
+    docs = list(yaml.safe_load_all((tf.INFRA / "manifests" / "bridge" / "bridge.yaml").read_text()))
+    by_kind = {d["kind"]: d for d in docs if d}
+    (role,) = tf.resources("kubernetes_cluster_role_v1")["bridge"]["rule"]
+    (ref_rule,) = by_kind["ClusterRole"]["rules"]
+    assert [tf.unquote(g) for g in role["api_groups"]] == ref_rule["apiGroups"]
+    assert sorted(tf.unquote(r) for r in role["resources"]) == sorted(ref_rule["resources"])
+    assert sorted(tf.unquote(v) for v in role["verbs"]) == sorted(ref_rule["verbs"])
+    (container,) = by_kind["Deployment"]["spec"]["template"]["spec"]["containers"]
+    assert {e["name"] for e in container["env"]} <= module_env()["bridge"]
+    assert tf.granted_actions(rendered("bridge")) == {"events:PutEvents"}
+
+
+def test_crds_are_the_generated_ones():
+    files = sorted(p.name.removesuffix(".yaml") for p in (tf.INFRA / "crds" / "generated").glob("*.yaml"))
+    listed = sorted(tf.unquote(x) for x in tf.module_locals()["crd_files"])
+    assert listed == files
+    for f in files:
+        doc = yaml.safe_load((tf.INFRA / "crds" / "generated" / f"{f}.yaml").read_text())
+        assert doc["kind"] == "CustomResourceDefinition" and doc["metadata"]["name"] == f
