@@ -11,6 +11,8 @@ bash tests/setup.sh
 [ -f "$STASHLESS_CACHE/env.sh" ] && . "$STASHLESS_CACHE/env.sh"
 # Each end-to-end test starts its own OpenBao; four at a time suits a 2-core machine.
 threads="${STASHLESS_TEST_THREADS:-4}"
+echo "== infra: Terraform formatting, parsing, consistency with the code, checkov"
+bash tests/infra/run.sh
 echo "== all tests (Kubernetes API: in-memory)"
 cargo test --workspace --locked -- --test-threads="$threads"
 # The same end-to-end tests against a real kube-apiserver with Stash's CRDs (each test starts

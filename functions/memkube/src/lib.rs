@@ -264,6 +264,8 @@ impl Failure {
 pub(crate) struct Shared {
     inner: Mutex<Inner>,
     requests: AtomicU64,
+    /// `(method, path?query)` of every request, in arrival order.
+    log: Mutex<Vec<(String, String)>>,
 }
 
 impl Shared {
@@ -321,6 +323,7 @@ impl MemKube {
             shared: Arc::new(Shared {
                 inner: Mutex::new(inner),
                 requests: AtomicU64::new(0),
+                log: Mutex::new(Vec::new()),
             }),
         }
     }
@@ -472,8 +475,23 @@ impl MemKube {
         self.shared.lock().active_watches()
     }
 
-    pub(crate) fn count_request(&self) {
+    pub(crate) fn count_request(&self, method: &str, path_and_query: &str) {
         self.shared.requests.fetch_add(1, Ordering::SeqCst);
+        self.shared
+            .log
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((method.to_string(), path_and_query.to_string()));
+    }
+
+    /// Every request received so far as `(method, path?query)`: what a client really did,
+    /// e.g. to derive the RBAC rules it needs.
+    pub fn request_log(&self) -> Vec<(String, String)> {
+        self.shared
+            .log
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Consumes a scheduled failure matching this request, if any.

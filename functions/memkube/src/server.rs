@@ -119,13 +119,14 @@ impl Query {
 }
 
 async fn handle(State(ctx): State<Ctx>, req: Request) -> Response {
-    ctx.kube.count_request();
     let (parts, body) = req.into_parts();
     let path_and_query = parts
         .uri
         .path_and_query()
         .map(|p| p.as_str().to_string())
         .unwrap_or_default();
+    ctx.kube
+        .count_request(parts.method.as_str(), &path_and_query);
     tracing::debug!(method = %parts.method, uri = %path_and_query, "memkube request");
 
     let token = ctx.kube.shared().lock().token.clone();

@@ -91,6 +91,10 @@ pub struct Context {
     pub kube: Client,
     pub http: reqwest::Client,
     pub settings: Settings,
+    /// The process's AWS identity, for Vault IAM logins: loaded on first use from the
+    /// default chain (on Lambda, the function's role) unless given.
+    aws_credentials:
+        tokio::sync::OnceCell<aws_credential_types::provider::SharedCredentialsProvider>,
 }
 
 impl Context {
@@ -100,8 +104,61 @@ impl Context {
             kube,
             http: reqwest::Client::new(),
             settings,
+            aws_credentials: tokio::sync::OnceCell::new(),
         })
     }
+
+    /// Like [`Context::new`] with explicit AWS credentials (tests, the CLI).
+    pub fn with_aws_credentials(
+        kube: Client,
+        settings: Settings,
+        credentials: aws_credential_types::provider::SharedCredentialsProvider,
+    ) -> Arc<Context> {
+        crate::install_crypto_provider();
+        Arc::new(Context {
+            kube,
+            http: reqwest::Client::new(),
+            settings,
+            aws_credentials: tokio::sync::OnceCell::new_with(Some(credentials)),
+        })
+    }
+
+    /// Current credentials of the process's AWS identity.
+    pub async fn aws_credentials(&self) -> Result<aws_credential_types::Credentials> {
+        use aws_credential_types::provider::ProvideCredentials;
+        let provider = self
+            .aws_credentials
+            .get_or_try_init(|| async {
+                let aws = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+                aws.credentials_provider().ok_or_else(|| {
+                    Error::Invalid(
+                        "the AppBinding asks for a Vault IAM login (awsAuth) but no AWS credentials are configured".into(),
+                    )
+                })
+            })
+            .await?;
+        provider.provide_credentials().await.map_err(|e| {
+            Error::Invalid(format!(
+                "reading the AWS credentials for the Vault IAM login: {e}"
+            ))
+        })
+    }
+}
+
+/// Log in to Vault with the process's IAM role when the AppBinding asks for it
+/// (`spec.parameters.awsAuth`); a token from a Secret needs nothing here.
+pub async fn vault_login(ctx: &Context, vault: &mut Vault, node: &str) -> Result<()> {
+    let Some(login) = vault.aws_login().cloned() else {
+        return Ok(());
+    };
+    let credentials = ctx.aws_credentials().await?;
+    let request = crate::aws_login::caller_identity_request(
+        &credentials,
+        login.sts_region.as_deref(),
+        login.server_id.as_deref(),
+        std::time::SystemTime::now(),
+    )?;
+    vault.login_aws(node, &login, &request).await
 }
 
 /// What an invocation did.
@@ -312,9 +369,10 @@ async fn backup(
         repo.tuning.clone(),
     )
     .await?;
-    let vault = Vault::new(vault_target)?;
+    let mut vault = Vault::new(vault_target)?;
 
     let node = vault.active_node().await?;
+    vault_login(ctx, &mut vault, &node).await?;
     let health = vault.health(Some(&node)).await.ok();
     let name = format!("{ns}/{}", session.name_any());
     let transfer_started = Instant::now();

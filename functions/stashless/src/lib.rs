@@ -4,6 +4,7 @@
 
 pub mod api;
 pub mod archive;
+pub mod aws_login;
 pub mod backup;
 pub mod cluster;
 pub mod crds;

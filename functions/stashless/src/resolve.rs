@@ -9,7 +9,7 @@ use crate::api::{AppBinding, ObjectRef, Repository, TargetRef};
 use crate::cluster::{read_secret, secret_text};
 use crate::error::{Error, Result, api_code};
 use crate::repository::{Location, StaticCredentials, Tuning, normalise_prefix};
-use crate::vault::VaultTarget;
+use crate::vault::{AwsLogin, VaultTarget};
 
 /// Annotation on a Repository selecting the SDK checksum mode: `when-required` for
 /// S3-compatible stores that break on the SDK's default request checksums.
@@ -248,8 +248,33 @@ pub async fn vault_target(
                 })?,
         ),
     };
-    // KubeVault puts the backup token's Secret in parameters.backupTokenSecretRef; a plain
-    // AppBinding uses spec.secret. Either holds the token under `token`.
+    let aws_login = aws_login(&ab, &label)?;
+    let token = match aws_login {
+        // Logged in at run time with the function's IAM role; no Secret to read.
+        Some(_) => String::new(),
+        None => token_from_secret(client, &ab, ns, &label).await?,
+    };
+    Ok((
+        ab.clone(),
+        VaultTarget {
+            addr,
+            token,
+            aws_login,
+            ca_pem,
+            insecure_skip_tls_verify: cc.insecure_skip_tls_verify.unwrap_or(false),
+        },
+    ))
+}
+
+/// The Vault token from the AppBinding's Secret. KubeVault puts that Secret in
+/// parameters.backupTokenSecretRef; a plain AppBinding uses spec.secret. Either holds the
+/// token under `token`.
+async fn token_from_secret(
+    client: &Client,
+    ab: &AppBinding,
+    ns: &str,
+    label: &str,
+) -> Result<String> {
     let token_secret = ab
         .spec
         .parameters
@@ -271,18 +296,45 @@ pub async fn vault_target(
         &format!("the Vault token of {label}"),
     )
     .await?;
-    let token = secret_text(&data, ns, &token_secret, "token")?.ok_or_else(|| {
+    secret_text(&data, ns, &token_secret, "token")?.ok_or_else(|| {
         Error::Invalid(format!(
             "Secret {ns}/{token_secret} has no key \"token\" (the Vault token)"
         ))
+    })
+}
+
+/// `spec.parameters.awsAuth` of an AppBinding: `{role, mount?, serverIdHeader?, stsRegion?}`
+/// selects Vault's `aws` auth method with the function's own IAM role.
+fn aws_login(ab: &AppBinding, label: &str) -> Result<Option<AwsLogin>> {
+    let Some(v) = ab.spec.parameters.as_ref().and_then(|p| p.get("awsAuth")) else {
+        return Ok(None);
+    };
+    let text = |k: &str| {
+        v.get(k)
+            .and_then(|x| x.as_str())
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+    };
+    let role = text("role").ok_or_else(|| {
+        Error::Invalid(format!(
+            "{label} spec.parameters.awsAuth has no role: set awsAuth.role to the Vault aws-auth role to log in as"
+        ))
     })?;
-    Ok((
-        ab.clone(),
-        VaultTarget {
-            addr,
-            token,
-            ca_pem,
-            insecure_skip_tls_verify: cc.insecure_skip_tls_verify.unwrap_or(false),
-        },
-    ))
+    let mount = text("mount").unwrap_or_else(|| "aws".to_string());
+    if mount.contains("..")
+        || mount.starts_with('/')
+        || mount
+            .chars()
+            .any(|c| c.is_control() || c == '?' || c == '#')
+    {
+        return Err(Error::Invalid(format!(
+            "{label} spec.parameters.awsAuth.mount {mount:?} is not an auth mount path"
+        )));
+    }
+    Ok(Some(AwsLogin {
+        mount: mount.trim_end_matches('/').to_string(),
+        role,
+        server_id: text("serverIdHeader"),
+        sts_region: text("stsRegion"),
+    }))
 }

@@ -278,7 +278,7 @@ async fn restore(
         repo.tuning.clone(),
     )
     .await?;
-    let vault = Vault::new(vault_target)?;
+    let mut vault = Vault::new(vault_target)?;
 
     let manifests = store.list_manifests().await?;
     let requested = requested_snapshot(rs);
@@ -312,6 +312,7 @@ async fn restore(
     }
 
     let node = vault.active_node().await?;
+    crate::backup::vault_login(ctx, &mut vault, &node).await?;
     let transfer_started = Instant::now();
     let transfer = tokio::time::timeout_at(
         deadline.into(),

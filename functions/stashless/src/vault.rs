@@ -15,10 +15,26 @@ use crate::error::{Error, Result};
 pub struct VaultTarget {
     /// Base address, e.g. `https://vault.vault.svc:8200` (no trailing slash).
     pub addr: String,
+    /// The Vault token: from a Secret, or empty until [`Vault::login_aws`] fills it.
     pub token: String,
+    /// Log in with the function's IAM role instead of a token Secret (AppBinding
+    /// `spec.parameters.awsAuth`).
+    pub aws_login: Option<AwsLogin>,
     /// PEM CA bundle to trust, from the AppBinding's `caBundle`.
     pub ca_pem: Option<Vec<u8>>,
     pub insecure_skip_tls_verify: bool,
+}
+
+/// Vault's `aws` auth method, IAM flavour: which mount and role to log in as.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AwsLogin {
+    /// Auth mount path, `aws` unless the AppBinding says otherwise.
+    pub mount: String,
+    pub role: String,
+    /// `iam_server_id_header_value` Vault expects, if it is configured with one.
+    pub server_id: Option<String>,
+    /// Sign for `sts.<region>.amazonaws.com` instead of the global endpoint.
+    pub sts_region: Option<String>,
 }
 
 impl fmt::Debug for VaultTarget {
@@ -27,6 +43,7 @@ impl fmt::Debug for VaultTarget {
         f.debug_struct("VaultTarget")
             .field("addr", &self.addr)
             .field("token", &"<redacted>")
+            .field("aws_login", &self.aws_login)
             .field("ca_pem", &self.ca_pem.as_ref().map(|c| c.len()))
             .field("insecure_skip_tls_verify", &self.insecure_skip_tls_verify)
             .finish()
@@ -94,6 +111,76 @@ impl Vault {
 
     pub fn addr(&self) -> &str {
         &self.target.addr
+    }
+
+    /// How this target wants to log in with AWS IAM, if it does.
+    pub fn aws_login(&self) -> Option<&AwsLogin> {
+        self.target.aws_login.as_ref()
+    }
+
+    /// `POST /v1/auth/<mount>/login` on `node` with a signed GetCallerIdentity request; the
+    /// token Vault answers is used for everything after.
+    pub async fn login_aws(
+        &mut self,
+        node: &str,
+        login: &AwsLogin,
+        request: &crate::aws_login::CallerIdentityRequest,
+    ) -> Result<()> {
+        use base64::Engine;
+        let b64 = |s: &[u8]| base64::engine::general_purpose::STANDARD.encode(s);
+        let headers: std::collections::BTreeMap<&str, Vec<&str>> = request
+            .headers
+            .iter()
+            .map(|(k, v)| (k.as_str(), vec![v.as_str()]))
+            .collect();
+        let body = serde_json::json!({
+            "role": login.role,
+            "iam_http_request_method": request.method,
+            "iam_request_url": b64(request.url.as_bytes()),
+            "iam_request_body": b64(request.body.as_bytes()),
+            "iam_request_headers": b64(serde_json::to_string(&headers).unwrap_or_default().as_bytes()),
+        });
+        let what = format!(
+            "logging in as role {:?} on auth/{}",
+            login.role, login.mount
+        );
+        let resp = self
+            .http
+            .post(format!("{node}/v1/auth/{}/login", login.mount))
+            .json(&body)
+            .send()
+            .await
+            .map_err(|e| self.transport_err(node, &what, e))?;
+        let status = resp.status();
+        let text = resp.text().await.unwrap_or_default();
+        if matches!(status.as_u16(), 400 | 401 | 403) {
+            return Err(self.err(
+                node,
+                format!(
+                    "{what}: Vault refused the IAM login (HTTP {status}): {}; check that role {:?} exists on auth/{} with auth_type=iam and a bound_iam_principal_arn matching the function's IAM role",
+                    error_detail(&text),
+                    login.role,
+                    login.mount
+                ),
+                false,
+            ));
+        }
+        if !status.is_success() {
+            return Err(self.api_error(node, status, &text, &what));
+        }
+        let token = serde_json::from_str::<serde_json::Value>(&text)
+            .ok()
+            .and_then(|v| v["auth"]["client_token"].as_str().map(str::to_string))
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| {
+                self.err(
+                    node,
+                    format!("{what}: the answer carries no client_token"),
+                    false,
+                )
+            })?;
+        self.target.token = token;
+        Ok(())
     }
 
     fn err(&self, addr: &str, message: impl Into<String>, retryable: bool) -> Error {
@@ -268,18 +355,7 @@ impl Vault {
 
     /// Turn a Vault error answer into a message a person can act on.
     fn api_error(&self, addr: &str, status: reqwest::StatusCode, body: &str, what: &str) -> Error {
-        let detail = serde_json::from_str::<serde_json::Value>(body)
-            .ok()
-            .and_then(|v| v.get("errors").cloned())
-            .and_then(|e| e.as_array().cloned())
-            .map(|a| {
-                a.iter()
-                    .filter_map(|x| x.as_str())
-                    .collect::<Vec<_>>()
-                    .join("; ")
-            })
-            .filter(|s| !s.is_empty())
-            .unwrap_or_else(|| body.chars().take(200).collect());
+        let detail = error_detail(body);
         let (message, retryable) = match status.as_u16() {
             403 => (
                 format!(
@@ -311,4 +387,20 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
         cur = src.source();
     }
     s
+}
+
+/// Vault's `errors` array joined, else the start of the body.
+fn error_detail(body: &str) -> String {
+    serde_json::from_str::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| v.get("errors").cloned())
+        .and_then(|e| e.as_array().cloned())
+        .map(|a| {
+            a.iter()
+                .filter_map(|x| x.as_str())
+                .collect::<Vec<_>>()
+                .join("; ")
+        })
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| body.chars().take(200).collect())
 }
