@@ -75,9 +75,10 @@ variable "architecture" {
   }
 }
 
-# Sized from the benchmarks in docs/benchmarks.md: peak RSS stays under 64 MiB even with the
-# default 8 MiB x 4 parts in flight, but Lambda's CPU share and network throughput scale with
-# the memory setting, so backup and restore get more than they need to hold the data.
+# Sized from what has been measured so far (a 64 MiB snapshot end to end: about 52 MiB peak
+# RSS with the default 8 MiB x 4 parts in flight; the full benchmark table is to come in
+# docs/benchmarks.md). Lambda's CPU share and network throughput scale with the memory
+# setting, so backup and restore get more than they need to hold the data.
 variable "scheduler_memory_size" {
   description = "Memory (MB) of the scheduler function."
   type        = number
