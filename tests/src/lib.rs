@@ -96,6 +96,12 @@ impl Cluster {
         stashless::install_crypto_provider();
         let kube = MemKube::new();
         register_stash_kinds(&kube);
+        kube.register(ResourceKind::new(
+            "discovery.k8s.io",
+            "v1",
+            "EndpointSlice",
+            "endpointslices",
+        ));
         kube.namespace(NS);
         let server = kube.serve().await?;
         let client = ClusterSource::Url {

@@ -855,3 +855,71 @@ async fn a_backup_during_a_restore_of_the_same_vault_is_skipped() {
         "only cfg-1's snapshot and manifest"
     );
 }
+
+/// An AppBinding naming a Service (as KubeVault writes them) from outside cluster DNS, as a
+/// Lambda in the VPC is: `vault.vault.svc` does not resolve here, so the backup fails until
+/// an EndpointSlice gives the Service a ready address; then the name is pinned to it and the
+/// same session's retry succeeds. In-memory server only: kube-apiserver 1.20 serves
+/// EndpointSlices as v1beta1, EKS (1.21+) as the v1 read here.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_reference_is_reached_through_its_endpointslice() {
+    init_logs();
+    let (s3, bucket) = s3_bucket("svc").await;
+    let bao = OpenBao::start().await.unwrap();
+    let cluster = Cluster::memory().await.unwrap();
+    let port: u16 = bao.addr.rsplit(':').next().unwrap().parse().unwrap();
+    cluster
+        .secret("vault-token", &[("token", &bao.root_token)])
+        .await
+        .unwrap();
+    cluster
+        .create::<stashless::api::AppBinding>(json!({
+            "apiVersion": "appcatalog.appscode.com/v1alpha1", "kind": "AppBinding",
+            "metadata": {"name": "vault"},
+            "spec": {
+                "type": "vault", "version": "2.7.2",
+                "clientConfig": {"service": {"scheme": "http", "name": "vault", "port": port}},
+                "secret": {"kind": "Secret", "name": "vault-token"},
+            }
+        }))
+        .await
+        .unwrap();
+    cluster
+        .repository("repo", &s3, &bucket, "svc")
+        .await
+        .unwrap();
+    cluster
+        .backup_config(ConfigBuilder::new("cfg"))
+        .await
+        .unwrap();
+    let ctx = cluster.backup_context(None);
+
+    cluster.new_session("cfg", "cfg-1").await.unwrap();
+    let reason = failed_reason(
+        &backup::run(&ctx, &session_ref("cfg-1"), None)
+            .await
+            .unwrap(),
+    );
+    assert!(reason.contains("vault.vault.svc"), "{reason}");
+
+    let slice = json!({
+        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "metadata": {"name": "vault-x7k2p", "namespace": NS, "labels": {"kubernetes.io/service-name": "vault"}},
+        "addressType": "IPv4",
+        "endpoints": [
+            {"addresses": ["127.0.0.1"], "conditions": {"ready": true}, "hostname": "vault-0"},
+            {"addresses": ["10.255.255.1"], "conditions": {"ready": false}, "hostname": "vault-1"},
+        ],
+        "ports": [{"name": "http", "port": port, "protocol": "TCP"}],
+    });
+    cluster
+        .mem()
+        .insert("discovery.k8s.io", "endpointslices", slice)
+        .unwrap();
+    cluster.new_session("cfg", "cfg-2").await.unwrap();
+    let outcome = backup::run(&ctx, &session_ref("cfg-2"), None)
+        .await
+        .unwrap();
+    assert!(matches!(outcome, Outcome::Succeeded { .. }), "{outcome:?}");
+    assert_clean(&cluster, &s3, &bucket).await;
+}

@@ -207,6 +207,11 @@ pub async fn vault_target(
     let ab: AppBinding = get(client, ns, &target.name, "AppBinding", " (spec.target.ref)").await?;
     let label = format!("AppBinding {ns}/{}", target.name);
     let cc = &ab.spec.client_config;
+    let pins_ns = cc
+        .service
+        .as_ref()
+        .and_then(|s| s.namespace.clone())
+        .unwrap_or_else(|| ns.to_string());
     let addr = match (&cc.url, &cc.service) {
         (Some(url), _) if !url.is_empty() => url.trim_end_matches('/').to_string(),
         (_, Some(svc)) => {
@@ -260,6 +265,7 @@ pub async fn vault_target(
             addr,
             token,
             aws_login,
+            pins: endpoint_pins(client, &pins_ns).await,
             ca_pem,
             insecure_skip_tls_verify: cc.insecure_skip_tls_verify.unwrap_or(false),
         },
@@ -337,4 +343,56 @@ fn aws_login(ab: &AppBinding, label: &str) -> Result<Option<AwsLogin>> {
         server_id: text("serverIdHeader"),
         sts_region: text("stsRegion"),
     }))
+}
+
+/// Cluster DNS names of the Services and pods in `ns` (`<svc>[.<ns>[.svc[.cluster.local]]]`
+/// and `<pod hostname>.<svc>...`) mapped to their ready endpoint addresses, from
+/// EndpointSlices. Outside the cluster (a Lambda in the VPC) those names do not resolve,
+/// but the addresses are reachable; the Vault client pins the names to them, so TLS still
+/// checks the name the certificate was issued for. Vault's `/v1/sys/leader` answers such
+/// names too (its `api_addr`). Empty when EndpointSlices cannot be read (no RBAC, or an API
+/// server without discovery.k8s.io/v1): then names resolve through DNS as before.
+pub async fn endpoint_pins(client: &Client, ns: &str) -> Vec<(String, Vec<std::net::IpAddr>)> {
+    use k8s_openapi::api::discovery::v1::EndpointSlice;
+    let api: Api<EndpointSlice> = Api::namespaced(client.clone(), ns);
+    let slices = match api.list(&Default::default()).await {
+        Ok(list) => list.items,
+        Err(e) => {
+            tracing::debug!(namespace = ns, error = %e, "EndpointSlices not readable; Vault names resolve through DNS");
+            return Vec::new();
+        }
+    };
+    let mut pins: std::collections::BTreeMap<String, Vec<std::net::IpAddr>> = Default::default();
+    let names = |base: &str| {
+        [
+            base.to_string(),
+            format!("{base}.{ns}"),
+            format!("{base}.{ns}.svc"),
+            format!("{base}.{ns}.svc.cluster.local"),
+        ]
+    };
+    for slice in slices {
+        let Some(svc) = slice.labels().get("kubernetes.io/service-name").cloned() else {
+            continue;
+        };
+        for ep in slice.endpoints.into_iter().flatten() {
+            if ep.conditions.as_ref().and_then(|c| c.ready) == Some(false) {
+                continue;
+            }
+            let ips: Vec<std::net::IpAddr> =
+                ep.addresses.iter().filter_map(|a| a.parse().ok()).collect();
+            if ips.is_empty() {
+                continue;
+            }
+            for name in names(&svc) {
+                pins.entry(name).or_default().extend(ips.iter().copied());
+            }
+            if let Some(host) = ep.hostname.as_deref().filter(|h| !h.is_empty()) {
+                for name in names(&format!("{host}.{svc}")) {
+                    pins.entry(name).or_default().extend(ips.iter().copied());
+                }
+            }
+        }
+    }
+    pins.into_iter().collect()
 }

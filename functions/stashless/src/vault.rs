@@ -20,6 +20,8 @@ pub struct VaultTarget {
     /// Log in with the function's IAM role instead of a token Secret (AppBinding
     /// `spec.parameters.awsAuth`).
     pub aws_login: Option<AwsLogin>,
+    /// Host names pinned to addresses (cluster DNS names resolved through EndpointSlices).
+    pub pins: Vec<(String, Vec<std::net::IpAddr>)>,
     /// PEM CA bundle to trust, from the AppBinding's `caBundle`.
     pub ca_pem: Option<Vec<u8>>,
     pub insecure_skip_tls_verify: bool,
@@ -100,6 +102,14 @@ impl Vault {
         }
         if target.insecure_skip_tls_verify {
             builder = builder.danger_accept_invalid_certs(true);
+        }
+        for (host, ips) in &target.pins {
+            // The port comes from the URL; reqwest ignores the one given here.
+            let addrs: Vec<std::net::SocketAddr> = ips
+                .iter()
+                .map(|ip| std::net::SocketAddr::new(*ip, 0))
+                .collect();
+            builder = builder.resolve_to_addrs(host, &addrs);
         }
         let http = builder.build().map_err(|e| Error::Vault {
             addr: target.addr.clone(),
