@@ -4,23 +4,15 @@ aws_login::caller_identity_request.
 
 usage: sts_login.py ACCESS_KEY SECRET_KEY SESSION_TOKEN|- REGION|- SERVER_ID|- UNIX_SECONDS
 prints the Authorization header value."""
-import datetime
 import sys
 
 import botocore.auth
+import pinned_clock
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
 access, secret, session, region, server_id, unix = sys.argv[1:7]
-fixed = datetime.datetime.fromtimestamp(int(unix), tz=datetime.timezone.utc).replace(tzinfo=None)
-if hasattr(botocore.auth, "get_current_datetime"):
-    botocore.auth.get_current_datetime = lambda: fixed
-else:
-    class _Frozen(datetime.datetime):
-        @classmethod
-        def utcnow(cls):
-            return fixed
-    botocore.auth.datetime.datetime = _Frozen
+pinned_clock.pin(unix)
 
 host = "sts.amazonaws.com" if region == "-" else f"sts.{region}.amazonaws.com"
 headers = {"Host": host, "Content-Type": "application/x-www-form-urlencoded; charset=utf-8"}

@@ -96,12 +96,6 @@ impl Cluster {
         stashless::install_crypto_provider();
         let kube = MemKube::new();
         register_stash_kinds(&kube);
-        kube.register(ResourceKind::new(
-            "discovery.k8s.io",
-            "v1",
-            "EndpointSlice",
-            "endpointslices",
-        ));
         kube.namespace(NS);
         let server = kube.serve().await?;
         let client = ClusterSource::Url {
@@ -468,12 +462,16 @@ impl ConfigBuilder {
 /// Violations of Stash's CRD schema in the raw object stored by the API server (what a
 /// real server would prune). Checks the JSON as written, not a typed re-read.
 pub fn crd_violations(raw: &Value, crd_yaml: &str) -> Vec<String> {
-    let schema = stashless::crds::schema_of(crd_yaml);
+    violations_of(&stashless::crds::schema_of(crd_yaml), raw)
+}
+
+/// Violations of an `openAPIV3Schema` in a raw stored object (metadata aside).
+fn violations_of(schema: &Value, raw: &Value) -> Vec<String> {
     let mut v = raw.clone();
     if let Some(m) = v.as_object_mut() {
         m.remove("metadata");
     }
-    stashless::crds::violations(&schema, &v)
+    stashless::crds::violations(schema, &v)
 }
 
 impl Cluster {
@@ -483,17 +481,12 @@ impl Cluster {
     /// record is what catches a status field Stash's schema lacks.
     pub async fn schema_violations(&self, plural: &str, name: &str) -> Vec<String> {
         let raw = self.raw(plural, name).await;
-        let mut out: Vec<String> = crd_violations(&raw, crds::stash_yaml(plural))
+        let mut out: Vec<String> = violations_of(&crds::stash_schema(plural), &raw)
             .into_iter()
             .map(|v| format!("Stash's CRD: {v}"))
             .collect();
-        let generated = crds::generated()
-            .into_iter()
-            .find(|(_, c)| c.spec.names.plural == plural)
-            .map(|(_, c)| crds::generated_yaml(&c))
-            .unwrap_or_else(|| panic!("no generated CRD for {plural}"));
         out.extend(
-            crd_violations(&raw, &generated)
+            violations_of(&crds::generated_schema(plural), &raw)
                 .into_iter()
                 .map(|v| format!("generated CRD: {v}")),
         );

@@ -8,7 +8,7 @@
 //! ```no_run
 //! # async fn demo() -> std::io::Result<()> {
 //! use memkube::{MemKube, ResourceKind};
-//! let kube = MemKube::new(); // core v1 Secret, Event, Namespace, ConfigMap pre-registered
+//! let kube = MemKube::new(); // core v1 Secret, Event, Namespace, ConfigMap and EndpointSlice pre-registered
 //! kube.register(ResourceKind::new("stash.appscode.com", "v1beta1", "BackupSession", "backupsessions").with_status());
 //! let server = kube.serve().await?; // http://127.0.0.1:<random port>
 //! println!("{}", server.url());
@@ -305,6 +305,12 @@ impl MemKube {
         inner.register(ResourceKind::new("", "v1", "Event", "events"));
         inner.register(ResourceKind::new("", "v1", "ConfigMap", "configmaps"));
         inner.register(ResourceKind::new("", "v1", "Namespace", "namespaces").cluster_scoped());
+        inner.register(ResourceKind::new(
+            "discovery.k8s.io",
+            "v1",
+            "EndpointSlice",
+            "endpointslices",
+        ));
         // As in a new cluster; objects can only be created in namespaces that exist.
         for ns in ["default", "kube-system", "kube-public"] {
             let ns_kind = inner

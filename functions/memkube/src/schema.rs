@@ -19,14 +19,8 @@ fn flag(schema: &Value, key: &str) -> bool {
 /// fields pruned (a real server drops them silently; tests want to know).
 pub(crate) fn admit(schema: &Value, obj: &mut Value) -> (Vec<(String, String)>, Vec<String>) {
     let mut pruned = Vec::new();
-    if obj.is_object() {
-        // The root keeps apiVersion/kind/metadata like an embedded resource.
-        let mut root = schema.clone();
-        if let Some(r) = root.as_object_mut() {
-            r.insert("x-kubernetes-embedded-resource".into(), Value::Bool(true));
-        }
-        prune_and_default(&root, obj, "", &mut pruned);
-    }
+    // The root keeps apiVersion/kind/metadata like an embedded resource.
+    prune_and_default(schema, obj, "", true, &mut pruned);
     let mut errors = Vec::new();
     if let Some(map) = obj.as_object() {
         for (key, value) in map {
@@ -52,7 +46,13 @@ fn join(path: &str, key: &str) -> String {
     }
 }
 
-fn prune_and_default(schema: &Value, value: &mut Value, path: &str, pruned: &mut Vec<String>) {
+fn prune_and_default(
+    schema: &Value,
+    value: &mut Value,
+    path: &str,
+    root: bool,
+    pruned: &mut Vec<String>,
+) {
     match value {
         Value::Object(map) => {
             let props = schema.get("properties").and_then(Value::as_object);
@@ -60,7 +60,7 @@ fn prune_and_default(schema: &Value, value: &mut Value, path: &str, pruned: &mut
                 // Known properties are still pruned below them; unknown ones are kept.
                 for (k, v) in map.iter_mut() {
                     if let Some(s) = props.and_then(|p| p.get(k)) {
-                        prune_and_default(s, v, &join(path, k), pruned);
+                        prune_and_default(s, v, &join(path, k), false, pruned);
                     }
                 }
                 apply_defaults(schema, map);
@@ -71,7 +71,7 @@ fn prune_and_default(schema: &Value, value: &mut Value, path: &str, pruned: &mut
                     Value::Object(_) => {
                         map.retain(|_, v| !null_dropped(additional, v));
                         for (k, v) in map.iter_mut() {
-                            prune_and_default(additional, v, &join(path, k), pruned);
+                            prune_and_default(additional, v, &join(path, k), false, pruned);
                         }
                     }
                     Value::Bool(false) => map.clear(),
@@ -79,7 +79,7 @@ fn prune_and_default(schema: &Value, value: &mut Value, path: &str, pruned: &mut
                 }
                 return;
             }
-            let embedded = flag(schema, "x-kubernetes-embedded-resource");
+            let embedded = root || flag(schema, "x-kubernetes-embedded-resource");
             map.retain(|k, v| {
                 let meta = embedded && matches!(k.as_str(), "apiVersion" | "kind" | "metadata");
                 let known = props.and_then(|p| p.get(k));
@@ -96,7 +96,7 @@ fn prune_and_default(schema: &Value, value: &mut Value, path: &str, pruned: &mut
                         continue;
                     }
                     if let Some(s) = props.get(k) {
-                        prune_and_default(s, v, &join(path, k), pruned);
+                        prune_and_default(s, v, &join(path, k), false, pruned);
                     }
                 }
             }
@@ -105,7 +105,7 @@ fn prune_and_default(schema: &Value, value: &mut Value, path: &str, pruned: &mut
         Value::Array(items) => {
             if let Some(item_schema) = schema.get("items") {
                 for (i, item) in items.iter_mut().enumerate() {
-                    prune_and_default(item_schema, item, &format!("{path}[{i}]"), pruned);
+                    prune_and_default(item_schema, item, &format!("{path}[{i}]"), false, pruned);
                 }
             }
         }
@@ -120,7 +120,7 @@ fn apply_defaults(schema: &Value, map: &mut Map<String, Value>) {
                 && let Some(d) = s.get("default")
             {
                 let mut d = d.clone();
-                prune_and_default(s, &mut d, k, &mut Vec::new());
+                prune_and_default(s, &mut d, k, false, &mut Vec::new());
                 map.insert(k.clone(), d);
             }
         }

@@ -82,6 +82,22 @@ pub fn set_condition(conditions: &mut Vec<Condition>, mut new: Condition) {
     }
 }
 
+/// A failure reason that begins "deadline exceeded" also sets `DeadlineExceeded=True`, as
+/// Stash does for a session past its `timeOut`. Every failure path words it that way.
+pub fn note_deadline(conditions: &mut Vec<Condition>, reason: &str) {
+    if reason.starts_with("deadline exceeded") {
+        set_condition(
+            conditions,
+            Condition::new(
+                condition::DEADLINE_EXCEEDED,
+                true,
+                "DeadlineExceeded",
+                reason,
+            ),
+        );
+    }
+}
+
 /// RFC 3339, second precision, `Z`: the format Kubernetes writes for `metav1.Time`.
 pub fn timestamp(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Secs, true)

@@ -7,7 +7,9 @@ use std::collections::BTreeMap;
 use std::time::SystemTime;
 
 use aws_credential_types::Credentials;
-use aws_sigv4::http_request::{SignableBody, SignableRequest, SigningSettings, sign};
+use aws_sigv4::http_request::{
+    SignableBody, SignableRequest, SigningInstructions, SigningSettings, sign,
+};
 use aws_sigv4::sign::v4;
 
 use crate::error::{Error, Result};
@@ -61,27 +63,21 @@ pub fn caller_identity_request(
     if let Some(id) = server_id {
         headers.insert(SERVER_ID_HEADER.to_string(), id.to_string());
     }
-    let identity = credentials.clone().into();
-    let params = v4::SigningParams::builder()
-        .identity(&identity)
-        .region(region)
-        .name("sts")
-        .time(time)
-        .settings(SigningSettings::default())
-        .build()
-        .map_err(|e| Error::Invalid(format!("signing GetCallerIdentity: {e}")))?
-        .into();
-    let signable = SignableRequest::new(
-        "POST",
-        url.as_str(),
-        headers.iter().map(|(k, v)| (k.as_str(), v.as_str())),
-        SignableBody::Bytes(BODY.as_bytes()),
-    )
-    .map_err(|e| Error::Invalid(format!("signing GetCallerIdentity: {e}")))?;
-    let (instructions, _) = sign(signable, &params)
-        .map_err(|e| Error::Invalid(format!("signing GetCallerIdentity: {e}")))?
-        .into_parts();
-    let (signed, _) = instructions.into_parts();
+    let signing_headers: Vec<(&str, &str)> = headers
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let (signed, _) = sign_sts(
+        credentials,
+        region,
+        time,
+        SigningSettings::default(),
+        ("POST", &url),
+        &signing_headers,
+        BODY.as_bytes(),
+        "signing GetCallerIdentity",
+    )?
+    .into_parts();
     for h in signed {
         headers.insert(h.name().to_string(), h.value().to_string());
     }
@@ -91,4 +87,41 @@ pub fn caller_identity_request(
         body: BODY,
         headers,
     })
+}
+
+/// SigV4-sign a request to STS in `region` at `time`: the headers or query parameters to
+/// add (which of the two depends on `settings.signature_location`). `what` names the
+/// purpose in errors.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn sign_sts(
+    credentials: &Credentials,
+    region: &str,
+    time: SystemTime,
+    settings: SigningSettings,
+    (method, url): (&str, &str),
+    headers: &[(&str, &str)],
+    body: &[u8],
+    what: &str,
+) -> Result<SigningInstructions> {
+    let identity = credentials.clone().into();
+    let params = v4::SigningParams::builder()
+        .identity(&identity)
+        .region(region)
+        .name("sts")
+        .time(time)
+        .settings(settings)
+        .build()
+        .map_err(|e| Error::Invalid(format!("{what}: {e}")))?
+        .into();
+    let request = SignableRequest::new(
+        method,
+        url,
+        headers.iter().copied(),
+        SignableBody::Bytes(body),
+    )
+    .map_err(|e| Error::Invalid(format!("{what}: {e}")))?;
+    let (instructions, _) = sign(request, &params)
+        .map_err(|e| Error::Invalid(format!("{what}: {e}")))?
+        .into_parts();
+    Ok(instructions)
 }

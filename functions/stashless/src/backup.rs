@@ -18,8 +18,8 @@ use kube::{Api, Client, ResourceExt};
 use serde_json::{Value, json};
 
 use crate::api::{
-    self, BackupConfiguration, BackupSession, Condition, Repository, RepositoryStatus,
-    RestoreSession, condition, go_duration, human_size, set_condition, timestamp,
+    self, BackupConfiguration, BackupSession, Condition, ObjectRef, Repository, RepositoryStatus,
+    RestoreSession, TargetRef, condition, go_duration, human_size, set_condition, timestamp,
 };
 use crate::archive::{SnapshotInfo, SnapshotVerifier};
 use crate::cluster::{EventType, record_event};
@@ -99,13 +99,7 @@ pub struct Context {
 
 impl Context {
     pub fn new(kube: Client, settings: Settings) -> Arc<Context> {
-        crate::install_crypto_provider();
-        Arc::new(Context {
-            kube,
-            http: reqwest::Client::new(),
-            settings,
-            aws_credentials: tokio::sync::OnceCell::new(),
-        })
+        Self::build(kube, settings, None)
     }
 
     /// Like [`Context::new`] with explicit AWS credentials (tests, the CLI).
@@ -114,12 +108,20 @@ impl Context {
         settings: Settings,
         credentials: aws_credential_types::provider::SharedCredentialsProvider,
     ) -> Arc<Context> {
+        Self::build(kube, settings, Some(credentials))
+    }
+
+    fn build(
+        kube: Client,
+        settings: Settings,
+        credentials: Option<aws_credential_types::provider::SharedCredentialsProvider>,
+    ) -> Arc<Context> {
         crate::install_crypto_provider();
         Arc::new(Context {
             kube,
             http: reqwest::Client::new(),
             settings,
-            aws_credentials: tokio::sync::OnceCell::new_with(Some(credentials)),
+            aws_credentials: tokio::sync::OnceCell::new_with(credentials),
         })
     }
 
@@ -143,6 +145,20 @@ impl Context {
             ))
         })
     }
+}
+
+/// The session's Repository opened as a snapshot store and its AppBinding as a Vault client:
+/// what backup and restore both start from.
+pub async fn open_store_and_vault(
+    ctx: &Context,
+    ns: &str,
+    repo_ref: &ObjectRef,
+    target_ref: Option<&TargetRef>,
+) -> Result<(Repository, Store, Vault)> {
+    let (_, vault_target) = resolve::vault_target(&ctx.kube, ns, target_ref).await?;
+    let repo = resolve::repository(&ctx.kube, ns, repo_ref, ctx.settings.tuning.clone()).await?;
+    let store = Store::open(repo.location, repo.credentials, repo.ca_pem, repo.tuning).await?;
+    Ok((repo.repository, store, Vault::new(vault_target)?))
 }
 
 /// Log in to Vault with the process's IAM role when the AppBinding asks for it
@@ -345,31 +361,14 @@ async fn backup(
     let ns = session.namespace().unwrap_or_default();
     let spec = &config.spec;
     // Validate everything cheap before touching Vault or S3.
-    let rp = &spec.retention_policy;
-    KeepPolicy::from_counts(
-        rp.keep_last,
-        rp.keep_hourly,
-        rp.keep_daily,
-        rp.keep_weekly,
-        rp.keep_monthly,
-        rp.keep_yearly,
-    )
-    .map_err(|e| Error::Invalid(e.to_string()))?;
+    keep_policy(config)?;
     let repo_ref = spec
         .repository
         .as_ref()
         .ok_or_else(|| Error::Invalid("BackupConfiguration spec.repository is not set".into()))?;
     let target_ref = spec.target.as_ref().and_then(|t| t.r#ref.clone());
-    let (_, vault_target) = resolve::vault_target(&ctx.kube, &ns, target_ref.as_ref()).await?;
-    let repo = resolve::repository(&ctx.kube, &ns, repo_ref, ctx.settings.tuning.clone()).await?;
-    let store = Store::open(
-        repo.location.clone(),
-        repo.credentials.clone(),
-        repo.ca_pem.clone(),
-        repo.tuning.clone(),
-    )
-    .await?;
-    let mut vault = Vault::new(vault_target)?;
+    let (repository, store, mut vault) =
+        open_store_and_vault(ctx, &ns, repo_ref, target_ref.as_ref()).await?;
 
     let node = vault.active_node().await?;
     vault_login(ctx, &mut vault, &node).await?;
@@ -462,7 +461,7 @@ async fn backup(
     tracing::info!(snapshot = %name, size = info.size, secs = transfer.as_secs_f64(), "snapshot stored and verified");
     Ok(Done {
         store,
-        repository: repo.repository,
+        repository,
         manifest,
         target_ref: t,
         transfer,
@@ -517,13 +516,10 @@ struct RetentionResult {
 
 /// Apply the retention policy to this configuration's snapshots. The newest (the one just
 /// written) is always kept. On a failure halfway, what was deleted is reported.
-async fn apply_retention(
-    store: &Store,
-    config: &BackupConfiguration,
-    newest: &Manifest,
-) -> Result<RetentionResult> {
+/// The configuration's retentionPolicy as restic-style keep counts.
+fn keep_policy(config: &BackupConfiguration) -> Result<KeepPolicy> {
     let rp = &config.spec.retention_policy;
-    let policy = KeepPolicy::from_counts(
+    KeepPolicy::from_counts(
         rp.keep_last,
         rp.keep_hourly,
         rp.keep_daily,
@@ -531,7 +527,16 @@ async fn apply_retention(
         rp.keep_monthly,
         rp.keep_yearly,
     )
-    .map_err(|e| Error::Invalid(e.to_string()))?;
+    .map_err(|e| Error::Invalid(e.to_string()))
+}
+
+async fn apply_retention(
+    store: &Store,
+    config: &BackupConfiguration,
+    newest: &Manifest,
+) -> Result<RetentionResult> {
+    let policy = keep_policy(config)?;
+    let rp = &config.spec.retention_policy;
     let all = store.list_manifests().await?;
     let mine: Vec<&Manifest> = all.iter().filter(|m| m.invoker == newest.invoker).collect();
     let candidates: Vec<Candidate> = mine
@@ -763,18 +768,7 @@ async fn finish_failed(
     let ns = session.namespace().unwrap_or_default();
     let duration = started.elapsed();
     let mut conditions = current_conditions(session);
-    let deadline = reason.starts_with("deadline exceeded");
-    if deadline {
-        set_condition(
-            &mut conditions,
-            Condition::new(
-                condition::DEADLINE_EXCEEDED,
-                true,
-                "DeadlineExceeded",
-                &reason,
-            ),
-        );
-    }
+    api::note_deadline(&mut conditions, &reason);
     let target_ref = config
         .and_then(|c| c.spec.target.as_ref())
         .and_then(|t| t.r#ref.clone())

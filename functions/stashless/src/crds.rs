@@ -160,6 +160,11 @@ fn walk(schema: &Value, value: &Value, path: String, out: &mut Vec<String>) {
 pub fn schema_of(crd_yaml: &str) -> Value {
     let crd: CustomResourceDefinition =
         serde_saphyr::from_str(crd_yaml).expect("bundled CRD parses");
+    storage_schema(&crd)
+}
+
+/// The storage version's `openAPIV3Schema` as JSON.
+fn storage_schema(crd: &CustomResourceDefinition) -> Value {
     let version = crd
         .spec
         .versions
@@ -178,12 +183,14 @@ pub fn schema_of(crd_yaml: &str) -> Value {
 
 /// Stash's CRD (YAML) for `plural`.
 pub fn stash_yaml(plural: &str) -> &'static str {
-    ALL.iter()
-        .find(|yaml| {
-            serde_saphyr::from_str::<CustomResourceDefinition>(yaml)
-                .is_ok_and(|crd| crd.spec.names.plural == plural)
-        })
-        .unwrap_or_else(|| panic!("no Stash CRD for {plural}"))
+    match plural {
+        "appbindings" => APP_BINDINGS,
+        "repositories" => REPOSITORIES,
+        "backupconfigurations" => BACKUP_CONFIGURATIONS,
+        "backupsessions" => BACKUP_SESSIONS,
+        "restoresessions" => RESTORE_SESSIONS,
+        _ => panic!("no Stash CRD for {plural}"),
+    }
 }
 
 /// The `openAPIV3Schema` of Stash's CRD for `plural` (storage version), for an in-memory
@@ -208,6 +215,15 @@ pub fn generated() -> Vec<(String, CustomResourceDefinition)> {
         (format!("{name}.yaml"), crd)
     })
     .collect()
+}
+
+/// The `openAPIV3Schema` (storage version) of the generated CRD for `plural`.
+pub fn generated_schema(plural: &str) -> Value {
+    let (_, crd) = generated()
+        .into_iter()
+        .find(|(_, c)| c.spec.names.plural == plural)
+        .unwrap_or_else(|| panic!("no generated CRD for {plural}"));
+    storage_schema(&crd)
 }
 
 /// A generated CRD as the YAML file committed under `infra/crds/generated/`.

@@ -11,10 +11,7 @@ use std::time::{Duration, SystemTime};
 
 use aws_credential_types::Credentials;
 use aws_credential_types::provider::{ProvideCredentials, SharedCredentialsProvider};
-use aws_sigv4::http_request::{
-    SignableBody, SignableRequest, SignatureLocation, SigningSettings, sign,
-};
-use aws_sigv4::sign::v4;
+use aws_sigv4::http_request::{SignatureLocation, SigningSettings};
 use base64::Engine;
 use kube::Client;
 
@@ -52,28 +49,17 @@ pub fn token(
     let mut settings = SigningSettings::default();
     settings.signature_location = SignatureLocation::QueryParams;
     settings.expires_in = Some(URL_EXPIRES);
-    let identity = credentials.clone().into();
-    let params = v4::SigningParams::builder()
-        .identity(&identity)
-        .region(region)
-        .name("sts")
-        .time(time)
-        .settings(settings)
-        .build()
-        .map_err(|e| Error::Invalid(format!("signing the EKS token: {e}")))?
-        .into();
-    let request = SignableRequest::new(
-        "GET",
-        base.as_str(),
-        [("host", host.as_str()), ("x-k8s-aws-id", cluster)].into_iter(),
-        SignableBody::Bytes(&[]),
-    )
-    .map_err(|e| Error::Invalid(format!("signing the EKS token: {e}")))?;
-    let (_, mut query) = sign(request, &params)
-        .map_err(|e| Error::Invalid(format!("signing the EKS token: {e}")))?
-        .into_parts()
-        .0
-        .into_parts();
+    let (_, mut query) = crate::aws_login::sign_sts(
+        credentials,
+        region,
+        time,
+        settings,
+        ("GET", &base),
+        &[("host", host.as_str()), ("x-k8s-aws-id", cluster)],
+        &[],
+        "signing the EKS token",
+    )?
+    .into_parts();
     // The order botocore (and so `aws eks get-token`) writes them in.
     const ORDER: [&str; 7] = [
         "X-Amz-Algorithm",

@@ -28,7 +28,6 @@ use crate::error::{Error, Result};
 use crate::events::SessionRef;
 use crate::metrics::{self, Gauge, MetricGroup};
 use crate::repository::{Manifest, Store};
-use crate::resolve;
 use crate::session::{self, Claim};
 use crate::vault::Vault;
 
@@ -269,16 +268,8 @@ async fn restore(
         .as_ref()
         .ok_or_else(|| Error::Invalid("RestoreSession spec.repository is not set".into()))?;
     let target_ref = rs.spec.target.as_ref().and_then(|t| t.r#ref.clone());
-    let (_, vault_target) = resolve::vault_target(&ctx.kube, &ns, target_ref.as_ref()).await?;
-    let repo = resolve::repository(&ctx.kube, &ns, repo_ref, ctx.settings.tuning.clone()).await?;
-    let store = Store::open(
-        repo.location.clone(),
-        repo.credentials.clone(),
-        repo.ca_pem.clone(),
-        repo.tuning.clone(),
-    )
-    .await?;
-    let mut vault = Vault::new(vault_target)?;
+    let (_, store, mut vault) =
+        crate::backup::open_store_and_vault(ctx, &ns, repo_ref, target_ref.as_ref()).await?;
 
     let manifests = store.list_manifests().await?;
     let requested = requested_snapshot(rs);
@@ -485,17 +476,7 @@ async fn finish(
                 &mut conditions,
                 Condition::new(condition::RESTORE_COMPLETED, false, "RestoreFailed", reason),
             );
-            if reason.starts_with("deadline exceeded") {
-                set_condition(
-                    &mut conditions,
-                    Condition::new(
-                        condition::DEADLINE_EXCEEDED,
-                        true,
-                        "DeadlineExceeded",
-                        reason,
-                    ),
-                );
-            }
+            api::note_deadline(&mut conditions, reason);
             (
                 "Failed",
                 json!({"hostname": DEFAULT_HOST, "phase": "Failed", "duration": go_duration(duration), "error": reason}),

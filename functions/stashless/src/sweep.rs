@@ -98,17 +98,7 @@ where
     K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
 {
     let mut conditions = conditions;
-    if reason.starts_with("deadline exceeded") {
-        set_condition(
-            &mut conditions,
-            Condition::new(
-                condition::DEADLINE_EXCEEDED,
-                true,
-                "DeadlineExceeded",
-                reason,
-            ),
-        );
-    }
+    crate::api::note_deadline(&mut conditions, reason);
     let mut status = json!({"phase": "Failed", "conditions": conditions});
     if backup {
         status["targets"] = json!([{"phase": "Failed", "totalHosts": 1, "stats": [{"hostname": crate::backup::DEFAULT_HOST, "phase": "Failed", "error": reason}]}]);
