@@ -38,6 +38,9 @@ apt_missing=()
 [ -x /usr/bin/prometheus-pushgateway ] || command -v prometheus-pushgateway >/dev/null 2>&1 \
     || apt_missing+=(prometheus-pushgateway)
 command -v curl >/dev/null 2>&1 || apt_missing+=(curl)
+# The benchmark's baselines (scripts/bench.sh): Stash's engine and a plain S3 upload tool.
+command -v restic >/dev/null 2>&1 || apt_missing+=(restic)
+command -v rclone >/dev/null 2>&1 || apt_missing+=(rclone)
 if [ "${#apt_missing[@]}" -gt 0 ]; then
     command -v apt-get >/dev/null 2>&1 || die "apt-get not found: install ${apt_missing[*]} by hand"
     say "apt-get install ${apt_missing[*]}"

@@ -251,6 +251,11 @@ impl LambdaProcess {
         })
     }
 
+    /// The process id, while it runs (for `/proc/<pid>/status` and `/proc/<pid>/io`).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
     /// Everything the function printed (logs, EMF lines).
     pub fn logs(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()

@@ -91,7 +91,7 @@ impl OpenBao {
     /// until active (`/v1/sys/health` 200) and mount kv v2 at `secret/`.
     pub async fn start() -> Result<OpenBao> {
         let started = Instant::now();
-        let mut bao = OpenBao::spawn_node("node0", None).await?;
+        let mut bao = OpenBao::spawn_node("node0", None, None).await?;
         let (root_token, unseal_key) = bao.init().await?;
         bao.root_token = root_token;
         bao.unseal_key = unseal_key;
@@ -103,17 +103,58 @@ impl OpenBao {
         Ok(bao)
     }
 
+    /// A single node whose raft storage holds `n` seed secrets of `value_bytes` each
+    /// ([`OpenBao::seed`]), started from a copy of a data directory cached under `cache`
+    /// (seeding 1 GiB takes minutes; copying it, seconds). The first call seeds a fresh
+    /// node, stops it cleanly and caches its raft directory with its root token and
+    /// unseal key. The copy gets new ports: a single-node raft elects itself by node id.
+    pub async fn start_seeded(cache: &Path, n: usize, value_bytes: usize) -> Result<OpenBao> {
+        let entry = cache.join(format!("openbao-seed-{n}x{value_bytes}"));
+        let keys_file = entry.join("keys.json");
+        if !keys_file.exists() {
+            let mut bao = OpenBao::start().await?;
+            bao.seed(n, value_bytes).await?;
+            bao.stop();
+            let partial = cache.join(format!(".openbao-seed-{n}x{value_bytes}.partial"));
+            let _ = std::fs::remove_dir_all(&partial);
+            std::fs::create_dir_all(&partial)?;
+            copy_dir(&bao.dir.path().join("raft"), &partial.join("raft"))?;
+            std::fs::write(
+                partial.join("keys.json"),
+                serde_json::to_vec(&json!({"root_token": bao.root_token, "unseal_key": bao.unseal_key}))?,
+            )?;
+            let _ = std::fs::remove_dir_all(&entry);
+            std::fs::rename(&partial, &entry)?;
+            bao.launch().await?;
+            bao.unseal().await?;
+            return Ok(bao);
+        }
+        let keys: Value = serde_json::from_slice(&std::fs::read(&keys_file)?)?;
+        let mut bao = OpenBao::spawn_node("node0", None, Some(&entry.join("raft"))).await?;
+        bao.root_token = keys["root_token"].as_str().unwrap_or_default().to_string();
+        bao.unseal_key = keys["unseal_key"].as_str().unwrap_or_default().to_string();
+        bao.unseal().await?;
+        Ok(bao)
+    }
+
     /// Create the node's directory and config and start the process; returns
     /// once its HTTP listener answers (uninitialized, sealed). Retries on new
     /// ports if another process took one.
-    async fn spawn_node(node_id: &str, join: Option<&str>) -> Result<OpenBao> {
+    async fn spawn_node(
+        node_id: &str,
+        join: Option<&str>,
+        copy_data_from: Option<&Path>,
+    ) -> Result<OpenBao> {
         let mut last_err = None;
         for _ in 0..3 {
             let dir = TempDir::new(&format!("openbao-{node_id}"))?;
             let port = free_port()?;
             let cluster_port = free_port()?;
             let data = dir.path().join("raft");
-            std::fs::create_dir(&data)?;
+            match copy_data_from {
+                Some(from) => copy_dir(from, &data)?,
+                None => std::fs::create_dir(&data)?,
+            }
             let config = dir.path().join("config.hcl");
             std::fs::write(
                 &config,
@@ -558,6 +599,15 @@ impl OpenBao {
     }
 }
 
+/// `cp -a from to` (to must not exist).
+fn copy_dir(from: &Path, to: &Path) -> Result<()> {
+    let status = Command::new("cp").arg("-a").arg(from).arg(to).status()?;
+    if !status.success() {
+        bail!("cp -a {} {}: {status}", from.display(), to.display());
+    }
+    Ok(())
+}
+
 /// A value of exactly `len` bytes for secret number `seed`: `"<seed>:"`
 /// then a window of a fixed 1 MiB pseudo-random pool (64-letter alphabet, no
 /// JSON escaping). Cheap to build (a copy, not a PRNG run per byte), and as
@@ -634,7 +684,7 @@ impl BaoCluster {
         if n == 0 {
             bail!("a cluster needs at least one node");
         }
-        let mut first = OpenBao::spawn_node("node0", None).await?;
+        let mut first = OpenBao::spawn_node("node0", None, None).await?;
         first.clustered = n > 1;
         let join = first.addr.clone();
         let mut nodes = vec![first];
@@ -645,7 +695,7 @@ impl BaoCluster {
             joining.spawn(async move {
                 (
                     i,
-                    OpenBao::spawn_node(&format!("node{i}"), Some(&join)).await,
+                    OpenBao::spawn_node(&format!("node{i}"), Some(&join), None).await,
                 )
             });
         }
