@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
+use futures::StreamExt;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::api::{ListParams, PostParams};
 use kube::{Api, Client, Resource, ResourceExt};
@@ -96,60 +97,105 @@ pub async fn tick(
             configs.extend(list(&api).await?);
         }
     }
-    for config in configs {
-        let ns = config.namespace().unwrap_or_default();
-        let key = format!("{ns}/{}", config.name_any());
-        if let Some(driver) = config.spec.driver.as_deref().filter(|d| *d != "Restic") {
-            let e = format!(
-                "driver {driver:?} is not supported: stashless streams Vault raft snapshots (driver Restic, Stash's default); remove spec.driver or set it to Restic"
+    // Configurations are independent: a bounded number at a time, so a tick over a
+    // thousand of them is one round trip deep per CONCURRENT_CONFIGS, not a thousand.
+    let mut outcomes: Vec<(String, ConfigOutcome)> =
+        futures::stream::iter(configs.into_iter().map(|config| async move {
+            let key = format!(
+                "{}/{}",
+                config.namespace().unwrap_or_default(),
+                config.name_any()
             );
-            mark_validity(client, &config, Err(e.clone())).await;
-            report.invalid.insert(key, e);
-            continue;
-        }
-        let schedule = match config
-            .spec
-            .schedule
-            .as_deref()
-            .unwrap_or("")
-            .parse::<Schedule>()
-        {
-            Ok(s) => s,
-            Err(e) => {
-                mark_validity(client, &config, Err(e.to_string())).await;
-                report.invalid.insert(key, e.to_string());
-                continue;
+            let outcome = tick_one(client, config, now, settings).await;
+            (key, outcome)
+        }))
+        .buffer_unordered(CONCURRENT_CONFIGS)
+        .collect()
+        .await;
+    outcomes.sort_by(|a, b| a.0.cmp(&b.0));
+    for (key, outcome) in outcomes {
+        match outcome {
+            ConfigOutcome::NotDue => {}
+            ConfigOutcome::Invalid(e) => {
+                report.invalid.insert(key, e);
             }
-        };
-        mark_validity(client, &config, Ok(())).await;
-        if config.spec.paused == Some(true) {
-            report.paused.push(key);
-            continue;
-        }
-        let created_at = config
-            .metadata
-            .creation_timestamp
-            .as_ref()
-            .map(crate::k8s_time);
-        let Some(slot) = schedule.due_slot(now, settings.starting_deadline, created_at) else {
-            continue;
-        };
-        let session = new_session(&config, slot);
-        let name = format!("{ns}/{}", session.name_any());
-        let api: Api<BackupSession> = Api::namespaced(client.clone(), &ns);
-        match api.create(&PostParams::default(), &session).await {
-            Ok(_) => {
-                tracing::info!(session = %name, slot = %slot, "created BackupSession");
-                report.created.push(name);
-            }
-            Err(e) if api_code(&e) == Some(409) => report.existing.push(name),
-            Err(e) => {
-                tracing::warn!(config = %key, error = %e, "could not create BackupSession");
-                report.errors.insert(key, e.to_string());
+            ConfigOutcome::Paused => report.paused.push(key),
+            ConfigOutcome::Created(name) => report.created.push(name),
+            ConfigOutcome::Existing(name) => report.existing.push(name),
+            ConfigOutcome::Error(e) => {
+                report.errors.insert(key, e);
             }
         }
     }
     Ok(report)
+}
+
+/// Configurations a tick works on at once (validity writes and session creates).
+const CONCURRENT_CONFIGS: usize = 16;
+
+/// What a tick did with one configuration.
+enum ConfigOutcome {
+    NotDue,
+    Invalid(String),
+    Paused,
+    Created(String),
+    Existing(String),
+    Error(String),
+}
+
+async fn tick_one(
+    client: &Client,
+    config: BackupConfiguration,
+    now: DateTime<Utc>,
+    settings: &SchedulerSettings,
+) -> ConfigOutcome {
+    let ns = config.namespace().unwrap_or_default();
+    if let Some(driver) = config.spec.driver.as_deref().filter(|d| *d != "Restic") {
+        let e = format!(
+            "driver {driver:?} is not supported: stashless streams Vault raft snapshots (driver Restic, Stash's default); remove spec.driver or set it to Restic"
+        );
+        mark_validity(client, &config, Err(e.clone())).await;
+        return ConfigOutcome::Invalid(e);
+    }
+    let schedule = match config
+        .spec
+        .schedule
+        .as_deref()
+        .unwrap_or("")
+        .parse::<Schedule>()
+    {
+        Ok(s) => s,
+        Err(e) => {
+            mark_validity(client, &config, Err(e.to_string())).await;
+            return ConfigOutcome::Invalid(e.to_string());
+        }
+    };
+    mark_validity(client, &config, Ok(())).await;
+    if config.spec.paused == Some(true) {
+        return ConfigOutcome::Paused;
+    }
+    let created_at = config
+        .metadata
+        .creation_timestamp
+        .as_ref()
+        .map(crate::k8s_time);
+    let Some(slot) = schedule.due_slot(now, settings.starting_deadline, created_at) else {
+        return ConfigOutcome::NotDue;
+    };
+    let session = new_session(&config, slot);
+    let name = format!("{ns}/{}", session.name_any());
+    let api: Api<BackupSession> = Api::namespaced(client.clone(), &ns);
+    match api.create(&PostParams::default(), &session).await {
+        Ok(_) => {
+            tracing::info!(session = %name, slot = %slot, "created BackupSession");
+            ConfigOutcome::Created(name)
+        }
+        Err(e) if api_code(&e) == Some(409) => ConfigOutcome::Existing(name),
+        Err(e) => {
+            tracing::warn!(config = %format!("{ns}/{}", config.name_any()), error = %e, "could not create BackupSession");
+            ConfigOutcome::Error(e.to_string())
+        }
+    }
 }
 
 async fn list(api: &Api<BackupConfiguration>) -> Result<Vec<BackupConfiguration>> {

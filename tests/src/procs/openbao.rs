@@ -121,7 +121,9 @@ impl OpenBao {
             copy_dir(&bao.dir.path().join("raft"), &partial.join("raft"))?;
             std::fs::write(
                 partial.join("keys.json"),
-                serde_json::to_vec(&json!({"root_token": bao.root_token, "unseal_key": bao.unseal_key}))?,
+                serde_json::to_vec(
+                    &json!({"root_token": bao.root_token, "unseal_key": bao.unseal_key}),
+                )?,
             )?;
             let _ = std::fs::remove_dir_all(&entry);
             std::fs::rename(&partial, &entry)?;
@@ -278,6 +280,11 @@ impl OpenBao {
     }
 
     /// The server's log (stdout+stderr), kept across restarts.
+    /// The server's process id, while it runs (for CPU accounting in the benchmark).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().and_then(|c| c.pid())
+    }
+
     pub fn log_path(&self) -> PathBuf {
         self.log.clone()
     }
