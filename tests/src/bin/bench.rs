@@ -13,7 +13,7 @@
 //! * **by hand**: the same saved file uploaded with `rclone copyto` (save counted again);
 //! * **restores**, each followed by the same wait until Vault serves requests again and a
 //!   check that a marker secret changed after the backup has its backed-up value:
-//!   `curl` POST of the file (the limit), `restic restore` + POST, and the release
+//!   `curl --upload-file -X POST` of the file (streamed; the limit), `restic restore` + POST, and the release
 //!   `restore` binary on a RestoreSession.
 //!
 //! Then function start-up (spawn to first Runtime API poll, per binary) and the scheduler
@@ -588,7 +588,7 @@ async fn bench_size(size_mib: usize, runs: usize) -> Result<SizeResult> {
             "curl post",
             {
                 let mut c = w.curl("POST", "sys/storage/raft/snapshot");
-                c.args(["--data-binary", &format!("@{file_s}")]);
+                c.args(["--upload-file", &file_s]);
                 c
             },
             &logs,
@@ -639,7 +639,7 @@ async fn bench_size(size_mib: usize, runs: usize) -> Result<SizeResult> {
             "curl post restic",
             {
                 let mut c = w.curl("POST", "sys/storage/raft/snapshot");
-                c.args(["--data-binary", &format!("@{}", restored.display())]);
+                c.arg("--upload-file").arg(&restored);
                 c
             },
             &logs,
