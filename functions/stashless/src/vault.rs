@@ -343,6 +343,11 @@ impl Vault {
     /// authenticated requests (about 5 s) while it re-reads the restored keyring, then
     /// serves, or seals itself when the snapshot's root key is sealed with other keys. One
     /// authenticated request waits that out; health read after it is the real state.
+    ///
+    /// OpenBao applies the snapshot in a goroutine holding the state lock and seals on
+    /// failure before it lets go (`handleStorageRaftSnapshotWrite`), so a request that was
+    /// held sees the outcome. One more look shortly after covers a request that slipped in
+    /// before that goroutine took the lock.
     pub async fn settle_after_restore(&self, node: &str) -> Result<Health> {
         let _ = self
             .http
@@ -351,16 +356,12 @@ impl Vault {
             .timeout(Duration::from_secs(60))
             .send()
             .await;
-        let mut health = self.health(Some(node)).await?;
-        // Sealing itself takes a moment after Vault decides to: look a few more times.
-        for _ in 0..4 {
-            if health.sealed {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(250)).await;
-            health = self.health(Some(node)).await?;
+        let health = self.health(Some(node)).await?;
+        if health.sealed {
+            return Ok(health);
         }
-        Ok(health)
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        self.health(Some(node)).await
     }
 
     /// Turn a Vault error answer into a message a person can act on.

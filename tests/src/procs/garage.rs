@@ -1,7 +1,8 @@
 //! A real Garage S3 server on loopback: one node (`--single-node`, so the
 //! layout is assigned and applied at start-up), `replication_factor = 1`,
-//! sqlite metadata, one access key with read/write/owner on every bucket made
-//! by [`Garage::create_bucket`].
+//! LMDB metadata (with sqlite, parallel multipart uploads of 1 GiB got "database is
+//! locked" and a request that never finished), one access key with read/write/owner on
+//! every bucket made by [`Garage::create_bucket`].
 //!
 //! S3 clients must use **path-style** addressing (Garage has no virtual-host
 //! buckets here) and region [`REGION`] (`"garage"`); requests must be SigV4
@@ -110,7 +111,7 @@ impl Garage {
             format!(
                 r#"metadata_dir = "{d}/meta"
 data_dir = "{d}/data"
-db_engine = "sqlite"
+db_engine = "lmdb"
 replication_factor = 1
 metadata_fsync = false
 # Snapshots are gzip'd and hold ciphertext: compressing blocks again only burns the CPU the
