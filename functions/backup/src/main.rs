@@ -8,6 +8,7 @@ use stashless::events::SessionRef;
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
+    stashless::keep_large_buffers_mapped();
     stashless::init_tracing();
     stashless::lambda::graceful_shutdown("backup").await;
     let client = ClusterSource::from_env().client().await?;

@@ -9,6 +9,7 @@ use stashless::restore::run as restore;
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
+    stashless::keep_large_buffers_mapped();
     stashless::init_tracing();
     stashless::lambda::graceful_shutdown("restore").await;
     let client = ClusterSource::from_env().client().await?;
