@@ -3,7 +3,7 @@
 # restic) and a by-hand upload (rclone), plus restores, start-up and the scheduler tick.
 # Writes the generated section of docs/benchmarks.md.
 #
-#   bash scripts/bench.sh                 # sizes 64, 256, 1024 MiB, 3 runs each (~25 min;
+#   bash scripts/bench.sh                 # sizes 64, 256, 1024 MiB, 3 runs each (~15 min
 #                                         # the first run also seeds and caches OpenBao data)
 #   bash scripts/bench.sh --smoke         # tiny, debug build, report to a temp file (CI)
 #   bash scripts/bench.sh --sizes 64 --runs 5   # any bench option (--help lists them)

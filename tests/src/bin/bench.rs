@@ -497,7 +497,7 @@ async fn bench_size(size_mib: usize, runs: usize) -> Result<SizeResult> {
         let logs_of = f.logs_handle();
         f.terminate().await?;
         let bs: BackupSession = w.cluster.session(&session).await?;
-        let phase = bs.status.as_ref().and_then(|s| s.phase.clone());
+        let phase = bs.status.as_ref().and_then(|s| s.phase);
         if phase != Some(SessionPhase::Succeeded) {
             bail!(
                 "backup {session}: {answer:?}, phase {phase:?}\n{}",
