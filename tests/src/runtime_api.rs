@@ -222,7 +222,12 @@ pub struct LambdaProcess {
 }
 
 impl LambdaProcess {
-    pub async fn start(bin: &str, function: &str, env: &[(&str, &str)]) -> Result<LambdaProcess> {
+    /// Start `bin` with the Lambda environment plus `env` (e.g. [`crate::Cluster::env`]).
+    pub async fn start(
+        bin: impl AsRef<std::ffi::OsStr>,
+        function: &str,
+        env: &[(&str, String)],
+    ) -> Result<LambdaProcess> {
         let api = RuntimeApi::start().await?;
         let log = std::env::temp_dir().join(format!(
             "stashless-{function}-{}-{}.log",
@@ -238,7 +243,7 @@ impl LambdaProcess {
             .env("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST")
             .env("AWS_LAMBDA_LOG_FORMAT", "JSON")
             .env("AWS_REGION", "us-east-1")
-            .envs(env.iter().copied())
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .stdout(file.try_clone()?)
             .stderr(file)
             .kill_on_drop(true)
@@ -325,7 +330,7 @@ pub async fn session_function_conformance(
     // Failure injection: the in-memory server, whatever backend the run uses.
     let cluster = crate::Cluster::memory().await?;
     let url = cluster.url();
-    let f = LambdaProcess::start(bin, function, &[("STASHLESS_KUBE_URL", &url)]).await?;
+    let f = LambdaProcess::start(bin, function, &[("STASHLESS_KUBE_URL", url)]).await?;
     let ids = run_samples(&f, dir).await?;
     println!("{function} start-up: {:?}", f.startup().await);
     let logs = f.logs();

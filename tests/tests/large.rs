@@ -14,14 +14,7 @@ use stashless_tests::procs::openbao::OpenBao;
 use stashless_tests::{Cluster, ConfigBuilder, NS, S3Target, init_logs};
 
 fn peak_rss_mib() -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|kb| kb.parse::<f64>().ok())
-        .map(|kb| kb / 1024.0)
-        .unwrap_or(0.0)
+    stashless_tests::procs::peak_rss_mib(std::process::id()).unwrap_or(0.0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

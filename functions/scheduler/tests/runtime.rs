@@ -14,9 +14,7 @@ async fn scheduler_function_under_the_lambda_runtime() {
         .backup_config(ConfigBuilder::new("hourly").schedule("0 * * * *"))
         .await
         .unwrap();
-    let env = cluster.env();
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let f = LambdaProcess::start(env!("CARGO_BIN_EXE_scheduler"), "scheduler", &env)
+    let f = LambdaProcess::start(env!("CARGO_BIN_EXE_scheduler"), "scheduler", &cluster.env())
         .await
         .unwrap();
     run_samples(&f, "scheduler").await.unwrap();

@@ -106,7 +106,7 @@ pub async fn tick(
                 config.namespace().unwrap_or_default(),
                 config.name_any()
             );
-            let outcome = tick_one(client, config, now, settings).await;
+            let outcome = tick_one(client, config, &key, now, settings).await;
             (key, outcome)
         }))
         .buffer_unordered(CONCURRENT_CONFIGS)
@@ -146,6 +146,7 @@ enum ConfigOutcome {
 async fn tick_one(
     client: &Client,
     config: BackupConfiguration,
+    key: &str,
     now: DateTime<Utc>,
     settings: &SchedulerSettings,
 ) -> ConfigOutcome {
@@ -192,7 +193,7 @@ async fn tick_one(
         }
         Err(e) if api_code(&e) == Some(409) => ConfigOutcome::Existing(name),
         Err(e) => {
-            tracing::warn!(config = %format!("{ns}/{}", config.name_any()), error = %e, "could not create BackupSession");
+            tracing::warn!(config = %key, error = %e, "could not create BackupSession");
             ConfigOutcome::Error(e.to_string())
         }
     }

@@ -32,7 +32,7 @@ use serde_json::json;
 use stashless::api::{BackupSession, RestoreSession, SessionPhase};
 use stashless_tests::procs::garage::Garage;
 use stashless_tests::procs::openbao::OpenBao;
-use stashless_tests::procs::{TempDir, bao_binary, cache_dir, poll_until};
+use stashless_tests::procs::{TempDir, bao_binary, cache_dir, peak_rss_mib, poll_until};
 use stashless_tests::runtime_api::LambdaProcess;
 use stashless_tests::{Cluster, ConfigBuilder, NS, S3Target};
 
@@ -222,23 +222,17 @@ impl std::ops::Add for Cpu {
     }
 }
 
-/// `VmHWM` (peak RSS) and `write_bytes` (bytes this process caused to be written to a
-/// block device) of a running process, MiB.
+/// Peak RSS and `write_bytes` (bytes this process caused to be written to a block
+/// device) of a running process, MiB.
 fn proc_peak_and_disk(pid: u32) -> Result<(f64, f64)> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let hwm_kib: f64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .context("no VmHWM")?;
+    let peak = peak_rss_mib(pid).context("no VmHWM")?;
     let io = std::fs::read_to_string(format!("/proc/{pid}/io"))?;
     let written: f64 = io
         .lines()
         .find_map(|l| l.strip_prefix("write_bytes:"))
         .and_then(|v| v.trim().parse().ok())
         .context("no write_bytes")?;
-    Ok((hwm_kib / 1024.0, written / (1024.0 * 1024.0)))
+    Ok((peak, written / (1024.0 * 1024.0)))
 }
 
 fn dir_mib(path: &Path) -> f64 {
@@ -368,26 +362,6 @@ impl World {
         cmd
     }
 
-    /// Until OpenBao answers an authenticated request again after a restore: the POST
-    /// answers 204 at once, and requests are held while the node reloads its keyring.
-    async fn wait_serving(&self) -> Result<()> {
-        self.bao.wait_health(false).await?;
-        poll_until(
-            "openbao to serve requests after a restore",
-            Duration::from_secs(120),
-            || async {
-                let status = self
-                    .bao
-                    .request(reqwest::Method::GET, "sys/mounts")
-                    .send()
-                    .await?
-                    .status();
-                Ok(status.is_success().then_some(()))
-            },
-        )
-        .await
-    }
-
     /// CPU seconds OpenBao and the S3 server have used so far.
     fn servers_cpu(&self) -> (f64, f64) {
         (cpu_secs(self.bao.pid()), cpu_secs(self.garage.pid()))
@@ -448,8 +422,7 @@ async fn bench_size(size_mib: usize, runs: usize) -> Result<SizeResult> {
     let logs = w.work.path().to_path_buf();
     let backup_bin = sibling_binary("backup")?;
     let restore_bin = sibling_binary("restore")?;
-    let env: Vec<(&str, String)> = w.cluster.env();
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let env = w.cluster.env();
     let mut result = SizeResult {
         size_mib,
         ..Default::default()
@@ -481,7 +454,7 @@ async fn bench_size(size_mib: usize, runs: usize) -> Result<SizeResult> {
         // stashless: the release backup binary, one fresh process.
         let session = format!("cfg-{run}");
         w.cluster.new_session("cfg", &session).await?;
-        let f = LambdaProcess::start(backup_bin.to_str().unwrap(), "backup", &env).await?;
+        let f = LambdaProcess::start(&backup_bin, "backup", &env).await?;
         let c0 = w.servers_cpu();
         let t = Instant::now();
         let (_, answer) = f
@@ -595,7 +568,7 @@ async fn bench_size(size_mib: usize, runs: usize) -> Result<SizeResult> {
         )
         .await?;
         let t = Instant::now();
-        w.wait_serving().await?;
+        w.bao.wait_serving().await?;
         let cpu = w.cpu_since(c0, post.cpu);
         record(
             POST_ONLY,
@@ -646,7 +619,7 @@ async fn bench_size(size_mib: usize, runs: usize) -> Result<SizeResult> {
         )
         .await?;
         let t = Instant::now();
-        w.wait_serving().await?;
+        w.bao.wait_serving().await?;
         let cache_mib = dir_mib(&w.work.path().join("restic-cache"));
         record(
             RESTIC_RESTORE,
@@ -663,7 +636,7 @@ async fn bench_size(size_mib: usize, runs: usize) -> Result<SizeResult> {
         w.cluster
             .new_restore(&rs, "repo", "vault", None, false)
             .await?;
-        let f = LambdaProcess::start(restore_bin.to_str().unwrap(), "restore", &env).await?;
+        let f = LambdaProcess::start(&restore_bin, "restore", &env).await?;
         let c0 = w.servers_cpu();
         let t = Instant::now();
         let (_, answer) = f
@@ -673,7 +646,7 @@ async fn bench_size(size_mib: usize, runs: usize) -> Result<SizeResult> {
                 Duration::from_secs(900),
             )
             .await?;
-        w.wait_serving().await?;
+        w.bao.wait_serving().await?;
         let secs = t.elapsed().as_secs_f64();
         let (rss, disk) = proc_peak_and_disk(f.pid().context("restore exited")?)?;
         let cpu = w.cpu_since(c0, cpu_secs(f.pid()));
@@ -757,14 +730,13 @@ async fn bench_size(size_mib: usize, runs: usize) -> Result<SizeResult> {
 async fn bench_startup(runs: usize) -> Result<BTreeMap<&'static str, Series>> {
     eprintln!("== function start-up");
     let cluster = Cluster::memory().await?;
-    let env: Vec<(&str, String)> = cluster.env();
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let env = cluster.env();
     let mut out = BTreeMap::new();
     for name in ["scheduler", "backup", "restore"] {
         let bin = sibling_binary(name)?;
         let mut series = Series::default();
         for _ in 0..runs {
-            let f = LambdaProcess::start(bin.to_str().unwrap(), name, &env).await?;
+            let f = LambdaProcess::start(&bin, name, &env).await?;
             let startup = poll_until(
                 &format!("{name} to poll the Runtime API"),
                 Duration::from_secs(10),
@@ -789,18 +761,9 @@ struct TickResult {
     first: f64,
     all_due: Series,
     none_due: Series,
-    created_per_due_tick: usize,
     /// CPU seconds per all-due tick: the scheduler process, the API server (this process).
     cpu_scheduler: Series,
     cpu_api: Series,
-}
-
-/// CPU seconds this process (the bench, hence memkube) has used.
-fn self_cpu() -> f64 {
-    // SAFETY: getrusage fills the struct it is given.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) };
-    tv_secs(usage.ru_utime) + tv_secs(usage.ru_stime)
 }
 
 async fn bench_tick(configs: usize, sessions: usize, ticks: usize) -> Result<TickResult> {
@@ -838,14 +801,8 @@ async fn bench_tick(configs: usize, sessions: usize, ticks: usize) -> Result<Tic
                 .map_err(|e| anyhow::anyhow!("{e}"))?;
         }
     }
-    let env: Vec<(&str, String)> = cluster.env();
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let f = LambdaProcess::start(
-        sibling_binary("scheduler")?.to_str().unwrap(),
-        "scheduler",
-        &env,
-    )
-    .await?;
+    let env = cluster.env();
+    let f = LambdaProcess::start(sibling_binary("scheduler")?, "scheduler", &env).await?;
     // Ticks in the future on the hour: every configuration ("0 * * * *") is due once per
     // hour, and at half past none is.
     let hour = chrono::Utc::now()
@@ -859,7 +816,7 @@ async fn bench_tick(configs: usize, sessions: usize, ticks: usize) -> Result<Tic
     let tick = |at: chrono::DateTime<chrono::Utc>| {
         let f = &f;
         async move {
-            let (sched0, api0) = (cpu_secs(f.pid()), self_cpu());
+            let (sched0, api0) = (cpu_secs(f.pid()), cpu_secs(Some(std::process::id())));
             let t = Instant::now();
             let (_, r) = f
                 .api
@@ -869,7 +826,10 @@ async fn bench_tick(configs: usize, sessions: usize, ticks: usize) -> Result<Tic
                 )
                 .await?;
             let secs = t.elapsed().as_secs_f64();
-            let cpu = (cpu_secs(f.pid()) - sched0, self_cpu() - api0);
+            let cpu = (
+                cpu_secs(f.pid()) - sched0,
+                cpu_secs(Some(std::process::id())) - api0,
+            );
             let r = r.map_err(|e| anyhow::anyhow!("tick failed: {e}"))?;
             ensure!(
                 r["tick"]["errors"].as_object().is_none_or(|e| e.is_empty()),
@@ -919,7 +879,6 @@ async fn bench_tick(configs: usize, sessions: usize, ticks: usize) -> Result<Tic
         first,
         all_due,
         none_due,
-        created_per_due_tick: configs,
         cpu_scheduler,
         cpu_api,
     })
@@ -982,18 +941,6 @@ fn machine() -> String {
     )
 }
 
-/// Per run: backup rate over the rate of the slower of its two halves done alone (the
-/// snapshot read to /dev/null, the S3 upload of a file): what streaming can at best reach.
-fn limit_ratio(r: &SizeResult) -> Series {
-    let mut s = Series::default();
-    for run in &r.per_run {
-        if let (Some(raw), Some(up), Some(b)) = (run.get(RAW), run.get(UPLOAD), run.get(BACKUP)) {
-            s.push(raw.max(*up) / b);
-        }
-    }
-    s
-}
-
 /// Median CPU seconds `client / Vault / S3`, or a dash.
 fn cpu_cell(p: &PathRuns) -> String {
     if p.cpu_own.0.is_empty() {
@@ -1007,15 +954,58 @@ fn cpu_cell(p: &PathRuns) -> String {
     )
 }
 
-/// Ratio series `numer/denom` over the runs that have both.
-fn ratio(r: &SizeResult, numer: &str, denom: &str) -> Series {
-    let mut s = Series::default();
-    for run in &r.per_run {
-        if let (Some(n), Some(d)) = (run.get(numer), run.get(denom)) {
-            s.push(n / d);
+/// One row per size and path: time, rate, peak RSS, temp disk, CPU; `ours` in bold.
+fn path_table(md: &mut String, sizes: &[SizeResult], paths: &[&str], ours: &str) {
+    let _ = writeln!(
+        md,
+        "| Snapshot | Path | Time, s | MiB/s | Peak RSS, MiB | Temp disk, MiB | CPU s: client / Vault / S3 |\n|---|---|---|---|---|---|---|"
+    );
+    let dash = |s: &Series, digits| {
+        if s.0.is_empty() {
+            "–".to_string()
+        } else {
+            s.show(digits)
+        }
+    };
+    for r in sizes {
+        for &path in paths {
+            let Some(p) = r.paths.get(path) else { continue };
+            let rate = Series(p.secs.0.iter().map(|s| r.snapshot_mib / s).collect());
+            let name = if path == ours {
+                format!("**{path}**")
+            } else {
+                path.to_string()
+            };
+            let _ = writeln!(
+                md,
+                "| {:.1} MiB | {name} | {} | {} | {} | {} | {} |",
+                r.snapshot_mib,
+                p.secs.show(2),
+                rate.show(1),
+                dash(&p.rss_mib, 1),
+                dash(&p.disk_mib, 1),
+                cpu_cell(p)
+            );
         }
     }
-    s
+}
+
+/// `f` of each run that has what it needs.
+fn per_run(r: &SizeResult, f: impl Fn(&BTreeMap<&'static str, f64>) -> Option<f64>) -> Series {
+    Series(r.per_run.iter().filter_map(f).collect())
+}
+
+/// Ratio series `numer/denom` over the runs that have both.
+fn ratio(r: &SizeResult, numer: &str, denom: &str) -> Series {
+    per_run(r, |run| Some(run.get(numer)? / run.get(denom)?))
+}
+
+/// Per run: backup rate over the rate of the slower of its two halves done alone (the
+/// snapshot read to /dev/null, the S3 upload of a file): what streaming can at best reach.
+fn limit_ratio(r: &SizeResult) -> Series {
+    per_run(r, |run| {
+        Some(run.get(RAW)?.max(*run.get(UPLOAD)?) / run.get(BACKUP)?)
+    })
 }
 
 fn report(
@@ -1039,71 +1029,24 @@ fn report(
         args.runs
     );
     let _ = writeln!(md, "### Backup\n");
-    let _ = writeln!(
-        md,
-        "| Snapshot | Path | Time, s | MiB/s | Peak RSS, MiB | Temp disk, MiB | CPU s: client / Vault / S3 |\n|---|---|---|---|---|---|---|"
+    path_table(
+        &mut md,
+        sizes,
+        &[RAW, UPLOAD, BACKUP, SAVE, STASH, BYHAND],
+        BACKUP,
     );
-    for r in sizes {
-        for path in [RAW, UPLOAD, BACKUP, SAVE, STASH, BYHAND] {
-            if let Some(p) = r.paths.get(path) {
-                let rate = Series(p.secs.0.iter().map(|s| r.snapshot_mib / s).collect());
-                let _ = writeln!(
-                    md,
-                    "| {:.1} MiB | {} | {} | {} | {} | {} | {} |",
-                    r.snapshot_mib,
-                    if path == BACKUP {
-                        format!("**{path}**")
-                    } else {
-                        path.to_string()
-                    },
-                    p.secs.show(2),
-                    rate.show(1),
-                    p.rss_mib.show(1),
-                    p.disk_mib.show(1),
-                    cpu_cell(p)
-                );
-            }
-        }
-    }
     let _ = writeln!(md, "\n### Restore\n");
     let _ = writeln!(
         md,
         "Until Vault serves requests again (it reloads its keyring after a snapshot is applied), \
          and only after a marker secret changed since the backup reads its backed-up value.\n"
     );
-    let _ = writeln!(
-        md,
-        "| Snapshot | Path | Time, s | MiB/s | Peak RSS, MiB | Temp disk, MiB | CPU s: client / Vault / S3 |\n|---|---|---|---|---|---|---|"
+    path_table(
+        &mut md,
+        sizes,
+        &[POST, POST_ONLY, RESTIC_RESTORE, RESTORE, RESTORE_TRANSFER],
+        RESTORE,
     );
-    for r in sizes {
-        for path in [POST, POST_ONLY, RESTIC_RESTORE, RESTORE, RESTORE_TRANSFER] {
-            if let Some(p) = r.paths.get(path) {
-                let rate = Series(p.secs.0.iter().map(|s| r.snapshot_mib / s).collect());
-                let dash = |s: &Series, d| {
-                    if s.0.is_empty() {
-                        "–".to_string()
-                    } else {
-                        s.show(d)
-                    }
-                };
-                let _ = writeln!(
-                    md,
-                    "| {:.1} MiB | {} | {} | {} | {} | {} | {} |",
-                    r.snapshot_mib,
-                    if path == RESTORE {
-                        format!("**{path}**")
-                    } else {
-                        path.to_string()
-                    },
-                    p.secs.show(2),
-                    rate.show(1),
-                    dash(&p.rss_mib, 1),
-                    dash(&p.disk_mib, 1),
-                    cpu_cell(p)
-                );
-            }
-        }
-    }
     let _ = writeln!(
         md,
         "\n### Ratios (run by run, then median (min–max))\n\n\
@@ -1146,7 +1089,7 @@ fn report(
         tick.namespaces,
         tick.sessions,
         tick.first,
-        tick.created_per_due_tick,
+        tick.configs,
         tick.all_due.show(3),
         tick.none_due.show(3),
         tick.cpu_scheduler.show(2),

@@ -66,6 +66,17 @@ const SETUP_HINT: &str =
 
 static HANDED_OUT: OnceLock<Mutex<HashSet<u16>>> = OnceLock::new();
 
+/// Peak resident set size (`VmHWM`) of a running process, MiB.
+pub fn peak_rss_mib(pid: u32) -> Option<f64> {
+    fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|kib| kib.parse::<f64>().ok())
+        .map(|kib| kib / 1024.0)
+}
+
 /// A free TCP port on 127.0.0.1 that this process has not handed out before.
 ///
 /// The port is free when returned (the OS picked it for a listener that is

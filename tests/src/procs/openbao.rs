@@ -549,10 +549,16 @@ impl OpenBao {
             .send()
             .await?;
         expect_success("restoring a raft snapshot", resp).await?;
+        self.wait_serving().await
+    }
+
+    /// Wait until the node serves authenticated requests after a restore (they are held
+    /// while it reloads the restored keyring; 1 GiB takes longer than a start-up).
+    pub async fn wait_serving(&self) -> Result<()> {
         self.wait_health(self.clustered).await?;
         poll_until(
             "openbao to serve requests after a restore",
-            ACTIVE_TIMEOUT,
+            2 * ACTIVE_TIMEOUT,
             || async {
                 // 403 (a snapshot of another cluster brings its own tokens) also
                 // means it is serving again.
