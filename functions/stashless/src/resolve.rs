@@ -5,7 +5,7 @@
 use base64::Engine;
 use kube::{Api, Client, ResourceExt};
 
-use crate::api::{AppBinding, ObjectRef, Repository, TargetRef};
+use crate::api::{AppBinding, ClientConfig, ObjectRef, Repository, TargetRef};
 use crate::cluster::{read_secret, secret_text};
 use crate::error::{Error, Result, api_code};
 use crate::repository::{Location, StaticCredentials, Tuning, normalise_prefix};
@@ -183,6 +183,65 @@ fn s3_endpoint(raw: &str, label: &str) -> Result<Option<String>> {
     Ok(Some(with_scheme.trim_end_matches('/').to_string()))
 }
 
+/// The Vault address an AppBinding's `clientConfig` names (`url`, else `service`), checked:
+/// http or https, no credentials in it. A missing scheme (the CRD allows `[scheme://]` in
+/// `url` and an empty `service.scheme`, "nothing will be prefixed") means https: plaintext
+/// would send the token in clear, so it must be asked for explicitly (`http://`, `scheme: http`).
+fn vault_addr(cc: &ClientConfig, ns: &str, label: &str) -> Result<String> {
+    let addr = match (&cc.url, &cc.service) {
+        (Some(url), _) if !url.is_empty() => {
+            let url = url.trim().trim_end_matches('/');
+            if url.contains("://") {
+                url.to_string()
+            } else {
+                format!("https://{url}")
+            }
+        }
+        (_, Some(svc)) => {
+            let svc_ns = svc.namespace.as_deref().unwrap_or(ns);
+            let path = svc.path.as_deref().unwrap_or("").trim_end_matches('/');
+            let scheme = match svc.scheme.trim() {
+                "" => "https",
+                s => s,
+            };
+            format!("{scheme}://{}.{svc_ns}.svc:{}{path}", svc.name, svc.port)
+        }
+        _ => {
+            return Err(Error::Invalid(format!(
+                "{label} has neither spec.clientConfig.url nor spec.clientConfig.service"
+            )));
+        }
+    };
+    let parsed: http::Uri = addr.parse().map_err(|_| {
+        Error::Invalid(format!(
+            "{label} spec.clientConfig.url {addr:?} is not a URL"
+        ))
+    })?;
+    if parsed.authority().is_some_and(|a| a.as_str().contains('@')) {
+        return Err(Error::Invalid(format!(
+            "{label} spec.clientConfig.url carries credentials: put the token in a Secret instead"
+        )));
+    }
+    // `Uri` reads the scheme case-insensitively: write it lower-case so that checks on
+    // the address (plain http or not) need not care.
+    let scheme = match parsed.scheme_str() {
+        Some("http") => "http",
+        Some("https") => "https",
+        _ => {
+            return Err(Error::Invalid(format!(
+                "{label} spec.clientConfig.url must be http or https"
+            )));
+        }
+    };
+    let rest = addr.find("://").map_or("", |i| &addr[i..]);
+    Ok(format!("{scheme}{rest}"))
+}
+
+/// A checked [`vault_addr`] is plain http (its scheme is `http` or `https`, lower-case).
+fn is_plain_http(addr: &str) -> bool {
+    addr.starts_with("http://")
+}
+
 /// Resolve the AppBinding a session targets into a Vault address, TLS settings and token.
 pub async fn vault_target(
     client: &Client,
@@ -212,37 +271,7 @@ pub async fn vault_target(
         .as_ref()
         .and_then(|s| s.namespace.clone())
         .unwrap_or_else(|| ns.to_string());
-    let addr = match (&cc.url, &cc.service) {
-        (Some(url), _) if !url.is_empty() => url.trim_end_matches('/').to_string(),
-        (_, Some(svc)) => {
-            let svc_ns = svc.namespace.as_deref().unwrap_or(ns);
-            let path = svc.path.as_deref().unwrap_or("").trim_end_matches('/');
-            format!(
-                "{}://{}.{svc_ns}.svc:{}{path}",
-                svc.scheme, svc.name, svc.port
-            )
-        }
-        _ => {
-            return Err(Error::Invalid(format!(
-                "{label} has neither spec.clientConfig.url nor spec.clientConfig.service"
-            )));
-        }
-    };
-    let parsed: http::Uri = addr.parse().map_err(|_| {
-        Error::Invalid(format!(
-            "{label} spec.clientConfig.url {addr:?} is not a URL"
-        ))
-    })?;
-    if parsed.authority().is_some_and(|a| a.as_str().contains('@')) {
-        return Err(Error::Invalid(format!(
-            "{label} spec.clientConfig.url carries credentials: put the token in a Secret instead"
-        )));
-    }
-    if !matches!(parsed.scheme_str(), Some("http") | Some("https")) {
-        return Err(Error::Invalid(format!(
-            "{label} spec.clientConfig.url must be http or https"
-        )));
-    }
+    let addr = vault_addr(cc, ns, &label)?;
     let ca_pem = match cc.ca_bundle.as_deref().filter(|c| !c.is_empty()) {
         None => None,
         Some(b64) => Some(
@@ -253,6 +282,17 @@ pub async fn vault_target(
                 })?,
         ),
     };
+    let insecure_skip_tls_verify = cc.insecure_skip_tls_verify.unwrap_or(false);
+    if is_plain_http(&addr) {
+        if ca_pem.is_some() {
+            return Err(Error::Invalid(format!(
+                "{label} sets spec.clientConfig.caBundle but its Vault address {addr} is plain http: use https, or drop the caBundle to opt in to plaintext"
+            )));
+        }
+        tracing::warn!(appbinding = %label, addr = %addr, "Vault over plain http (the AppBinding asks for it): the token and snapshots travel unencrypted");
+    } else if insecure_skip_tls_verify {
+        tracing::warn!(appbinding = %label, addr = %addr, "insecureSkipTLSVerify: true: Vault's certificate is not verified, anyone on the path can read the token and snapshots");
+    }
     let aws_login = aws_login(&ab, &label)?;
     let token = match aws_login {
         // Logged in at run time with the function's IAM role; no Secret to read.
@@ -267,7 +307,7 @@ pub async fn vault_target(
             aws_login,
             pins: endpoint_pins(client, &pins_ns).await,
             ca_pem,
-            insecure_skip_tls_verify: cc.insecure_skip_tls_verify.unwrap_or(false),
+            insecure_skip_tls_verify,
         },
     ))
 }
@@ -395,4 +435,67 @@ pub async fn endpoint_pins(client: &Client, ns: &str) -> Vec<(String, Vec<std::n
         }
     }
     pins.into_iter().collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::ServiceReference;
+
+    fn service(scheme: &str) -> ClientConfig {
+        ClientConfig {
+            service: Some(ServiceReference {
+                scheme: scheme.into(),
+                name: "vault".into(),
+                namespace: None,
+                port: 8200,
+                path: None,
+            }),
+            ..ClientConfig::default()
+        }
+    }
+
+    fn url(u: &str) -> ClientConfig {
+        ClientConfig {
+            url: Some(u.into()),
+            ..ClientConfig::default()
+        }
+    }
+
+    #[test]
+    fn a_service_without_scheme_is_reached_over_https() {
+        let addr = vault_addr(&service(""), "ns", "AppBinding ns/v").unwrap();
+        assert_eq!(addr, "https://vault.ns.svc:8200");
+        assert!(!is_plain_http(&addr));
+    }
+
+    #[test]
+    fn an_explicit_scheme_is_kept() {
+        let addr = vault_addr(&service("http"), "ns", "l").unwrap();
+        assert_eq!(addr, "http://vault.ns.svc:8200");
+        assert!(is_plain_http(&addr));
+        let addr = vault_addr(&service("https"), "ns", "l").unwrap();
+        assert_eq!(addr, "https://vault.ns.svc:8200");
+    }
+
+    #[test]
+    fn a_url_without_scheme_is_https() {
+        let addr = vault_addr(&url("vault.example:8200/"), "ns", "l").unwrap();
+        assert_eq!(addr, "https://vault.example:8200");
+        let addr = vault_addr(&url("http://10.0.0.5:8200"), "ns", "l").unwrap();
+        assert!(is_plain_http(&addr));
+        let addr = vault_addr(&url("HTTP://10.0.0.5:8200"), "ns", "l").unwrap();
+        assert_eq!(addr, "http://10.0.0.5:8200");
+    }
+
+    #[test]
+    fn other_schemes_and_credentials_are_refused() {
+        for bad in ["ftp://vault:8200", "https://user:pw@vault:8200"] {
+            let e = vault_addr(&url(bad), "ns", "l").unwrap_err();
+            assert!(matches!(e, Error::Invalid(_)), "{bad}: {e}");
+            assert!(!e.to_string().contains("pw@"), "{e}");
+        }
+        assert!(vault_addr(&service("ftp"), "ns", "l").is_err());
+        assert!(vault_addr(&ClientConfig::default(), "ns", "l").is_err());
+    }
 }

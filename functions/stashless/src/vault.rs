@@ -22,7 +22,8 @@ pub struct VaultTarget {
     pub aws_login: Option<AwsLogin>,
     /// Host names pinned to addresses (cluster DNS names resolved through EndpointSlices).
     pub pins: Vec<(String, Vec<std::net::IpAddr>)>,
-    /// PEM CA bundle to trust, from the AppBinding's `caBundle`.
+    /// PEM CA bundle to trust, from the AppBinding's `caBundle`: the only roots trusted when
+    /// set (public and platform roots otherwise).
     pub ca_pem: Option<Vec<u8>>,
     pub insecure_skip_tls_verify: bool,
 }
@@ -96,9 +97,15 @@ impl Vault {
                 message: format!("the AppBinding's caBundle is not a PEM certificate bundle: {e}"),
                 retryable: false,
             })?;
-            for cert in certs {
-                builder = builder.add_root_certificate(cert);
+            if certs.is_empty() {
+                return Err(Error::Vault {
+                    addr: target.addr.clone(),
+                    message: "the AppBinding's caBundle holds no PEM certificate".into(),
+                    retryable: false,
+                });
             }
+            // The caBundle is the whole trust: no public or platform CA may vouch for Vault.
+            builder = builder.tls_certs_only(certs);
         }
         if target.insecure_skip_tls_verify {
             builder = builder.danger_accept_invalid_certs(true);
@@ -210,7 +217,13 @@ impl Vault {
             "request failed"
         };
         // reqwest's Display carries the URL, never headers: no token leaks here.
-        self.err(addr, format!("{what}: {kind}: {}", error_chain(&e)), true)
+        let chain = error_chain(&e);
+        let hint = if chain.contains("certificate") {
+            " (TLS: the AppBinding's spec.clientConfig.caBundle must hold the CA that signed Vault's certificate, for this host name)"
+        } else {
+            ""
+        };
+        self.err(addr, format!("{what}: {kind}: {chain}{hint}"), true)
     }
 
     /// `GET /v1/sys/health` on `addr` (the configured address when None).
@@ -267,7 +280,16 @@ impl Vault {
                 true,
             ));
         } else {
-            leader.leader_address.trim_end_matches('/').to_string()
+            let leader_addr = leader.leader_address.trim_end_matches('/').to_string();
+            // An https AppBinding never sends its token to a plain-http leader address.
+            if is_https(addr) && !is_https(&leader_addr) {
+                return Err(self.err(
+                    addr,
+                    format!("the active node's address {leader_addr:?} (sys/leader) is not https while the AppBinding's is: refusing to send the token in clear"),
+                    false,
+                ));
+            }
+            leader_addr
         };
         let health = self.health(Some(&node)).await?;
         if health.sealed {
@@ -414,4 +436,44 @@ fn error_detail(body: &str) -> String {
         })
         .filter(|s| !s.is_empty())
         .unwrap_or_else(|| body.chars().take(200).collect())
+}
+
+/// `url` starts with `https://` (scheme compared case-insensitively).
+fn is_https(url: &str) -> bool {
+    url.get(..8)
+        .is_some_and(|s| s.eq_ignore_ascii_case("https://"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn target(ca_pem: Option<&[u8]>) -> VaultTarget {
+        VaultTarget {
+            addr: "https://vault.example:8200".into(),
+            token: "s.secret-token".into(),
+            aws_login: None,
+            pins: Vec::new(),
+            ca_pem: ca_pem.map(<[u8]>::to_vec),
+            insecure_skip_tls_verify: false,
+        }
+    }
+
+    #[test]
+    fn a_ca_bundle_without_certificates_is_refused() {
+        let e = Vault::new(target(Some(b"not a certificate"))).unwrap_err();
+        let msg = e.to_string();
+        assert!(msg.contains("caBundle"), "{msg}");
+        assert!(!msg.contains("secret-token"), "{msg}");
+        assert!(!e.is_retryable());
+    }
+
+    #[test]
+    fn https_is_recognised_whatever_its_case() {
+        assert!(is_https("https://10.0.0.1:8200"));
+        assert!(is_https("HTTPS://vault:8200"));
+        assert!(!is_https("http://10.0.0.1:8200"));
+        assert!(!is_https("10.0.0.1:8200"));
+        assert!(!is_https(""));
+    }
 }

@@ -1,6 +1,7 @@
 //! Real OpenBao servers on loopback: a single node ([`OpenBao::start`]) or a
 //! raft cluster ([`BaoCluster::start`]), integrated raft storage in a scratch
-//! directory, plain HTTP, one Shamir unseal key, kv v2 mounted at `secret/`.
+//! directory, plain HTTP (HTTPS with a test CA: [`OpenBao::start_tls`]), one Shamir
+//! unseal key, kv v2 mounted at `secret/`.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -28,7 +29,7 @@ const SEED_CONCURRENCY: usize = 16;
 /// [`BaoCluster`]).
 #[derive(Debug)]
 pub struct OpenBao {
-    /// `http://127.0.0.1:PORT`, also its `api_addr`.
+    /// `http://127.0.0.1:PORT` (`https://` from [`OpenBao::start_tls`]), also its `api_addr`.
     pub addr: String,
     /// `https://127.0.0.1:PORT`, its `cluster_addr` (raft + request forwarding).
     pub cluster_addr: String,
@@ -47,25 +48,38 @@ pub struct OpenBao {
     clustered: bool,
 }
 
-/// Node configuration: loopback listener without TLS, raft storage in the
-/// node's directory, `performance_multiplier = 1` so that leader elections
-/// take ~1 s instead of the production ~5 s.
+/// Node configuration: loopback listener without TLS (with `tls`: the
+/// `cert.pem`/`key.pem` in that directory), raft storage in the node's
+/// directory, `performance_multiplier = 1` so that leader elections take ~1 s
+/// instead of the production ~5 s.
 fn config_hcl(
     data_dir: &Path,
     node_id: &str,
     port: u16,
     cluster_port: u16,
     join: Option<&str>,
+    tls: Option<&Path>,
 ) -> String {
     let retry_join = match join {
         Some(leader) => format!("  retry_join {{\n    leader_api_addr = \"{leader}\"\n  }}\n"),
         None => String::new(),
     };
+    let (scheme, listener_tls) = match tls {
+        Some(dir) => (
+            "https",
+            format!(
+                "tls_cert_file = \"{}\"\n  tls_key_file = \"{}\"",
+                dir.join("cert.pem").display(),
+                dir.join("key.pem").display()
+            ),
+        ),
+        None => ("http", "tls_disable = true".to_string()),
+    };
     format!(
         r#"ui = false
 disable_mlock = true
 log_level = "info"
-api_addr = "http://127.0.0.1:{port}"
+api_addr = "{scheme}://127.0.0.1:{port}"
 cluster_addr = "https://127.0.0.1:{cluster_port}"
 
 storage "raft" {{
@@ -79,7 +93,7 @@ storage "raft" {{
 listener "tcp" {{
   address = "127.0.0.1:{port}"
   cluster_address = "127.0.0.1:{cluster_port}"
-  tls_disable = true
+  {listener_tls}
 }}
 "#,
         data = data_dir.display(),
@@ -90,8 +104,21 @@ impl OpenBao {
     /// Start a single-node OpenBao: init (1 share, threshold 1), unseal, wait
     /// until active (`/v1/sys/health` 200) and mount kv v2 at `secret/`.
     pub async fn start() -> Result<OpenBao> {
+        OpenBao::start_node(None).await
+    }
+
+    /// [`OpenBao::start`] serving HTTPS (`addr` is `https://127.0.0.1:PORT`) with a
+    /// server certificate from a fresh test CA ([`TlsMaterial::generate`]); the node's
+    /// own client trusts that CA only.
+    pub async fn start_tls() -> Result<(OpenBao, TlsMaterial)> {
+        let tls = TlsMaterial::generate()?;
+        let bao = OpenBao::start_node(Some(&tls)).await?;
+        Ok((bao, tls))
+    }
+
+    async fn start_node(tls: Option<&TlsMaterial>) -> Result<OpenBao> {
         let started = Instant::now();
-        let mut bao = OpenBao::spawn_node("node0", None, None).await?;
+        let mut bao = OpenBao::spawn_node("node0", None, None, tls).await?;
         let (root_token, unseal_key) = bao.init().await?;
         bao.root_token = root_token;
         bao.unseal_key = unseal_key;
@@ -132,7 +159,7 @@ impl OpenBao {
             return Ok(bao);
         }
         let keys: Value = serde_json::from_slice(&std::fs::read(&keys_file)?)?;
-        let mut bao = OpenBao::spawn_node("node0", None, Some(&entry.join("raft"))).await?;
+        let mut bao = OpenBao::spawn_node("node0", None, Some(&entry.join("raft")), None).await?;
         bao.root_token = keys["root_token"].as_str().unwrap_or_default().to_string();
         bao.unseal_key = keys["unseal_key"].as_str().unwrap_or_default().to_string();
         bao.unseal().await?;
@@ -141,11 +168,13 @@ impl OpenBao {
 
     /// Create the node's directory and config and start the process; returns
     /// once its HTTP listener answers (uninitialized, sealed). Retries on new
-    /// ports if another process took one.
+    /// ports if another process took one. With `tls` it serves HTTPS with that
+    /// server certificate and its own client trusts only that CA.
     async fn spawn_node(
         node_id: &str,
         join: Option<&str>,
         copy_data_from: Option<&Path>,
+        tls: Option<&TlsMaterial>,
     ) -> Result<OpenBao> {
         let mut last_err = None;
         for _ in 0..3 {
@@ -157,13 +186,28 @@ impl OpenBao {
                 Some(from) => copy_dir(from, &data)?,
                 None => std::fs::create_dir(&data)?,
             }
+            if let Some(tls) = tls {
+                std::fs::write(dir.path().join("cert.pem"), &tls.cert_pem)?;
+                std::fs::write(dir.path().join("key.pem"), &tls.key_pem)?;
+            }
             let config = dir.path().join("config.hcl");
             std::fs::write(
                 &config,
-                config_hcl(&data, node_id, port, cluster_port, join),
+                config_hcl(
+                    &data,
+                    node_id,
+                    port,
+                    cluster_port,
+                    join,
+                    tls.map(|_| dir.path()),
+                ),
             )?;
+            let (scheme, http) = match tls {
+                Some(tls) => ("https", tls.client()?),
+                None => ("http", http_client()),
+            };
             let mut bao = OpenBao {
-                addr: format!("http://127.0.0.1:{port}"),
+                addr: format!("{scheme}://127.0.0.1:{port}"),
                 cluster_addr: format!("https://127.0.0.1:{cluster_port}"),
                 node_id: node_id.to_string(),
                 root_token: String::new(),
@@ -172,7 +216,7 @@ impl OpenBao {
                 dir,
                 config,
                 child: None,
-                http: http_client(),
+                http,
                 clustered: join.is_some(),
             };
             match bao.launch().await {
@@ -612,6 +656,82 @@ impl OpenBao {
     }
 }
 
+/// Certificates for an HTTPS OpenBao, made with the `openssl` CLI: a fresh CA, a
+/// server certificate it signed for `127.0.0.1`, `localhost` and `vault.<NS>.svc` (a
+/// `service` AppBinding reference pinned to loopback), and an unrelated CA.
+#[derive(Debug, Clone)]
+pub struct TlsMaterial {
+    /// PEM of the CA that signed the server certificate.
+    pub ca_pem: String,
+    /// PEM of another CA that signed nothing here (a wrong `caBundle`).
+    pub other_ca_pem: String,
+    cert_pem: String,
+    key_pem: String,
+}
+
+impl TlsMaterial {
+    pub fn generate() -> Result<TlsMaterial> {
+        let dir = TempDir::new("tls")?;
+        let d = dir.path();
+        // Arguments split on whitespace: none here contains a space.
+        let openssl = |args: &str| -> Result<()> {
+            let out = Command::new("openssl")
+                .args(args.split_whitespace())
+                .current_dir(d)
+                .output()
+                .context("running openssl")?;
+            if !out.status.success() {
+                bail!("openssl {args}: {}", String::from_utf8_lossy(&out.stderr));
+            }
+            Ok(())
+        };
+        let ec = "-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes";
+        for (name, cn) in [("ca", "stashless-test-ca"), ("other-ca", "stashless-other")] {
+            openssl(&format!(
+                "req -x509 -days 2 {ec} -subj /CN={cn} -keyout {name}.key -out {name}.pem \
+                 -addext basicConstraints=critical,CA:TRUE \
+                 -addext keyUsage=critical,keyCertSign,cRLSign"
+            ))?;
+        }
+        openssl(&format!(
+            "req -new {ec} -subj /CN=localhost -keyout key.pem -out server.csr"
+        ))?;
+        std::fs::write(
+            d.join("ext.cnf"),
+            format!(
+                "basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\n\
+                 extendedKeyUsage=serverAuth\n\
+                 subjectAltName=IP:127.0.0.1,DNS:localhost,DNS:vault.{}.svc\n",
+                crate::NS
+            ),
+        )?;
+        openssl(
+            "x509 -req -days 2 -in server.csr -CA ca.pem -CAkey ca.key -set_serial 2 \
+             -extfile ext.cnf -out cert.pem",
+        )?;
+        let read =
+            |f: &str| std::fs::read_to_string(d.join(f)).with_context(|| format!("reading {f}"));
+        Ok(TlsMaterial {
+            ca_pem: read("ca.pem")?,
+            other_ca_pem: read("other-ca.pem")?,
+            cert_pem: read("cert.pem")?,
+            key_pem: read("key.pem")?,
+        })
+    }
+
+    /// Like the harness's plain client, trusting [`Self::ca_pem`] only.
+    fn client(&self) -> Result<reqwest::Client> {
+        Ok(reqwest::Client::builder()
+            .no_proxy()
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(Duration::from_secs(300))
+            .tls_certs_only(reqwest::Certificate::from_pem_bundle(
+                self.ca_pem.as_bytes(),
+            )?)
+            .build()?)
+    }
+}
+
 /// `cp -a from to` (to must not exist).
 fn copy_dir(from: &Path, to: &Path) -> Result<()> {
     let status = Command::new("cp").arg("-a").arg(from).arg(to).status()?;
@@ -697,7 +817,7 @@ impl BaoCluster {
         if n == 0 {
             bail!("a cluster needs at least one node");
         }
-        let mut first = OpenBao::spawn_node("node0", None, None).await?;
+        let mut first = OpenBao::spawn_node("node0", None, None, None).await?;
         first.clustered = n > 1;
         let join = first.addr.clone();
         let mut nodes = vec![first];
@@ -708,7 +828,7 @@ impl BaoCluster {
             joining.spawn(async move {
                 (
                     i,
-                    OpenBao::spawn_node(&format!("node{i}"), Some(&join), None).await,
+                    OpenBao::spawn_node(&format!("node{i}"), Some(&join), None, None).await,
                 )
             });
         }
