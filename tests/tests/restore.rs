@@ -243,16 +243,17 @@ async fn force_restore_into_a_fresh_server_reports_its_seal_state() {
         .await
         .unwrap();
     let ctx = w.cluster.backup_context(None);
-    w.cluster.backup_now(&ctx, "cfg", "cfg-1").await.unwrap();
+    let snapshot = w.cluster.backup_now(&ctx, "cfg", "cfg-1").await.unwrap();
 
-    // A second, freshly initialised server with its own keys.
+    // A second, freshly initialised server with its own keys. Another Vault's snapshot is
+    // only restored when named (`latest` takes the target's own snapshots only).
     let fresh = OpenBao::start().await.unwrap();
     w.cluster
         .vault_binding("fresh", &fresh.addr, &fresh.root_token)
         .await
         .unwrap();
     w.cluster
-        .new_restore("rs", "repo", "fresh", None, true)
+        .new_restore("rs", "repo", "fresh", Some(&snapshot), true)
         .await
         .unwrap();
     let o = restore_outcome(&w, "rs").await;

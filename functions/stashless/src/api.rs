@@ -519,6 +519,31 @@ pub struct RepositorySpec {
     pub backend: Backend,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub wipe_out: Option<bool>,
+    /// Which namespaces may use this Repository; none: only its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage_policy: Option<UsagePolicy>,
+}
+
+/// kmodules `UsagePolicy`: `allowedNamespaces.from` is `Same` (default), `All` or `Selector`.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct UsagePolicy {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allowed_namespaces: Option<AllowedNamespaces>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AllowedNamespaces {
+    // A string, not a Rust enum: a value the schema let through is refused with a reason
+    // (resolve.rs) rather than failing to read the whole Repository.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("enum" = ["All", "Selector", "Same"]))]
+    pub from: Option<String>,
+    /// The namespaces allowed when `from` is Selector; stashless refuses Selector (it does
+    /// not read namespaces' labels).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]

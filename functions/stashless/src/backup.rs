@@ -49,6 +49,9 @@ pub struct Settings {
     /// How long before the Lambda deadline to stop, to leave time to abort and write status.
     pub deadline_margin: Duration,
     pub progress: Option<Progress>,
+    /// Namespaces this function serves (`STASHLESS_NAMESPACES`); empty: all. A session
+    /// elsewhere is left untouched, as the scheduler and sweep leave it.
+    pub namespaces: Vec<String>,
 }
 
 impl Default for Settings {
@@ -59,6 +62,7 @@ impl Default for Settings {
             default_timeout: Duration::from_secs(14 * 60),
             deadline_margin: Duration::from_secs(20),
             progress: None,
+            namespaces: Vec::new(),
         }
     }
 }
@@ -78,6 +82,7 @@ impl Settings {
             .or_else(|_| std::env::var("PROMETHEUS_PUSHGATEWAY_URL"))
             .ok()
             .filter(|u| !u.is_empty());
+        s.namespaces = crate::scheduler::namespaces_from_env();
         s
     }
 }
@@ -205,6 +210,9 @@ pub async fn run(
     lambda_deadline: Option<Instant>,
 ) -> Result<Outcome> {
     let started = Instant::now();
+    if let Some(why) = not_served(&ctx.settings, &target.namespace) {
+        return Ok(Outcome::NotClaimed { why });
+    }
     let api: Api<BackupSession> = Api::namespaced(ctx.kube.clone(), &target.namespace);
     let session =
         match session::fetch_pending(&api, "BackupSession", &target.namespace, &target.name).await?
@@ -231,10 +239,11 @@ pub async fn run(
     } else {
         None
     };
+    // An invalid timeOut fails the session after the claim (check_config); the default
+    // bounds it until then.
     let session_limit = config
         .as_ref()
-        .and_then(|c| c.spec.time_out.as_deref())
-        .and_then(api::parse_go_duration)
+        .and_then(|c| time_limit(c, ctx.settings.default_timeout).ok())
         .unwrap_or(ctx.settings.default_timeout);
     let (deadline, deadline_wall) = session::deadline(
         started,
@@ -318,6 +327,37 @@ pub async fn run(
     }
 }
 
+/// Why a session in `namespace` is not this function's to run, when `STASHLESS_NAMESPACES`
+/// leaves it out: the functions' identity may reach further than the namespaces the
+/// deployment is scoped to, and an event (from anyone who may `PutEvents`) can name any.
+pub(crate) fn not_served(settings: &Settings, namespace: &str) -> Option<String> {
+    let served = &settings.namespaces;
+    if served.is_empty() || served.iter().any(|n| n == namespace) {
+        return None;
+    }
+    Some(format!(
+        "namespace {namespace} is not one this function serves (STASHLESS_NAMESPACES: {})",
+        served.join(",")
+    ))
+}
+
+/// The checks of a BackupConfiguration that need no other object: retention counts and
+/// `timeOut`. A backup runs them before touching Vault or S3; the scheduler marks a
+/// configuration that fails them Invalid.
+pub fn check_config(config: &BackupConfiguration) -> Result<()> {
+    keep_policy(config)?;
+    time_limit(config, Duration::ZERO)?;
+    Ok(())
+}
+
+fn time_limit(config: &BackupConfiguration, default: Duration) -> Result<Duration> {
+    session::time_limit(
+        "BackupConfiguration spec.timeOut",
+        config.spec.time_out.as_deref(),
+        default,
+    )
+}
+
 /// A Running RestoreSession whose target is this configuration's AppBinding, if any
 /// (RestoreSessions in the target's namespace).
 async fn restore_running(ctx: &Context, config: &BackupConfiguration) -> Result<Option<String>> {
@@ -361,7 +401,7 @@ async fn backup(
     let ns = session.namespace().unwrap_or_default();
     let spec = &config.spec;
     // Validate everything cheap before touching Vault or S3.
-    keep_policy(config)?;
+    check_config(config)?;
     let repo_ref = spec
         .repository
         .as_ref()

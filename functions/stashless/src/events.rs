@@ -11,6 +11,36 @@ use crate::error::{Error, Result};
 /// The largest event we look at; anything bigger is not ours.
 pub const MAX_EVENT_BYTES: usize = 256 * 1024;
 
+/// Refuse a payload above [`MAX_EVENT_BYTES`] before looking inside it.
+fn check_size(payload: &Value) -> Result<()> {
+    let size = payload.to_string().len();
+    if size > MAX_EVENT_BYTES {
+        return Err(Error::BadEvent(format!(
+            "event is {size} bytes, more than {MAX_EVENT_BYTES}"
+        )));
+    }
+    Ok(())
+}
+
+/// At most 200 characters of a parse error, escaped: serde quotes the offending value,
+/// which in a hostile event may be hundreds of kilobytes or hold control characters, and
+/// the reason goes to logs and the Lambda response.
+fn brief(e: impl std::fmt::Display) -> String {
+    let text = e.to_string();
+    let mut out = String::new();
+    for c in text.chars().take(200) {
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    if text.chars().count() > 200 {
+        out.push_str("...");
+    }
+    out
+}
+
 /// An event naming a session: `{"namespace": "...", "name": "..."}`, optionally with `kind`,
 /// or the same as the `detail` of an EventBridge event.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -24,29 +54,26 @@ pub struct SessionRef {
 impl SessionRef {
     /// Parse an invocation payload naming a session of `expected_kind`.
     pub fn from_event(payload: &Value, expected_kind: &str) -> Result<SessionRef> {
-        let size = payload.to_string().len();
-        if size > MAX_EVENT_BYTES {
-            return Err(Error::BadEvent(format!(
-                "event is {size} bytes, more than {MAX_EVENT_BYTES}"
-            )));
-        }
+        check_size(payload)?;
         let body = if payload.get("detail").is_some() && payload.get("detail-type").is_some() {
             let envelope: EventBridgeEvent<Value> = serde_json::from_value(payload.clone())
-                .map_err(|e| Error::BadEvent(format!("not an EventBridge event: {e}")))?;
+                .map_err(|e| Error::BadEvent(format!("not an EventBridge event: {}", brief(e))))?;
             envelope.detail
         } else {
             payload.clone()
         };
         let r: SessionRef = serde_json::from_value(body).map_err(|e| {
             Error::BadEvent(format!(
-                "expected {{\"namespace\": ..., \"name\": ...}} naming a {expected_kind}: {e}"
+                "expected {{\"namespace\": ..., \"name\": ...}} naming a {expected_kind}: {}",
+                brief(e)
             ))
         })?;
         if let Some(kind) = &r.kind
             && kind != expected_kind
         {
             return Err(Error::BadEvent(format!(
-                "event names a {kind}, this function handles {expected_kind}"
+                "event names a {}, this function handles {expected_kind}",
+                brief(kind)
             )));
         }
         validate_name("namespace", &r.namespace, 63)?;
@@ -88,13 +115,17 @@ pub struct Tick {
 
 impl Tick {
     pub fn from_event(payload: &Value) -> Result<Tick> {
+        check_size(payload)?;
         match payload {
             Value::Null => Ok(Tick::default()),
             Value::Object(map) => {
                 if map.contains_key("detail-type") {
                     let envelope: EventBridgeEvent<Value> = serde_json::from_value(payload.clone())
                         .map_err(|e| {
-                            Error::BadEvent(format!("not an EventBridge scheduled event: {e}"))
+                            Error::BadEvent(format!(
+                                "not an EventBridge scheduled event: {}",
+                                brief(e)
+                            ))
                         })?;
                     return Ok(Tick {
                         time: envelope.time,
@@ -107,16 +138,20 @@ impl Tick {
                             time: Some(t.with_timezone(&Utc)),
                         })
                         .map_err(|e| {
-                            Error::BadEvent(format!("tick time {s:?} is not RFC 3339: {e}"))
+                            Error::BadEvent(format!(
+                                "tick time \"{}\" is not RFC 3339: {e}",
+                                brief(s)
+                            ))
                         }),
                     Some(other) => Err(Error::BadEvent(format!(
-                        "tick time must be an RFC 3339 string, got {other}"
+                        "tick time must be an RFC 3339 string, got {}",
+                        brief(other)
                     ))),
                 }
             }
             other => Err(Error::BadEvent(format!(
                 "a scheduler tick is a JSON object, got {}",
-                other.to_string().chars().take(80).collect::<String>()
+                brief(other)
             ))),
         }
     }

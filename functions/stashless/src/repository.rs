@@ -79,23 +79,35 @@ impl Default for Tuning {
 }
 
 /// Check and normalise a Repository prefix: no `..` segments, no control characters,
-/// no leading `/` games: everything stashless writes stays under this prefix.
+/// no leading `/` games: everything stashless writes stays under this prefix. Empty
+/// segments (leading, trailing or doubled '/') are dropped, as restic's path joining does.
+/// Messages start with the field; the caller puts the Repository's name before them.
 pub fn normalise_prefix(prefix: &str) -> Result<String> {
+    let shown = || -> String {
+        prefix
+            .chars()
+            .take(80)
+            .flat_map(char::escape_default)
+            .collect()
+    };
     if prefix.chars().any(|c| c.is_control()) {
-        return Err(Error::Invalid(
-            "Repository spec.backend.s3.prefix contains control characters".into(),
-        ));
+        return Err(Error::Invalid(format!(
+            "spec.backend.s3.prefix \"{}\" contains control characters: use letters, digits, '-', '_', '.' and '/'",
+            shown()
+        )));
     }
     let segments: Vec<&str> = prefix.split('/').filter(|s| !s.is_empty()).collect();
     if segments.iter().any(|s| *s == ".." || *s == ".") {
         return Err(Error::Invalid(format!(
-            "Repository spec.backend.s3.prefix {prefix:?} contains '.' or '..' segments"
+            "spec.backend.s3.prefix \"{}\" contains '.' or '..' segments, which would lead out of the prefix: name the folder directly, such as \"vault/prod\"",
+            shown()
         )));
     }
     if prefix.len() > 512 {
-        return Err(Error::Invalid(
-            "Repository spec.backend.s3.prefix is longer than 512 characters".into(),
-        ));
+        return Err(Error::Invalid(format!(
+            "spec.backend.s3.prefix is {} bytes, longer than the 512 stashless accepts (S3 keys end at 1024)",
+            prefix.len()
+        )));
     }
     Ok(segments.join("/"))
 }
@@ -108,12 +120,14 @@ pub fn validate_bucket(bucket: &str) -> Result<()> {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
         && bucket.as_bytes()[0].is_ascii_alphanumeric()
         && bucket.as_bytes()[bucket.len() - 1].is_ascii_alphanumeric()
-        && !bucket.contains("..");
+        && !bucket.contains("..")
+        // S3 refuses names shaped like an IPv4 address.
+        && bucket.parse::<std::net::Ipv4Addr>().is_err();
     if ok {
         Ok(())
     } else {
         Err(Error::Invalid(format!(
-            "Repository spec.backend.s3.bucket {:?} is not a valid bucket name (3-63 lowercase letters, digits, '-', '.')",
+            "spec.backend.s3.bucket {:?} is not a valid bucket name (3-63 lowercase letters, digits, '-' and '.', starting and ending with a letter or digit, not an IP address)",
             bucket.chars().take(80).collect::<String>()
         )))
     }

@@ -67,12 +67,19 @@ pub async fn repository(
         .unwrap_or(session_ns);
     let repo: Repository = get(client, ns, &r.name, "Repository", " (spec.repository)").await?;
     let label = format!("Repository {ns}/{}", r.name);
+    if ns != session_ns {
+        check_usage_policy(&repo, &label, session_ns)?;
+    }
     let s3 = repo.spec.backend.s3.clone().ok_or_else(|| {
         Error::Invalid(format!(
             "{label} has no spec.backend.s3: stashless stores snapshots in S3 or an S3-compatible store"
         ))
     })?;
-    let prefix = normalise_prefix(s3.prefix.as_deref().unwrap_or(""))?;
+    let labelled = |e: Error| match e {
+        Error::Invalid(m) => Error::Invalid(format!("{label} {m}")),
+        other => other,
+    };
+    let prefix = normalise_prefix(s3.prefix.as_deref().unwrap_or("")).map_err(labelled)?;
     let endpoint = s3_endpoint(&s3.endpoint, &label)?;
     if s3.insecure_tls == Some(true)
         && endpoint
@@ -88,13 +95,24 @@ pub async fn repository(
         .clone()
         .filter(|r| !r.is_empty())
         .unwrap_or_else(|| DEFAULT_REGION.into());
+    // The region becomes part of AWS's host name and of every signature.
+    if region.len() > 64
+        || !region
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+    {
+        return Err(Error::Invalid(format!(
+            "{label} spec.backend.s3.region {:?} is not a region name (letters, digits and '-', such as \"eu-west-1\")",
+            region.chars().take(64).collect::<String>()
+        )));
+    }
     let location = Location {
         endpoint,
         region,
         bucket: s3.bucket.clone(),
         prefix,
     };
-    crate::repository::validate_bucket(&location.bucket)?;
+    crate::repository::validate_bucket(&location.bucket).map_err(labelled)?;
 
     let (mut credentials, mut ca_pem) = (None, None);
     if let Some(secret_name) = repo
@@ -149,6 +167,28 @@ pub async fn repository(
     })
 }
 
+/// Stash's `Repository.spec.usagePolicy.allowedNamespaces`, for a session in another
+/// namespace than the Repository's: `Same` (the default, also when no policy is set)
+/// refuses, `All` allows. `Selector` would need the session namespace's labels, which the
+/// functions may not read: refused with a reason rather than guessed.
+fn check_usage_policy(repo: &Repository, label: &str, session_ns: &str) -> Result<()> {
+    let allowed = repo
+        .spec
+        .usage_policy
+        .as_ref()
+        .and_then(|p| p.allowed_namespaces.as_ref());
+    match allowed.and_then(|a| a.from.as_deref()).unwrap_or("Same") {
+        "All" => Ok(()),
+        "Selector" => Err(Error::Invalid(format!(
+            "{label} allows other namespaces by label selector (spec.usagePolicy.allowedNamespaces.from: Selector), which stashless does not evaluate, so it is not used from namespace {session_ns}: set spec.usagePolicy.allowedNamespaces.from: All on the Repository to share it, or use a Repository in namespace {session_ns}"
+        ))),
+        from => Err(Error::Invalid(format!(
+            "{label} may only be used from its own namespace (spec.usagePolicy.allowedNamespaces.from: {}), not from namespace {session_ns}: set spec.usagePolicy.allowedNamespaces.from: All on the Repository to share it, or use a Repository in namespace {session_ns}",
+            from.chars().take(20).collect::<String>()
+        ))),
+    }
+}
+
 /// Stash users write `s3.amazonaws.com` (or a regional AWS host) for AWS itself: let the
 /// SDK resolve that from the region. Anything else is an S3-compatible endpoint.
 fn s3_endpoint(raw: &str, label: &str) -> Result<Option<String>> {
@@ -161,9 +201,31 @@ fn s3_endpoint(raw: &str, label: &str) -> Result<Option<String>> {
     } else {
         format!("https://{raw}")
     };
+    // Only the base of the URL is ever quoted in a reason: what sits before an '@' or after
+    // a '?' or '#' may be credentials (user-info, a presigned token).
+    let base = raw.split(['?', '#']).next().unwrap_or("");
+    let mut shown: String = base
+        .rsplit('@')
+        .next()
+        .unwrap_or("")
+        .chars()
+        .take(100)
+        .flat_map(char::escape_default)
+        .collect();
+    if base.contains('@') {
+        shown.insert_str(0, "<redacted>@");
+    }
+    // Requests go to <endpoint>/<bucket>/<key> (path style): a query or fragment would
+    // swallow the bucket and key, and a '.'/'..' path segment lets a server resolve them
+    // somewhere else than the bucket and prefix the Repository names.
+    if base.len() < raw.len() {
+        return Err(Error::Invalid(format!(
+            "{label} spec.backend.s3.endpoint \"{shown}...\" has a query or fragment: give the store's base URL, such as https://s3.example.com"
+        )));
+    }
     let url: http::Uri = with_scheme.parse().map_err(|_| {
         Error::Invalid(format!(
-            "{label} spec.backend.s3.endpoint {raw:?} is not a URL"
+            "{label} spec.backend.s3.endpoint \"{shown}\" is not a URL"
         ))
     })?;
     if !matches!(url.scheme_str(), Some("http") | Some("https")) {
@@ -174,6 +236,22 @@ fn s3_endpoint(raw: &str, label: &str) -> Result<Option<String>> {
     if url.authority().is_some_and(|a| a.as_str().contains('@')) {
         return Err(Error::Invalid(format!(
             "{label} spec.backend.s3.endpoint carries credentials in the URL: put them in the storage Secret"
+        )));
+    }
+    // `Uri` takes any text after the host's ':' as a port; the SDK would fail on it later.
+    let authority = url.authority().map_or("", |a| a.as_str());
+    let port_ok = match authority.rsplit_once(':') {
+        Some((_, port)) if !port.contains(']') => port.parse::<u16>().is_ok(),
+        _ => true,
+    };
+    if url.host().is_none_or(str::is_empty) || !port_ok {
+        return Err(Error::Invalid(format!(
+            "{label} spec.backend.s3.endpoint \"{shown}\" is not a URL (host[:port] expected)"
+        )));
+    }
+    if url.path().split('/').any(|s| s == "." || s == "..") {
+        return Err(Error::Invalid(format!(
+            "{label} spec.backend.s3.endpoint \"{shown}\" has a '.' or '..' path segment: give the store's base URL, such as https://s3.example.com"
         )));
     }
     let host = url.host().unwrap_or("");
@@ -342,11 +420,18 @@ async fn token_from_secret(
         &format!("the Vault token of {label}"),
     )
     .await?;
-    secret_text(&data, ns, &token_secret, "token")?.ok_or_else(|| {
+    let token = secret_text(&data, ns, &token_secret, "token")?.ok_or_else(|| {
         Error::Invalid(format!(
             "Secret {ns}/{token_secret} has no key \"token\" (the Vault token)"
         ))
-    })
+    })?;
+    // Vault tokens are printable ASCII; anything else cannot be sent as a header as it is.
+    if !token.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(Error::Invalid(format!(
+            "Secret {ns}/{token_secret} key \"token\" holds characters a Vault token never has (spaces or non-ASCII): put the token itself there"
+        )));
+    }
+    Ok(token)
 }
 
 /// `spec.parameters.awsAuth` of an AppBinding: `{role, mount?, serverIdHeader?, stsRegion?}`

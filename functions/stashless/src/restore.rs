@@ -55,6 +55,9 @@ pub async fn run(
     lambda_deadline: Option<Instant>,
 ) -> Result<Outcome> {
     let started = Instant::now();
+    if let Some(why) = crate::backup::not_served(&ctx.settings, &target.namespace) {
+        return Ok(Outcome::NotClaimed { why });
+    }
     let api: Api<RestoreSession> = Api::namespaced(ctx.kube.clone(), &target.namespace);
     let rs = match session::fetch_pending(&api, "RestoreSession", &target.namespace, &target.name)
         .await?
@@ -62,12 +65,10 @@ pub async fn run(
         Ok(s) => s,
         Err(why) => return Ok(Outcome::NotClaimed { why }),
     };
-    let limit = rs
-        .spec
-        .time_out
-        .as_deref()
-        .and_then(api::parse_go_duration)
-        .unwrap_or(ctx.settings.default_timeout);
+    // An invalid timeOut fails the session after the claim (in `restore`); the default
+    // bounds it until then.
+    let limit =
+        time_limit(&rs, ctx.settings.default_timeout).unwrap_or(ctx.settings.default_timeout);
     let (deadline, deadline_wall) = session::deadline(
         started,
         limit,
@@ -92,6 +93,14 @@ pub async fn run(
         Ok(done) => finish(ctx, &api, &rs, started, Ok(done)).await,
         Err(e) => finish(ctx, &api, &rs, started, Err(e.to_string())).await,
     }
+}
+
+fn time_limit(rs: &RestoreSession, default: Duration) -> Result<Duration> {
+    session::time_limit(
+        "RestoreSession spec.timeOut",
+        rs.spec.time_out.as_deref(),
+        default,
+    )
 }
 
 /// The AppBinding a RestoreSession restores into, as (namespace, name).
@@ -172,12 +181,13 @@ struct Done {
 }
 
 /// The snapshot a RestoreSession asks for: `target.rules[].snapshots` (or the older
-/// top-level `rules`), first entry; `latest` or nothing means the newest snapshot of the
-/// target (or of the Repository, when no snapshot names the target).
+/// top-level `rules`), first entry; `latest` or nothing means the newest snapshot of
+/// `target` (the AppBinding as (namespace, name)), or of the whole Repository when `target`
+/// is None (the command-line tool's `verify`).
 pub fn pick_snapshot<'a>(
     manifests: &'a [Manifest],
     requested: Option<&str>,
-    target_name: &str,
+    target: Option<(&str, &str)>,
 ) -> Result<&'a Manifest> {
     if manifests.is_empty() {
         return Err(Error::Invalid(
@@ -186,19 +196,23 @@ pub fn pick_snapshot<'a>(
     }
     match requested.filter(|r| !r.is_empty() && *r != "latest") {
         None => {
-            let of_target: Vec<&Manifest> = manifests
+            // Only the target's own snapshots: another Vault's snapshot would replace all of
+            // this Vault's data with that Vault's (and with `force`, even its seal check
+            // is skipped). Taking one must be asked for by name.
+            let newest = manifests
                 .iter()
-                .filter(|m| m.target.name == target_name)
-                .collect();
-            let pool: Vec<&Manifest> = if of_target.is_empty() {
-                manifests.iter().collect()
-            } else {
-                of_target
-            };
-            Ok(pool
-                .into_iter()
-                .max_by(|a, b| a.created_at.cmp(&b.created_at).then(a.name.cmp(&b.name)))
-                .expect("non-empty"))
+                .filter(|m| {
+                    target
+                        .is_none_or(|(ns, name)| m.target.namespace == ns && m.target.name == name)
+                })
+                .max_by(|a, b| a.created_at.cmp(&b.created_at).then(a.name.cmp(&b.name)));
+            newest.ok_or_else(|| {
+                let (ns, name) = target.unwrap_or_default();
+                Error::Invalid(format!(
+                    "the Repository holds no snapshot of AppBinding {ns}/{name} ({} snapshot(s) of other targets): a restore of `latest` only takes the target's own; to restore another Vault's snapshot into it, name that snapshot in spec.target.rules[].snapshots",
+                    manifests.len()
+                ))
+            })
         }
         Some(name) => {
             if let Some(m) = manifests.iter().find(|m| m.name == name) {
@@ -257,6 +271,7 @@ async fn restore(
     deadline: Instant,
 ) -> Result<Done> {
     let ns = rs.namespace().unwrap_or_default();
+    time_limit(rs, Duration::ZERO)?;
     if let Some(driver) = rs.spec.driver.as_deref().filter(|d| *d != "Restic") {
         return Err(Error::Invalid(format!(
             "driver {driver:?} is not supported: stashless restores Vault raft snapshots (driver Restic, Stash's default); remove spec.driver or set it to Restic"
@@ -273,10 +288,16 @@ async fn restore(
 
     let manifests = store.list_manifests().await?;
     let requested = requested_snapshot(rs);
+    let target = target_key(rs);
     let manifest = pick_snapshot(
         &manifests,
         requested.as_deref(),
-        &target_ref.clone().unwrap_or_default().name,
+        Some(
+            target
+                .as_ref()
+                .map(|(ns, n)| (ns.as_str(), n.as_str()))
+                .unwrap_or_default(),
+        ),
     )?
     .clone();
 

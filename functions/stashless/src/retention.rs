@@ -30,6 +30,10 @@ use serde::{Deserialize, Serialize};
 /// The largest count accepted for any rule.
 pub const MAX_KEEP: i64 = 1_000_000;
 
+/// Why [`MAX_KEEP`]: a million is nearly two years of a snapshot every minute, more than a
+/// Repository is ever listed with; a larger count is a typo, and would keep everything.
+const TOO_MANY: &str = "must be at most 1000000 (nearly two years of a snapshot every minute; a larger count keeps everything, so it is likely a typo)";
+
 /// How many snapshots each rule keeps; 0 disables the rule.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KeepPolicy {
@@ -71,12 +75,14 @@ impl KeepPolicy {
                 requirement,
             };
             if value < 0 {
-                return Err(error("must be 0 or more"));
+                return Err(error(
+                    "must be 0 or more (0, or leaving it out, turns this rule off)",
+                ));
             }
             if value > MAX_KEEP {
-                return Err(error("must be at most 1000000"));
+                return Err(error(TOO_MANY));
             }
-            u32::try_from(value).map_err(|_| error("must be at most 1000000"))
+            u32::try_from(value).map_err(|_| error(TOO_MANY))
         }
         Ok(KeepPolicy {
             last: count("keepLast", last)?,
@@ -273,13 +279,13 @@ mod tests {
         let err = KeepPolicy::from_counts(None, None, Some(-3), None, None, None).unwrap_err();
         assert_eq!(
             err.to_string(),
-            "retentionPolicy.keepDaily is -3: must be 0 or more"
+            "retentionPolicy.keepDaily is -3: must be 0 or more (0, or leaving it out, turns this rule off)"
         );
         let err =
             KeepPolicy::from_counts(None, None, None, None, None, Some(1_000_001)).unwrap_err();
         assert_eq!(
             err.to_string(),
-            "retentionPolicy.keepYearly is 1000001: must be at most 1000000"
+            format!("retentionPolicy.keepYearly is 1000001: {TOO_MANY}")
         );
         let err =
             KeepPolicy::from_counts(Some(i64::MIN), None, None, None, None, None).unwrap_err();

@@ -38,6 +38,10 @@ pub enum ScheduleError {
     FieldCount { schedule: String, fields: usize },
     #[error("schedule {schedule:?} is not a valid cron expression: {reason}")]
     Cron { schedule: String, reason: String },
+    #[error(
+        "schedule {0:?} never comes due (no date matches it, such as February 30th): fix the day-of-month or month field"
+    )]
+    Never(String),
 }
 
 impl FromStr for Schedule {
@@ -48,6 +52,8 @@ impl FromStr for Schedule {
         if source.is_empty() {
             return Err(ScheduleError::Empty);
         }
+        // Errors quote the schedule into status and Events: at most 100 characters of it.
+        let shown = || shorten(&source);
         let (tz, expr) = split_timezone(&source)?;
         let expr = expr.trim();
         if expr.is_empty() {
@@ -57,7 +63,7 @@ impl FromStr for Schedule {
             let fields = expr.split_whitespace().count();
             if fields != 5 {
                 return Err(ScheduleError::FieldCount {
-                    schedule: source,
+                    schedule: shown(),
                     fields,
                 });
             }
@@ -67,18 +73,47 @@ impl FromStr for Schedule {
             .year(Year::Disallowed)
             .build();
         let cron = parser.parse(expr).map_err(|e| ScheduleError::Cron {
-            schedule: source.clone(),
-            reason: e.to_string(),
+            schedule: shown(),
+            // croner quotes the offending characters as they are.
+            reason: e
+                .to_string()
+                .chars()
+                .flat_map(|c| {
+                    let escaped: Vec<char> = if c.is_control() {
+                        c.escape_default().collect()
+                    } else {
+                        vec![c]
+                    };
+                    escaped
+                })
+                .take(300)
+                .collect(),
         })?;
+        // "0 0 31 2 *" parses but no date ever matches: a configuration that looks valid
+        // and never runs a backup.
+        if cron
+            .find_next_occurrence(&Utc::now().with_timezone(&tz), false)
+            .is_err()
+        {
+            return Err(ScheduleError::Never(shown()));
+        }
         Ok(Schedule { cron, tz, source })
     }
+}
+
+fn shorten(s: &str) -> String {
+    let mut out: String = s.chars().take(100).collect();
+    if s.chars().count() > 100 {
+        out.push_str("...");
+    }
+    out
 }
 
 fn split_timezone(s: &str) -> Result<(Tz, &str), ScheduleError> {
     for prefix in ["CRON_TZ=", "TZ="] {
         if let Some(rest) = s.strip_prefix(prefix) {
             let (name, expr) = rest.split_once(char::is_whitespace).unwrap_or((rest, ""));
-            let tz = Tz::from_str(name).map_err(|_| ScheduleError::TimeZone(name.to_string()))?;
+            let tz = Tz::from_str(name).map_err(|_| ScheduleError::TimeZone(shorten(name)))?;
             return Ok((tz, expr));
         }
     }
@@ -247,6 +282,11 @@ mod tests {
             .parse::<Schedule>()
             .unwrap_err();
         assert_eq!(e, ScheduleError::TimeZone("Mars/Olympus".into()));
+        let e = "0 0 31 2 *".parse::<Schedule>().unwrap_err();
+        assert!(e.to_string().contains("never comes due"), "{e}");
+        let long = format!("0 0 * * * {}", "x".repeat(10_000));
+        let e = long.parse::<Schedule>().unwrap_err();
+        assert!(e.to_string().len() < 300, "{e}");
     }
 
     #[test]

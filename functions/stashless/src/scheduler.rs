@@ -49,16 +49,21 @@ impl SchedulerSettings {
         {
             s.starting_deadline = chrono::Duration::seconds(secs.clamp(60, 7 * 24 * 3600));
         }
-        if let Ok(ns) = std::env::var("STASHLESS_NAMESPACES") {
-            s.namespaces = ns
-                .split(',')
-                .map(str::trim)
-                .filter(|n| !n.is_empty())
-                .map(String::from)
-                .collect();
-        }
+        s.namespaces = namespaces_from_env();
         s
     }
+}
+
+/// `STASHLESS_NAMESPACES` (comma separated): the namespaces stashless serves; empty: all.
+/// The scheduler, sweep, backup and restore all read it here.
+pub fn namespaces_from_env() -> Vec<String> {
+    std::env::var("STASHLESS_NAMESPACES")
+        .unwrap_or_default()
+        .split(',')
+        .map(str::trim)
+        .filter(|n| !n.is_empty())
+        .map(String::from)
+        .collect()
 }
 
 /// What a tick did, per configuration (`namespace/name`).
@@ -70,7 +75,7 @@ pub struct TickReport {
     /// Due sessions that already existed (a duplicate or retried tick).
     pub existing: Vec<String>,
     pub paused: Vec<String>,
-    /// Configurations with a schedule that does not parse, and why.
+    /// Configurations that are Invalid (schedule, driver, retentionPolicy, timeOut), and why.
     pub invalid: BTreeMap<String, String>,
     /// Configurations whose session could not be created, and why.
     pub errors: BTreeMap<String, String>,
@@ -171,6 +176,12 @@ async fn tick_one(
             return ConfigOutcome::Invalid(e.to_string());
         }
     };
+    // Retention counts and timeOut would fail every session: say so on the configuration
+    // now rather than once per slot.
+    if let Err(e) = crate::backup::check_config(&config) {
+        mark_validity(client, &config, Err(e.to_string())).await;
+        return ConfigOutcome::Invalid(e.to_string());
+    }
     mark_validity(client, &config, Ok(())).await;
     if config.spec.paused == Some(true) {
         return ConfigOutcome::Paused;
@@ -262,7 +273,7 @@ async fn mark_validity(
                 condition::VALIDATION_PASSED,
                 true,
                 "ResourceValidationPassed",
-                "schedule is valid",
+                "schedule, retentionPolicy and timeOut are valid",
             ),
         ),
         Err(msg) => (

@@ -55,6 +55,42 @@ where
     }
 }
 
+/// The longest `timeOut` accepted. A session runs inside one function invocation (at most
+/// 15 minutes on Lambda), so anything near this is already capped by that; far beyond it
+/// ("100000h", "99999999999s") is a typo, and would put `sessionDeadline` centuries away.
+pub const MAX_TIME_OUT: Duration = Duration::from_secs(24 * 3600);
+
+/// A session's time limit from its `timeOut` (`field` names it for the reason), or
+/// `default` when unset. A value that does not parse as a Go duration, is not positive, or
+/// is above [`MAX_TIME_OUT`] is an error naming the field: silently running with the
+/// default instead would hide the mistake.
+pub fn time_limit(field: &str, raw: Option<&str>, default: Duration) -> Result<Duration> {
+    let Some(raw) = raw.filter(|r| !r.trim().is_empty()) else {
+        return Ok(default);
+    };
+    let shown: String = raw
+        .chars()
+        .take(40)
+        .flat_map(char::escape_default)
+        .collect();
+    let fail = |why: &str| Err(Error::Invalid(format!("{field} \"{shown}\" {why}")));
+    if raw.trim_start().starts_with('-') {
+        return fail("is negative: a session needs a positive time limit such as \"30m\"");
+    }
+    match crate::api::parse_go_duration(raw) {
+        None => fail(
+            "is not a duration: write it as Go does, a number and a unit (h, m, s, ms), e.g. \"30m\" or \"1h30m\"",
+        ),
+        Some(d) if d.is_zero() => {
+            fail("is zero: a session needs a positive time limit such as \"30m\"")
+        }
+        Some(d) if d > MAX_TIME_OUT => fail(
+            "is longer than 24h, the most stashless accepts: a session runs within one function invocation (at most 15 minutes on Lambda); use e.g. \"30m\"",
+        ),
+        Some(d) => Ok(d),
+    }
+}
+
 /// When this session must be done: its own time limit from `started`, but never past the
 /// Lambda deadline less `margin` (time to abort and write status). Also as wall-clock time,
 /// for `status.sessionDeadline`.
