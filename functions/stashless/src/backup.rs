@@ -218,7 +218,12 @@ pub async fn run(
         match session::fetch_pending(&api, "BackupSession", &target.namespace, &target.name).await?
         {
             Ok(s) => s,
-            Err(why) => return Ok(Outcome::NotClaimed { why }),
+            Err(why) => {
+                return match settle_lost(ctx, &api, &target.name).await? {
+                    Some(outcome) => Ok(outcome),
+                    None => Ok(Outcome::NotClaimed { why }),
+                };
+            }
         };
 
     // The configuration decides the time limit; read it before claiming so the deadline
@@ -323,6 +328,109 @@ pub async fn run(
             let reason = e.to_string();
             tracing::warn!(error = %reason, "backup failed");
             finish_failed(ctx, &api, &session, Some(&config), started, reason).await
+        }
+    }
+}
+
+/// A BackupSession still Running past its `sessionDeadline` (the sweep hands these back):
+/// its function was killed, or finished but could not write the final status (API server
+/// down). Settle it from what the repository holds: Succeeded when this session's manifest
+/// and an object of the manifest's size are stored, otherwise Failed after aborting any
+/// upload it left. `None` when the session is not such a one (or its configuration is gone:
+/// the sweep fails those itself).
+async fn settle_lost(
+    ctx: &Context,
+    api: &Api<BackupSession>,
+    name: &str,
+) -> Result<Option<Outcome>> {
+    let Some(session) = api
+        .get_opt(name)
+        .await
+        .map_err(|e| Error::kube(format!("reading BackupSession {name}"), e))?
+    else {
+        return Ok(None);
+    };
+    let status = session.status.as_ref();
+    let deadline = status
+        .and_then(|s| s.session_deadline.as_deref())
+        .and_then(|d| chrono::DateTime::parse_from_rfc3339(d).ok());
+    let running = status.and_then(|s| s.phase) == Some(api::SessionPhase::Running);
+    if !running || deadline.is_none_or(|d| d > Utc::now()) {
+        return Ok(None);
+    }
+    let ns = session.namespace().unwrap_or_default();
+    let invoker = &session.spec.invoker;
+    let cfg_api: Api<BackupConfiguration> = Api::namespaced(ctx.kube.clone(), &ns);
+    let config = cfg_api
+        .get_opt(&invoker.name)
+        .await
+        .map_err(|e| Error::kube(format!("reading BackupConfiguration {}", invoker.name), e))?;
+    let (Some(config), Some(repo_ref)) = (
+        config.as_ref(),
+        config.as_ref().and_then(|c| c.spec.repository.as_ref()),
+    ) else {
+        return Ok(None);
+    };
+    // The session's duration counts from its creation, not from this settling.
+    let age = session
+        .metadata
+        .creation_timestamp
+        .as_ref()
+        .map(crate::k8s_time)
+        .and_then(|c| (Utc::now() - c).to_std().ok())
+        .unwrap_or_default();
+    let started = Instant::now().checked_sub(age).unwrap_or_else(Instant::now);
+    let repo = resolve::repository(&ctx.kube, &ns, repo_ref, ctx.settings.tuning.clone()).await?;
+    let store = Store::open(repo.location, repo.credentials, repo.ca_pem, repo.tuning).await?;
+    let snapshot = format!("{ns}/{}", session.name_any());
+    let manifest = store
+        .list_manifests()
+        .await?
+        .into_iter()
+        .find(|m| m.name == snapshot && m.session.uid == session.uid());
+    let stored = match &manifest {
+        Some(m) => store
+            .object_info(&m.key)
+            .await?
+            .is_some_and(|o| o.size == m.size),
+        None => false,
+    };
+    tracing::info!(session = %snapshot, stored, "settling a BackupSession whose function stopped");
+    match manifest.filter(|_| stored) {
+        Some(manifest) => {
+            let siblings = session::sessions_of(api, "BackupConfiguration", &invoker.name).await?;
+            let done = Done {
+                store,
+                repository: repo.repository,
+                transfer: Duration::from_secs_f64(manifest.duration_seconds.max(0.0)),
+                manifest,
+                target_ref: config
+                    .spec
+                    .target
+                    .as_ref()
+                    .and_then(|t| t.r#ref.clone())
+                    .unwrap_or_default(),
+            };
+            finish_succeeded(ctx, api, &session, config, &siblings, started, done)
+                .await
+                .map(Some)
+        }
+        None => {
+            let aborted = store.abort_uploads_of(&snapshot).await?;
+            let reason = format!(
+                "deadline exceeded: the function running this session stopped before finishing (sessionDeadline {} passed); no snapshot was stored{}; it runs again at the next schedule",
+                status
+                    .and_then(|s| s.session_deadline.clone())
+                    .unwrap_or_default(),
+                if aborted > 0 {
+                    "; its partial upload was aborted"
+                } else {
+                    ""
+                }
+            );
+            finish_failed(ctx, api, &session, Some(config), started, reason)
+                .await
+                .map(Some)
         }
     }
 }
@@ -449,7 +557,23 @@ async fn backup(
         },
     };
     let key = upload.key().to_string();
-    let stored = upload.complete().await?;
+    // The last parts and CompleteMultipartUpload are bounded by the deadline too: a stalled
+    // store must not keep the session Running until the Lambda is killed.
+    let stored = match tokio::time::timeout_at(deadline.into(), upload.complete()).await {
+        Ok(Ok(stored)) => stored,
+        failed => {
+            upload.abort().await;
+            // Completed but not confirmed: do not leave an object without its manifest.
+            let _ = store.delete_snapshot(&name).await;
+            return Err(match failed {
+                Ok(Err(e)) => e,
+                _ => Error::Deadline(format!(
+                    "the upload was not completed within the session's time limit ({} elapsed); it was aborted",
+                    go_duration(started.elapsed())
+                )),
+            });
+        }
+    };
     if stored.size != info.size {
         let _ = store.delete_snapshot(&name).await;
         return Err(Error::Storage {

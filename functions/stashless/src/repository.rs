@@ -429,6 +429,30 @@ impl Store {
         Ok(())
     }
 
+    /// Abort the incomplete multipart uploads of snapshot `name`: what a function killed
+    /// mid-upload leaves behind. Returns how many were aborted.
+    pub async fn abort_uploads_of(&self, name: &str) -> Result<usize> {
+        let key = self.snapshot_key(name);
+        let out = self
+            .s3
+            .list_multipart_uploads()
+            .bucket(self.bucket())
+            .prefix(&key)
+            .send()
+            .await
+            .map_err(|e| self.err(&format!("listing the uploads of {key}"), e))?;
+        let mut aborted = 0;
+        for u in out.uploads.unwrap_or_default() {
+            if let (Some(k), Some(id)) = (u.key.as_deref(), u.upload_id.as_deref())
+                && k == key
+            {
+                abort_upload(&self.s3, &self.location, k, id).await;
+                aborted += 1;
+            }
+        }
+        Ok(aborted)
+    }
+
     /// Stream a snapshot object (for restores and `verify`).
     pub async fn open_snapshot(&self, name: &str) -> Result<ByteStream> {
         let key = self.snapshot_key(name);
@@ -594,7 +618,9 @@ impl MultipartUpload {
     }
 
     /// Send the last part, wait for all, and complete. Only call once the stream verified.
-    pub async fn complete(mut self) -> Result<Stored> {
+    /// On an error the upload is still open (or completed but unchecked): the caller aborts
+    /// it and removes the object.
+    pub async fn complete(&mut self) -> Result<Stored> {
         if !self.buf.is_empty() || self.next_part == 1 {
             self.send_part().await?;
         }

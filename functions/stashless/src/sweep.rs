@@ -1,8 +1,12 @@
 //! The sweep, run inside every scheduler tick: level-triggered repair, so the product works
 //! with no in-cluster component and nothing is ever left Running.
 //!
-//! - A session Running past its `status.sessionDeadline` lost its function (Lambda killed,
-//!   crashed, or a status write that never landed): it is marked Failed with a reason.
+//! - A BackupSession Running past its `status.sessionDeadline` lost its function (Lambda
+//!   killed, crashed, or a final status write that never landed). It is handed back to the
+//!   backup function, which settles it from the repository (Succeeded if its snapshot and
+//!   manifest are stored, else Failed after aborting its upload). Still Running once
+//!   `settle_grace` has passed too, it is marked Failed here.
+//! - A RestoreSession Running past its deadline is marked Failed with a reason.
 //! - A BackupSession whose BackupConfiguration is gone is marked Failed.
 //! - A session still Pending after a grace period was never picked up (a lost event): it is
 //!   returned for dispatching again. The functions re-read and claim, so a duplicate is
@@ -34,6 +38,9 @@ pub struct SweepSettings {
     /// A Running session without a `sessionDeadline` (written by something other than
     /// stashless) is considered lost after this long.
     pub running_without_deadline: chrono::Duration,
+    /// How long after its deadline a lost BackupSession is handed back to the backup
+    /// function to settle before the sweep fails it itself.
+    pub settle_grace: chrono::Duration,
 }
 
 impl Default for SweepSettings {
@@ -41,6 +48,7 @@ impl Default for SweepSettings {
         SweepSettings {
             pending_grace: chrono::Duration::minutes(2),
             running_without_deadline: chrono::Duration::minutes(30),
+            settle_grace: chrono::Duration::minutes(10),
         }
     }
 }
@@ -75,7 +83,7 @@ fn lost(
 ) -> Option<String> {
     match deadline_of(deadline) {
         Some(d) if d < now => Some(format!(
-            "deadline exceeded: the function running this session stopped before finishing (sessionDeadline {} passed); nothing was stored; it runs again at the next schedule",
+            "deadline exceeded: the function running this session stopped before recording a result (sessionDeadline {} passed); it runs again at the next schedule",
             crate::api::timestamp(d)
         )),
         Some(_) => None,
@@ -190,26 +198,34 @@ pub async fn sweep(
                 .as_ref()
                 .map(|s| s.conditions.clone())
                 .unwrap_or_default();
+            let deadline = bs
+                .status
+                .as_ref()
+                .and_then(|s| s.session_deadline.as_deref());
+            let running_lost = (phase == Some(SessionPhase::Running))
+                .then(|| lost(deadline, created(&bs.metadata), now, s))
+                .flatten();
+            // Within the grace the backup function settles it (it can see the repository).
+            let settle = running_lost.is_some()
+                && !(active && owner_gone)
+                && deadline_of(deadline).is_some_and(|d| now - d < s.settle_grace);
             let reason = if active && owner_gone {
                 Some(format!(
                     "BackupConfiguration {ns}/{} no longer exists: nothing to back up",
                     bs.spec.invoker.name
                 ))
-            } else if phase == Some(SessionPhase::Running) {
-                let deadline = bs
-                    .status
-                    .as_ref()
-                    .and_then(|s| s.session_deadline.as_deref());
-                lost(deadline, created(&bs.metadata), now, s)
-            } else {
+            } else if settle {
                 None
+            } else {
+                running_lost
             };
             if let Some(reason) = reason {
                 if mark_failed(&api, &bs, &reason, conditions, true).await? {
                     report.failed.insert(key, reason);
                 }
-            } else if matches!(phase, None | Some(SessionPhase::Pending))
-                && now - created(&bs.metadata) > s.pending_grace
+            } else if settle
+                || (matches!(phase, None | Some(SessionPhase::Pending))
+                    && now - created(&bs.metadata) > s.pending_grace)
             {
                 report.redispatch.push(SessionRef {
                     kind: Some("BackupSession".into()),
