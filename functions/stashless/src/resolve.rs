@@ -220,7 +220,7 @@ fn s3_endpoint(raw: &str, label: &str) -> Result<Option<String>> {
     // somewhere else than the bucket and prefix the Repository names.
     if base.len() < raw.len() {
         return Err(Error::Invalid(format!(
-            "{label} spec.backend.s3.endpoint \"{shown}...\" has a query or fragment: give the store's base URL, such as https://s3.example.com"
+            "{label} spec.backend.s3.endpoint \"{shown}\" has a query or fragment (not shown): give the store's base URL, such as https://s3.example.com"
         )));
     }
     let url: http::Uri = with_scheme.parse().map_err(|_| {
