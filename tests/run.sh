@@ -11,6 +11,10 @@ bash tests/setup.sh
 [ -f "$STASHLESS_CACHE/env.sh" ] && . "$STASHLESS_CACHE/env.sh"
 # Each end-to-end test starts its own OpenBao; four at a time suits a 2-core machine.
 threads="${STASHLESS_TEST_THREADS:-4}"
+# Every test process writes its log lines, status/Event texts and the secrets it made here;
+# the leak scan at the end reads them (tests/src/leaks.rs).
+STASHLESS_LEAK_DIR="$(mktemp -d "${TMPDIR:-/tmp}/stashless-leaks.XXXXXX")"
+export STASHLESS_LEAK_DIR
 echo "== infra: Terraform formatting, parsing, consistency with the code, checkov"
 bash tests/infra/run.sh
 echo "== all tests (Kubernetes API: in-memory)"
@@ -21,9 +25,12 @@ bash scripts/bench.sh --smoke >/dev/null
 # its own etcd + kube-apiserver), then the backup/restore ones with the CRDs stashless
 # generates. Packages whose tests always use the in-memory server are not run again.
 echo "== end-to-end tests (Kubernetes API: kube-apiserver 1.20, Stash's CRDs)"
+# (The fault_ tests inject faults through the in-memory server and ran above.)
 STASHLESS_KUBE_BACKEND=apiserver cargo test --locked -p stashless-tests -p stashless-cli \
-    -p scheduler -p bridge -- --test-threads="$threads"
+    -p scheduler -p bridge -- --test-threads="$threads" --skip fault_
 echo "== backup/restore tests (kube-apiserver 1.20, generated CRDs)"
 STASHLESS_KUBE_BACKEND=apiserver STASHLESS_KUBE_CRDS=generated cargo test --locked \
     -p stashless-tests --test backup --test restore --test sweep --test retention \
     -- --test-threads="$threads"
+echo "== leak scan: no secret in any log line or status/Event text of the whole run"
+cargo run --locked -q -p stashless-tests --bin leak_scan -- "$STASHLESS_LEAK_DIR"

@@ -4,6 +4,7 @@
 
 pub mod bao_extra;
 pub mod faults;
+pub mod leaks;
 pub mod moto;
 pub mod procs;
 pub mod put_events;
@@ -26,15 +27,32 @@ use stashless::repository::Tuning;
 
 pub const NS: &str = "vault";
 
-/// Log to the test output (`RUST_LOG=debug` for more).
+/// What the leak scan captures: everything at debug, our own code at trace; protocol
+/// internals (frames, pool bookkeeping) at info.
+const CAPTURE_FILTER: &str = "debug,stashless=trace,h2=info,hyper_util=info,rustls=info,tower=info";
+
+/// Log to the test output (`RUST_LOG=debug` for more), and, when the run collects them for
+/// the leak scan (`STASHLESS_LEAK_DIR`), every line at debug level to a file there.
 pub fn init_logs() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
+    use tracing_subscriber::Layer;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let console = tracing_subscriber::fmt::layer()
+        .with_test_writer()
+        .with_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
                 "info,aws_smithy_runtime=warn,aws_sdk_s3=warn,hyper=warn".into()
             }),
-        )
-        .with_test_writer()
+        );
+    let capture = leaks::file("logs", "log").map(|f| {
+        tracing_subscriber::fmt::layer()
+            .with_ansi(false)
+            .with_writer(std::sync::Mutex::new(f))
+            .with_filter(tracing_subscriber::EnvFilter::new(CAPTURE_FILTER))
+    });
+    let _ = tracing_subscriber::registry()
+        .with(console)
+        .with(capture)
         .try_init();
 }
 
@@ -197,6 +215,12 @@ impl Cluster {
     }
 
     pub async fn secret(&self, name: &str, data: &[(&str, &str)]) -> Result<Secret> {
+        for (k, v) in data {
+            // An access key id names a key; it is not secret and may appear in errors.
+            if *k != "AWS_ACCESS_KEY_ID" {
+                leaks::secret(&format!("Secret value ({k})"), v);
+            }
+        }
         let string_data: serde_json::Map<String, Value> = data
             .iter()
             .map(|(k, v)| (k.to_string(), json!(v)))
@@ -297,6 +321,26 @@ impl Cluster {
                 ..Settings::default()
             },
         )
+    }
+}
+
+impl Drop for Cluster {
+    /// For the leak scan: every Stash object and Event the in-memory server holds, as the
+    /// test left them (a real API server is not dumped).
+    fn drop(&mut self) {
+        let Server::Memory { kube, .. } = &self.server else {
+            return;
+        };
+        if leaks::dir().is_none() {
+            return;
+        }
+        let mut kinds: Vec<(&str, &str)> = crds::KINDS.iter().map(|k| (k.0, k.3)).collect();
+        kinds.push(("", "events"));
+        for (group, plural) in kinds {
+            for o in kube.objects(group, plural) {
+                leaks::text("objects", &o.to_string());
+            }
+        }
     }
 }
 

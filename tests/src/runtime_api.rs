@@ -229,11 +229,14 @@ impl LambdaProcess {
         env: &[(&str, String)],
     ) -> Result<LambdaProcess> {
         let api = RuntimeApi::start().await?;
-        let log = std::env::temp_dir().join(format!(
-            "stashless-{function}-{}-{}.log",
-            std::process::id(),
-            api.addr.replace(':', "_")
-        ));
+        // Kept for the leak scan when the run collects logs.
+        let log = crate::leaks::dir()
+            .unwrap_or_else(std::env::temp_dir)
+            .join(format!(
+                "stashless-{function}-{}-{}.log",
+                std::process::id(),
+                api.addr.replace(':', "_")
+            ));
         let file = std::fs::File::create(&log)?;
         let spawned = std::time::Instant::now();
         let child = tokio::process::Command::new(bin)

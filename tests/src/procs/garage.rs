@@ -105,6 +105,8 @@ impl Garage {
         let admin_token = random_hex(32)?;
         let access_key = format!("GK{}", random_hex(12)?);
         let secret_key = random_hex(32)?;
+        crate::leaks::secret("S3 secret key", &secret_key);
+        crate::leaks::secret("Garage admin token", &admin_token);
         let config = dir.path().join("garage.toml");
         std::fs::write(
             &config,

@@ -274,6 +274,8 @@ impl OpenBao {
         let key = body["keys"][0]
             .as_str()
             .context("no keys[0] in sys/init answer")?;
+        crate::leaks::secret("Vault root token", token);
+        crate::leaks::secret("Vault unseal key", key);
         Ok((token.to_string(), key.to_string()))
     }
 
@@ -628,10 +630,11 @@ impl OpenBao {
             .await?
             .json()
             .await?;
-        Ok(body["auth"]["client_token"]
+        let token = body["auth"]["client_token"]
             .as_str()
-            .context("no auth.client_token in answer")?
-            .to_string())
+            .context("no auth.client_token in answer")?;
+        crate::leaks::secret("Vault token", token);
+        Ok(token.to_string())
     }
 
     /// Write ACL policy `name` (`PUT /v1/sys/policies/acl/<name>`).
