@@ -527,6 +527,25 @@ async fn fault_vault_token_revoked_before_the_snapshot() {
     w.assert_invariants().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fault_vault_error_page_echoing_the_token_is_not_carried_into_status() {
+    // A misconfigured proxy in front of Vault answers with a page that echoes the request,
+    // token header included.
+    let w = World::new("echo", Seed::Small).await;
+    w.config(ConfigBuilder::new("cfg")).await;
+    let page = format!(
+        "<html>502 Bad Gateway\nGET /v1/sys/storage/raft/snapshot\nX-Vault-Token: {}\n</html>",
+        w.bao.root_token
+    );
+    w.vault
+        .rule(Rule::new(respond(502, page)).path("/sys/storage/raft/snapshot"));
+    let reason = failed(&w.backup("cfg-1").await);
+    assert!(has_any(&reason, &["502"]), "{reason}");
+    assert!(reason.contains("<token>"), "{reason}");
+    assert!(!reason.contains(&w.bao.root_token));
+    w.assert_invariants().await;
+}
+
 // ---------------------------------------------------------------------------------------
 // S3
 

@@ -291,8 +291,14 @@ fn vault_addr(cc: &ClientConfig, ns: &str, label: &str) -> Result<String> {
         }
     };
     let parsed: http::Uri = addr.parse().map_err(|_| {
+        // An unparseable URL with '@' in it may hold a password: never quote it then.
+        let shown = if addr.contains('@') {
+            "(not shown: it contains '@', as credentials would)".to_string()
+        } else {
+            format!("{:?}", addr.chars().take(200).collect::<String>())
+        };
         Error::Invalid(format!(
-            "{label} spec.clientConfig.url {addr:?} is not a URL"
+            "{label} spec.clientConfig.url {shown} is not a URL"
         ))
     })?;
     if parsed.authority().is_some_and(|a| a.as_str().contains('@')) {

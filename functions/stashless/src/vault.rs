@@ -126,6 +126,14 @@ impl Vault {
         Ok(Vault { http, target })
     }
 
+    /// The token as a header value marked sensitive, so no HTTP-layer log prints it.
+    fn token_header(&self) -> reqwest::header::HeaderValue {
+        let mut v = reqwest::header::HeaderValue::from_str(&self.target.token)
+            .unwrap_or_else(|_| reqwest::header::HeaderValue::from_static(""));
+        v.set_sensitive(true);
+        v
+    }
+
     pub fn addr(&self) -> &str {
         &self.target.addr
     }
@@ -310,7 +318,7 @@ impl Vault {
         let resp = self
             .http
             .get(format!("{node}/v1/sys/storage/raft/snapshot"))
-            .header("X-Vault-Token", &self.target.token)
+            .header("X-Vault-Token", self.token_header())
             .send()
             .await
             .map_err(|e| self.transport_err(node, "starting the snapshot", e))?;
@@ -340,7 +348,7 @@ impl Vault {
         let resp = self
             .http
             .post(format!("{node}/v1/sys/storage/raft/{path}"))
-            .header("X-Vault-Token", &self.target.token)
+            .header("X-Vault-Token", self.token_header())
             .header("Content-Type", "application/octet-stream")
             .body(reqwest::Body::wrap_stream(body))
             .send()
@@ -374,7 +382,7 @@ impl Vault {
         let _ = self
             .http
             .get(format!("{node}/v1/auth/token/lookup-self"))
-            .header("X-Vault-Token", &self.target.token)
+            .header("X-Vault-Token", self.token_header())
             .timeout(Duration::from_secs(60))
             .send()
             .await;
@@ -388,7 +396,11 @@ impl Vault {
 
     /// Turn a Vault error answer into a message a person can act on.
     fn api_error(&self, addr: &str, status: reqwest::StatusCode, body: &str, what: &str) -> Error {
-        let detail = error_detail(body);
+        let mut detail = error_detail(body);
+        // A proxy in front of Vault may echo the request back: never carry the token on.
+        if self.target.token.len() >= 4 {
+            detail = detail.replace(&self.target.token, "<token>");
+        }
         let (message, retryable) = match status.as_u16() {
             403 => (
                 format!(
