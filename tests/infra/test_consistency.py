@@ -457,17 +457,97 @@ def test_every_change_the_code_sends_is_routed():
 # --------------------------------------------------------------------------- Kubernetes
 
 
-def test_rbac_yaml_shape():
-    doc = yaml.safe_load((tf.MODULE / "rbac" / "functions-clusterrole.yaml").read_text())
-    assert set(doc) == {"rules"}
-    for rule in doc["rules"]:
+def rbac_functions() -> list[str]:
+    return sorted(re.findall(r'"(\w+)"', tf.module_locals()["function_names"]))
+
+
+def rbac_rules(function: str) -> list[dict]:
+    doc = yaml.safe_load((tf.MODULE / "rbac" / f"{function}-clusterrole.yaml").read_text())
+    assert set(doc) == {"rules"}, f"{function}-clusterrole.yaml: only a top-level rules: list"
+    return doc["rules"]
+
+
+def rbac_grants(function: str) -> set[tuple[str, str, str]]:
+    """(apiGroup, resource, verb) the function's file grants (tests/tests/rbac.rs compares
+    the same with the calls the function makes)."""
+    return {(g, r, v) for rule in rbac_rules(function) for g in rule["apiGroups"] for r in rule["resources"] for v in rule["verbs"]}
+
+
+def test_one_rbac_file_per_function_and_the_module_reads_them():
+    files = sorted(p.name for p in (tf.MODULE / "rbac").iterdir())
+    assert files == sorted(f"{f}-clusterrole.yaml" for f in rbac_functions()), "one <function>-clusterrole.yaml per function, nothing else"
+    assert 'rbac/${f}-clusterrole.yaml' in tf.module_locals()["function_rules"]
+    assert "for f in local.function_names" in tf.module_locals()["function_rules"]
+
+
+@pytest.mark.parametrize("function", ["scheduler", "backup", "restore"])
+def test_rbac_yaml_shape(function):
+    assert function in rbac_functions()
+    for rule in rbac_rules(function):
         assert set(rule) == {"apiGroups", "resources", "verbs"}, rule
         assert all(isinstance(v, list) and v for v in rule.values())
-        assert "*" not in rule["verbs"] and "*" not in rule["resources"]
-        assert "secrets" not in rule["resources"], "secrets are granted by the module (cluster-wide or per namespace)"
-    resources = {r for rule in doc["rules"] for r in rule["resources"]}
-    for kind in ["backupconfigurations", "backupsessions", "restoresessions", "repositories", "appbindings", "events"]:
-        assert kind in resources
+        assert all(isinstance(x, str) for v in rule.values() for x in v)
+        assert "*" not in rule["verbs"] and "*" not in rule["resources"] and "*" not in rule["apiGroups"]
+        if "secrets" in rule["resources"]:
+            # The module moves such a rule whole into per-namespace Roles when `namespaces`
+            # is set: it must name nothing but Secrets, and only by name.
+            assert rule == {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]}, rule
+
+
+def test_rbac_is_split_as_the_threat_model_says():
+    """docs/threat-model.md §1/§4: no function holds another's rights."""
+    g = {f: rbac_grants(f) for f in rbac_functions()}
+    stash = "stash.appscode.com"
+
+    def holders(resource, verb, group=stash):
+        return {f for f, grants in g.items() if (group, resource, verb) in grants}
+
+    assert holders("secrets", "get", "") == {"backup", "restore"}
+    assert not any(r == "secrets" and v != "get" for grants in g.values() for _, r, v in grants)
+    assert holders("restoresessions/status", "patch") == {"restore", "scheduler"}, "backup must not be able to re-arm a restore"
+    assert not holders("restoresessions", "create") | holders("restoresessions", "update") | holders("restoresessions", "delete")
+    assert holders("backupsessions", "create") == {"scheduler"}
+    assert holders("backupsessions", "delete") == {"backup"}
+    assert holders("backupsessions/status", "patch") == {"backup", "scheduler"}
+    assert holders("repositories/status", "patch") == {"backup"}
+    scheduler_resources = {r for _, r, _ in g["scheduler"]}
+    assert not scheduler_resources & {"secrets", "appbindings", "repositories", "events", "endpointslices"}
+    assert not any(r.startswith("backupsessions") and v not in {"list", "get"} for _, r, v in g["restore"])
+
+
+def test_each_function_is_bound_to_its_own_group():
+    loc = tf.module_locals()
+    assert loc["kubernetes_groups"] == '${{for f in local.function_names : f => "${var.kubernetes_group}:${f}"}}'
+    (entry,) = tf.resources("aws_eks_access_entry").values()
+    assert entry["for_each"] == "${local.function_names}"
+    assert entry["principal_arn"] == "${aws_iam_role.function[each.key].arn}"
+    assert entry["kubernetes_groups"] == ["${local.kubernetes_groups[each.key]}"]
+    roles = tf.resources("kubernetes_cluster_role_v1")
+    bindings = tf.resources("kubernetes_cluster_role_binding_v1")
+    assert set(roles) == set(bindings) == {"function", "bridge"}
+    assert roles["function"]["for_each"] == bindings["function"]["for_each"] == "${local.function_names}"
+    (rule,) = roles["function"]["dynamic"]
+    assert rule['"rule"']["for_each"] == "${local.cluster_rules[each.key]}"
+    (ref,) = bindings["function"]["role_ref"]
+    assert ref["name"] == "${kubernetes_cluster_role_v1.function[each.key].metadata[0].name}"
+    (subject,) = bindings["function"]["subject"]
+    assert tf.unquote(subject["kind"]) == "Group" and subject["name"] == "${local.kubernetes_groups[each.key]}"
+    # Secrets per namespace: one Role + RoleBinding per (function that has such a rule, namespace).
+    role, binding = tf.resources("kubernetes_role_v1")["secrets"], tf.resources("kubernetes_role_binding_v1")["secrets"]
+    assert role["for_each"] == binding["for_each"] == "${local.namespaced_grants}"
+    (rule,) = role["dynamic"]
+    assert rule['"rule"']["for_each"] == "${local.namespaced_rules[each.value.function]}"
+    (subject,) = binding["subject"]
+    assert subject["name"] == "${local.kubernetes_groups[each.value.function]}"
+    (ref,) = binding["role_ref"]
+    assert ref["name"] == "${kubernetes_role_v1.secrets[each.key].metadata[0].name}"
+    # The split: Secrets rules leave the ClusterRole exactly when namespaces are listed.
+    assert "length(var.namespaces) == 0 || !contains(r.resources, \"secrets\")" in loc["cluster_rules"]
+    assert "if contains(r.resources, \"secrets\")" in loc["namespaced_rules"]
+    assert "setproduct(" in loc["namespaced_grants"] and "var.namespaces" in loc["namespaced_grants"]
+    # Nothing is bound to the bare prefix any more.
+    text = (tf.MODULE / "kubernetes.tf").read_text()
+    assert not re.search(r"name\s*=\s*var\.kubernetes_group\b", text)
 
 
 def test_bridge_mirrors_the_reference_manifest():

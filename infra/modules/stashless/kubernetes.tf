@@ -1,44 +1,58 @@
 ################################################################################
-# Kubernetes identity of the functions: EKS access entries → group → RBAC
+# Kubernetes identity of the functions: EKS access entry → one group per function → RBAC
 #
 # The cluster's authentication mode must include the EKS API (API or API_AND_CONFIG_MAP).
-# No EKS access policy is associated: the ClusterRole below says exactly what they may do.
+# No EKS access policy is associated: each function's ClusterRole says exactly what it may
+# do, and no function holds another's rules (the scheduler reads no Secrets, backup cannot
+# write RestoreSessions, restore cannot write BackupSessions).
 ################################################################################
+
+locals {
+  # `<kubernetes_group>:<function>`, e.g. stashless:functions:backup.
+  kubernetes_groups = { for f in local.function_names : f => "${var.kubernetes_group}:${f}" }
+
+  # Each function's rules (shape: rules: [{apiGroups, resources, verbs}]; a Rust test
+  # compares each file with the calls that function makes and runs it with only these).
+  function_rules = { for f in local.function_names : f => yamldecode(file("${path.module}/rbac/${f}-clusterrole.yaml")).rules }
+
+  # Rules on Secrets (backup and restore: `get` the AppBinding's token and the Repository's
+  # storage credentials) are cluster-wide when the functions act in all namespaces, else
+  # granted by a Role in each listed namespace.
+  cluster_rules = {
+    for f, rules in local.function_rules : f => [
+      for r in rules : r if length(var.namespaces) == 0 || !contains(r.resources, "secrets")
+    ]
+  }
+  namespaced_rules = {
+    for f, rules in local.function_rules : f => [for r in rules : r if contains(r.resources, "secrets")]
+  }
+  namespaced_grants = {
+    for pair in setproduct(sort([for f, rules in local.namespaced_rules : f if length(rules) > 0]), var.namespaces) :
+    "${pair[0]}/${pair[1]}" => { function = pair[0], namespace = pair[1] }
+  }
+}
 
 resource "aws_eks_access_entry" "function" {
   for_each = local.function_names
 
   cluster_name      = var.cluster_name
   principal_arn     = aws_iam_role.function[each.key].arn
-  kubernetes_groups = [var.kubernetes_group]
+  kubernetes_groups = [local.kubernetes_groups[each.key]]
   type              = "STANDARD"
 
   tags = local.tags
 }
 
-locals {
-  # The rules every function needs, except Secrets (shape: rules: [{apiGroups, resources,
-  # verbs}]; a Rust test compares the file with the calls the functions make).
-  function_rules = yamldecode(file("${path.module}/rbac/functions-clusterrole.yaml")).rules
+resource "kubernetes_cluster_role_v1" "function" {
+  for_each = local.function_names
 
-  # Secrets (the AppBinding's token, the Repository's storage credentials): `get` only,
-  # cluster-wide when the functions act in all namespaces, else per namespace.
-  secrets_rule = {
-    apiGroups = [""]
-    resources = ["secrets"]
-    verbs     = ["get"]
-  }
-  cluster_rules = concat(local.function_rules, [for r in [local.secrets_rule] : r if length(var.namespaces) == 0])
-}
-
-resource "kubernetes_cluster_role_v1" "functions" {
   metadata {
-    name   = "${var.name}-functions"
+    name   = "${var.name}-${each.key}"
     labels = local.k8s_labels
   }
 
   dynamic "rule" {
-    for_each = local.cluster_rules
+    for_each = local.cluster_rules[each.key]
     content {
       api_groups = rule.value.apiGroups
       resources  = rule.value.resources
@@ -47,47 +61,52 @@ resource "kubernetes_cluster_role_v1" "functions" {
   }
 }
 
-resource "kubernetes_cluster_role_binding_v1" "functions" {
+resource "kubernetes_cluster_role_binding_v1" "function" {
+  for_each = local.function_names
+
   metadata {
-    name   = "${var.name}-functions"
+    name   = "${var.name}-${each.key}"
     labels = local.k8s_labels
   }
 
   role_ref {
     api_group = "rbac.authorization.k8s.io"
     kind      = "ClusterRole"
-    name      = kubernetes_cluster_role_v1.functions.metadata[0].name
+    name      = kubernetes_cluster_role_v1.function[each.key].metadata[0].name
   }
 
   subject {
     api_group = "rbac.authorization.k8s.io"
     kind      = "Group"
-    name      = var.kubernetes_group
+    name      = local.kubernetes_groups[each.key]
   }
 }
 
 resource "kubernetes_role_v1" "secrets" {
-  for_each = toset(var.namespaces)
+  for_each = local.namespaced_grants
 
   metadata {
-    name      = "${var.name}-functions-secrets"
-    namespace = each.key
+    name      = "${var.name}-${each.value.function}-secrets"
+    namespace = each.value.namespace
     labels    = local.k8s_labels
   }
 
-  rule {
-    api_groups = local.secrets_rule.apiGroups
-    resources  = local.secrets_rule.resources
-    verbs      = local.secrets_rule.verbs
+  dynamic "rule" {
+    for_each = local.namespaced_rules[each.value.function]
+    content {
+      api_groups = rule.value.apiGroups
+      resources  = rule.value.resources
+      verbs      = rule.value.verbs
+    }
   }
 }
 
 resource "kubernetes_role_binding_v1" "secrets" {
-  for_each = toset(var.namespaces)
+  for_each = local.namespaced_grants
 
   metadata {
-    name      = "${var.name}-functions-secrets"
-    namespace = each.key
+    name      = "${var.name}-${each.value.function}-secrets"
+    namespace = each.value.namespace
     labels    = local.k8s_labels
   }
 
@@ -100,7 +119,7 @@ resource "kubernetes_role_binding_v1" "secrets" {
   subject {
     api_group = "rbac.authorization.k8s.io"
     kind      = "Group"
-    name      = var.kubernetes_group
+    name      = local.kubernetes_groups[each.value.function]
   }
 }
 

@@ -78,7 +78,7 @@ output "schedule_arn" {
   value       = aws_scheduler_schedule.tick.arn
 }
 
-output "kubernetes_group" {
-  description = "Kubernetes group the functions act as."
-  value       = var.kubernetes_group
+output "kubernetes_groups" {
+  description = "Kubernetes group of each function (scheduler, backup, restore), as its EKS access entry maps its IAM role. Each group is bound to that function's rules only; bind extra rules to the group of the function that needs them."
+  value       = local.kubernetes_groups
 }

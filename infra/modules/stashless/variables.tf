@@ -29,7 +29,7 @@ variable "cluster_name" {
 }
 
 variable "namespaces" {
-  description = "Namespaces the functions and the bridge act in (STASHLESS_NAMESPACES). Empty means all namespaces; when set, the functions get `get` on Secrets only in these namespaces."
+  description = "Namespaces the functions and the bridge act in (STASHLESS_NAMESPACES). Empty means all namespaces; when set, backup and restore get `get` on Secrets only in these namespaces (the scheduler gets none anywhere)."
   type        = list(string)
   default     = []
 }
@@ -358,13 +358,13 @@ variable "cloudwatch_logs_retention_in_days" {
 ################################################################################
 
 variable "kubernetes_group" {
-  description = "Kubernetes group the functions' IAM roles are mapped to by their EKS access entries; the module's RBAC binds to it."
+  description = "Prefix of the Kubernetes groups the functions' IAM roles are mapped to by their EKS access entries: each function gets its own group `<kubernetes_group>:<function>` (scheduler, backup, restore), bound to that function's rules only (output kubernetes_groups)."
   type        = string
   default     = "stashless:functions"
 
   validation {
-    condition     = !startswith(var.kubernetes_group, "system:")
-    error_message = "kubernetes_group must not start with system: (EKS refuses it)."
+    condition     = length(var.kubernetes_group) > 0 && !startswith(var.kubernetes_group, "system:")
+    error_message = "kubernetes_group must be non-empty and must not start with system: (EKS refuses it)."
   }
 }
 
