@@ -219,7 +219,7 @@ SDK_ACTIONS = {
 # function calls what is a design decision; the tests below hold the policies to it).
 DESIGN = {
     "scheduler": {"events:PutEvents", "eks:DescribeCluster"},
-    "backup": {"s3:PutObject", "s3:GetObject", "s3:DeleteObject", "s3:AbortMultipartUpload", "s3:ListBucket", "eks:DescribeCluster"},
+    "backup": {"s3:PutObject", "s3:GetObject", "s3:DeleteObject", "s3:AbortMultipartUpload", "s3:ListBucket", "s3:ListBucketMultipartUploads", "eks:DescribeCluster"},
     "restore": {"s3:GetObject", "s3:ListBucket", "eks:DescribeCluster"},
     "bridge": {"events:PutEvents"},
 }
@@ -332,6 +332,9 @@ def test_policy_resources_are_scoped(component):
             if a == "s3:ListBucket":
                 assert resources == {v["bucket_arn"]}
                 assert st["Condition"]["StringLike"]["s3:prefix"] == f"{v['prefix']}*"
+            elif a == "s3:ListBucketMultipartUploads":
+                # A bucket-level action with no s3:prefix condition key: the bucket, nothing wider.
+                assert resources == {v["bucket_arn"]}
             elif service == "s3":
                 assert resources == {f"{v['bucket_arn']}/{v['prefix']}*"}
             elif service == "kms":

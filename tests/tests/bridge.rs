@@ -149,7 +149,7 @@ use stashless_tests::put_events::PutEventsServer;
 use tokio::sync::Mutex;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn partial_put_events_failures_are_retried_signed_and_never_doubled() {
+async fn fault_eventbridge_partial_put_events_failures_are_retried_and_never_doubled() {
     init_logs();
     let server = PutEventsServer::start().await.unwrap();
     let bus = EventBridge::new(server.client(), "stashless");
@@ -224,7 +224,7 @@ fn session(name: &str) -> Value {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_relist_after_410_gone_neither_loses_nor_duplicates() {
+async fn fault_kube_410_gone_on_watch_relists_without_losing_or_duplicating() {
     init_logs();
     stashless::install_crypto_provider();
     let kube = memkube::MemKube::new();
