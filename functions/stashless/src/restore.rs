@@ -160,7 +160,18 @@ async fn check_exclusive(ctx: &Context, me: &RestoreSession) -> Result<()> {
         .filter(|s| s.status.as_ref().and_then(|st| st.phase) == Some(SessionPhase::Running))
         .collect();
     for s in running {
-        if let Ok(Some(cfg)) = configs.get_opt(&s.spec.invoker.name).await {
+        // Fail closed: a configuration we cannot read may be backing up this Vault.
+        let cfg = configs.get_opt(&s.spec.invoker.name).await.map_err(|e| {
+            Error::kube(
+                format!(
+                    "reading BackupConfiguration {tns}/{} (of Running BackupSession {}) to rule out a backup of the same Vault",
+                    s.spec.invoker.name,
+                    s.name_any()
+                ),
+                e,
+            )
+        })?;
+        if let Some(cfg) = cfg {
             let t = cfg.spec.target.as_ref().and_then(|t| t.r#ref.as_ref());
             if t.is_some_and(|t| t.name == tname && t.namespace.as_deref().unwrap_or(&tns) == tns) {
                 return Err(Error::Invalid(format!(
