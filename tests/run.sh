@@ -21,6 +21,8 @@ echo "== all tests (Kubernetes API: in-memory)"
 cargo test --workspace --locked -- --test-threads="$threads"
 echo "== benchmark smoke (bash scripts/bench.sh --smoke: end to end, tiny, no timing asserted)"
 bash scripts/bench.sh --smoke >/dev/null
+echo "== fuzz (bash scripts/fuzz.sh --seconds 45: snapshot verifier and event parsers, corpus kept in the cache)"
+bash scripts/fuzz.sh --seconds 45
 # The same end-to-end tests against a real kube-apiserver with Stash's CRDs (each test starts
 # its own etcd + kube-apiserver), then the backup/restore ones with the CRDs stashless
 # generates. Packages whose tests always use the in-memory server are not run again.

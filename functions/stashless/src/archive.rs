@@ -688,10 +688,12 @@ struct TarParser {
     pos: u64,
     zero_blocks: u8,
     headers: usize,
-    /// `path` / `size` overrides from a PAX header or GNU long name, for the
-    /// next entry.
+    /// `path` / `size` overrides from the last PAX header, for the next entry.
     pending_name: Option<String>,
     pending_size: Option<u64>,
+    /// A GNU long name for the next entry. As in Go's archive/tar (what Vault
+    /// reads snapshots with), it wins over a PAX `path`, whatever the order.
+    pending_long_name: Option<String>,
     files: Vec<ArchiveFile>,
     /// Raw digests, parallel to `files`.
     digests: Vec<[u8; 32]>,
@@ -717,6 +719,7 @@ impl TarParser {
             headers: 0,
             pending_name: None,
             pending_size: None,
+            pending_long_name: None,
             files: Vec::new(),
             digests: Vec::new(),
             meta: None,
@@ -790,7 +793,10 @@ impl TarParser {
         if block.iter().all(|&b| b == 0) {
             self.zero_blocks += 1;
             if self.zero_blocks >= 2 {
-                if self.pending_name.is_some() || self.pending_size.is_some() {
+                if self.pending_name.is_some()
+                    || self.pending_size.is_some()
+                    || self.pending_long_name.is_some()
+                {
                     return Err(header_err("an extended header is not followed by an entry"));
                 }
                 self.state = TarState::End;
@@ -824,10 +830,20 @@ impl TarParser {
                 }
                 self.start_entry(size, Sink::LongName(Vec::with_capacity(size as usize)))
             }
-            // Global PAX header, GNU long link name: not needed.
-            b'g' | b'K' => self.start_entry(size, Sink::Skip),
+            // GNU long link name: not needed.
+            b'K' => self.start_entry(size, Sink::Skip),
+            // Global PAX header: not needed, but Go returns it as an entry of its
+            // own, which consumes the extended headers before it.
+            b'g' => {
+                self.pending_name = None;
+                self.pending_size = None;
+                self.pending_long_name = None;
+                self.start_entry(size, Sink::Skip)
+            }
             typeflag => {
-                let name = match self.pending_name.take() {
+                let (long_name, pax_name) =
+                    (self.pending_long_name.take(), self.pending_name.take());
+                let name = match long_name.or(pax_name) {
                     Some(name) => name,
                     None => ustar_name(block),
                 };
@@ -897,7 +913,9 @@ impl TarParser {
             Sink::Pax(buf) => self.apply_pax(&buf),
             Sink::LongName(buf) => {
                 let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
-                self.pending_name = Some(String::from_utf8_lossy(&buf[..end]).into_owned());
+                // Go ignores an empty long name.
+                self.pending_long_name =
+                    (end > 0).then(|| String::from_utf8_lossy(&buf[..end]).into_owned());
                 Ok(())
             }
         }
@@ -930,9 +948,11 @@ impl TarParser {
     }
 
     /// Applies the `path` and `size` records of a PAX extended header to the
-    /// next entry. Records are `"<len> <key>=<value>\n"`, `<len>` counting the
-    /// whole record.
+    /// next entry, replacing those of an earlier PAX header (as Go does).
+    /// Records are `"<len> <key>=<value>\n"`, `<len>` counting the whole record.
     fn apply_pax(&mut self, mut buf: &[u8]) -> Result<()> {
+        self.pending_name = None;
+        self.pending_size = None;
         let offset = self.pos;
         let bad = |detail: &str| ArchiveError::TarHeader {
             offset,
@@ -1532,6 +1552,86 @@ mod tests {
         let info = verify(&gzip(&builder.into_inner().unwrap())).unwrap();
         assert_eq!(info.state_size, spec.entries[1].1.len() as u64);
         assert_eq!(info.files[1].name, STATE_BIN);
+    }
+
+    #[test]
+    fn extended_headers_name_the_entry_as_go_does() {
+        // Found by fuzzing (fuzz/, archive_verifier): the verifier named an entry after
+        // the last extended header, so it saw a state.bin where Go's archive/tar, which
+        // Vault reads snapshots with, sees another file. Go: a GNU long name wins over a
+        // PAX path in any order, each PAX header replaces the previous one, and a global
+        // header is an entry of its own that uses up the extended headers before it.
+        let spec = vault_spec();
+        let long_name = |b: &mut tar::Builder<Vec<u8>>, name: &str| {
+            let mut h = tar::Header::new_gnu();
+            h.set_path("././@LongLink").unwrap();
+            h.set_entry_type(tar::EntryType::GNULongName);
+            h.set_size(name.len() as u64 + 1);
+            h.set_cksum();
+            b.append(&h, [name.as_bytes(), b"\0"].concat().as_slice())
+                .unwrap();
+        };
+        let pax = |b: &mut tar::Builder<Vec<u8>>, key: &str, value: &str| {
+            b.append_pax_extensions([(key, value.as_bytes())]).unwrap();
+        };
+        let global = |b: &mut tar::Builder<Vec<u8>>| {
+            let mut h = tar::Header::new_ustar();
+            h.set_path("pax_global_header").unwrap();
+            h.set_entry_type(tar::EntryType::XGlobalHeader);
+            h.set_size(18);
+            h.set_cksum();
+            b.append(&h, b"18 comment=global\n".as_slice()).unwrap();
+        };
+        // The archive, with `before` writing the headers before state.bin's, whose own
+        // header says "other.bin".
+        let build = |before: &dyn Fn(&mut tar::Builder<Vec<u8>>)| {
+            let mut b = tar::Builder::new(Vec::new());
+            for (name, data) in &spec.entries {
+                let mut h = tar::Header::new_gnu();
+                h.set_size(data.len() as u64);
+                if name == STATE_BIN {
+                    before(&mut b);
+                    h.set_path("other.bin").unwrap();
+                    h.set_cksum();
+                    b.append(&h, data.as_slice()).unwrap();
+                } else {
+                    b.append_data(&mut h, name, data.as_slice()).unwrap();
+                }
+            }
+            gzip(&b.into_inner().unwrap())
+        };
+        let missing = Err(ArchiveError::MissingFile(STATE_BIN.into()));
+        let long_then_pax = build(&|b| {
+            long_name(b, "other.bin");
+            pax(b, "path", STATE_BIN);
+        });
+        assert_eq!(verify(&long_then_pax), missing);
+        let two_pax = build(&|b| {
+            pax(b, "path", STATE_BIN);
+            pax(b, "comment", "second");
+        });
+        assert_eq!(verify(&two_pax), missing);
+        let pax_then_global = build(&|b| {
+            pax(b, "path", STATE_BIN);
+            global(b);
+        });
+        assert_eq!(verify(&pax_then_global), missing);
+
+        // What Go names state.bin is accepted.
+        let pax_then_long = build(&|b| {
+            pax(b, "path", "other.bin");
+            long_name(b, STATE_BIN);
+        });
+        assert_eq!(
+            verify_chunked(&pax_then_long, 7).unwrap().files[1].name,
+            STATE_BIN
+        );
+        let global_then_pax = build(&|b| {
+            global(b);
+            pax(b, "path", "other.bin");
+            pax(b, "path", STATE_BIN);
+        });
+        assert_eq!(verify(&global_then_pax).unwrap().files[1].name, STATE_BIN);
     }
 
     #[test]
