@@ -6,10 +6,11 @@
 #   bash scripts/fuzz.sh --seconds 45    # CI (tests/run.sh)
 #   bash scripts/fuzz.sh --seconds 600 archive_structured   # one target, longer
 #
-# The corpus is kept under $STASHLESS_CACHE/fuzz-corpus/<target> so it grows across runs;
-# the seeds (fuzz/seeds/, events/) are read, never written. Crash inputs are written to
+# The corpus is kept under $STASHLESS_CACHE/fuzz-corpus/<target> so it grows across runs
+# (minimized when it passes $STASHLESS_FUZZ_MAX_CORPUS files, default 4000); the seeds
+# (fuzz/seeds/, events/) are read, never written. Crash inputs are written to
 # $STASHLESS_CACHE/fuzz-artifacts/<target>/; replay one with
-#   cargo +nightly fuzz run --fuzz-dir fuzz <target> <file>
+#   cargo +nightly fuzz run --fuzz-dir fuzz --target-dir "$STASHLESS_CACHE/fuzz-target" <target> <file>
 # Builds in their own target dir ($STASHLESS_CACHE/fuzz-target) with nightly (or, when
 # nightly is missing, stable with RUSTC_BOOTSTRAP=1).
 set -euo pipefail
@@ -21,7 +22,7 @@ while [ $# -gt 0 ]; do
     case "$1" in
         --seconds) seconds="$2"; shift 2 ;;
         --seconds=*) seconds="${1#*=}"; shift ;;
-        -h | --help) sed -n '2,14p' "$0"; exit 0 ;;
+        -h | --help) sed -n '2,15p' "$0"; exit 0 ;;
         -*) echo "fuzz.sh: unknown option $1" >&2; exit 2 ;;
         *) targets+=("$1"); shift ;;
     esac
@@ -65,6 +66,14 @@ for t in "${targets[@]}"; do
     artifacts="$STASHLESS_CACHE/fuzz-artifacts/$t"
     mkdir -p "$corpus" "$artifacts"
     log="$artifacts/last-run.log"
+    # libFuzzer keeps every input that was new when found; past a few thousand files the
+    # start-up pass over them eats the time box, so shrink to a covering subset first.
+    if [ "$(find "$corpus" -type f | wc -l)" -gt "${STASHLESS_FUZZ_MAX_CORPUS:-4000}" ]; then
+        echo "-- $t: minimizing the corpus ($(find "$corpus" -type f | wc -l) files)"
+        # shellcheck disable=SC2046
+        "${fuzz[@]}" cmin "${common[@]}" "$t" "$corpus" -- $(flags "$t") >"$log" 2>&1 ||
+            { echo "FAILED: minimizing the $t corpus (log: $log)"; tail -20 "$log"; exit 1; }
+    fi
     echo "-- $t: ${seconds}s, corpus $corpus ($(find "$corpus" -type f | wc -l) inputs)"
     # shellcheck disable=SC2046
     if "${fuzz[@]}" run "${common[@]}" "$t" "$corpus" $(seeds "$t") -- \
@@ -81,7 +90,7 @@ for t in "${targets[@]}"; do
         crash=$(sed -n 's/.*Test unit written to \(.*\)$/\1/p' "$log" | tail -1)
         if [ -n "$crash" ]; then
             echo "   crash input: $crash"
-            echo "   replay: cargo +nightly fuzz run --fuzz-dir fuzz $t $crash"
+            echo "   replay: ${fuzz[*]} run ${common[*]} $t $crash"
         else
             tail -20 "$log" | sed 's/^/   /'
         fi

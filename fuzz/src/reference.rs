@@ -234,8 +234,11 @@ fn read_tar(tar: &[u8]) -> Result<Vec<RefFile>, String> {
     }
 }
 
+/// A PAX record: key, value.
+type PaxRecord = (Vec<u8>, Vec<u8>);
+
 /// `"<len> <key>=<value>\n"` records.
-fn pax_records(mut buf: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, String> {
+fn pax_records(mut buf: &[u8]) -> Result<Vec<PaxRecord>, String> {
     let mut out = Vec::new();
     while !buf.is_empty() {
         let sp = buf
