@@ -46,10 +46,13 @@ pub fn secret(kind: &str, value: &str) {
     }
 }
 
-/// Append text (one JSON document per line) for the scan.
-pub fn text(stem: &str, line: &str) {
-    if let Some(mut f) = file(stem, "jsonl") {
-        let _ = writeln!(f, "{line}");
+/// Append texts (one JSON document per line) for the scan, with one open of the file.
+pub fn texts(stem: &str, lines: impl IntoIterator<Item = String>) {
+    if let Some(f) = file(stem, "jsonl") {
+        let mut w = std::io::BufWriter::new(f);
+        for line in lines {
+            let _ = writeln!(w, "{line}");
+        }
     }
 }
 

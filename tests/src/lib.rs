@@ -231,6 +231,18 @@ impl Cluster {
 
     /// Secret + AppBinding pointing at a Vault address with a token.
     pub async fn vault_binding(&self, name: &str, addr: &str, token: &str) -> Result<AppBinding> {
+        self.vault_binding_with(name, json!({"url": addr}), token)
+            .await
+    }
+
+    /// Secret `<name>-token` + AppBinding `name` with this `spec.clientConfig` (TLS settings,
+    /// a service reference).
+    pub async fn vault_binding_with(
+        &self,
+        name: &str,
+        client_config: Value,
+        token: &str,
+    ) -> Result<AppBinding> {
         self.secret(&format!("{name}-token"), &[("token", token)])
             .await?;
         self.create(json!({
@@ -238,7 +250,7 @@ impl Cluster {
             "metadata": {"name": name},
             "spec": {
                 "type": "vault", "version": "2.7.2",
-                "clientConfig": {"url": addr},
+                "clientConfig": client_config,
                 "secret": {"kind": "Secret", "name": format!("{name}-token")},
             }
         }))
@@ -309,19 +321,25 @@ impl Cluster {
 
     /// Backup function context against this cluster.
     pub fn backup_context(&self, pushgateway: Option<String>) -> Arc<Context> {
-        Context::new(
-            self.client.clone(),
-            Settings {
-                tuning: Tuning {
-                    part_size: 5 * 1024 * 1024,
-                    parts_in_flight: 3,
-                    checksums_when_required: false,
-                },
-                pushgateway,
-                ..Settings::default()
-            },
-        )
+        context_for(self.client.clone(), pushgateway)
     }
+}
+
+/// The test settings (small parts) with this Kubernetes client: e.g. one that reaches the
+/// API server through a fault proxy.
+pub fn context_for(client: Client, pushgateway: Option<String>) -> Arc<Context> {
+    Context::new(
+        client,
+        Settings {
+            tuning: Tuning {
+                part_size: 5 * 1024 * 1024,
+                parts_in_flight: 3,
+                checksums_when_required: false,
+            },
+            pushgateway,
+            ..Settings::default()
+        },
+    )
 }
 
 impl Drop for Cluster {
@@ -336,11 +354,13 @@ impl Drop for Cluster {
         }
         let mut kinds: Vec<(&str, &str)> = crds::KINDS.iter().map(|k| (k.0, k.3)).collect();
         kinds.push(("", "events"));
-        for (group, plural) in kinds {
-            for o in kube.objects(group, plural) {
-                leaks::text("objects", &o.to_string());
-            }
-        }
+        leaks::texts(
+            "objects",
+            kinds
+                .into_iter()
+                .flat_map(|(group, plural)| kube.objects(group, plural))
+                .map(|o| o.to_string()),
+        );
     }
 }
 

@@ -27,12 +27,13 @@ use stashless::archive::SnapshotVerifier;
 use stashless::backup::{self, Context, Outcome, Settings};
 use stashless::cluster::ClusterSource;
 use stashless::events::SessionRef;
-use stashless::repository::{Manifest, Tuning};
+use stashless::repository::Manifest;
 use stashless::restore;
 use stashless::sweep::{SweepSettings, sweep};
 use stashless_tests::faults::{Action, Fault, HttpProxy, Proxy, Rule};
 use stashless_tests::procs::openbao::{BaoCluster, OpenBao};
-use stashless_tests::{Cluster, ConfigBuilder, NS, S3Target, init_logs};
+use stashless_tests::procs::poll_until;
+use stashless_tests::{Cluster, ConfigBuilder, NS, S3Target, context_for, init_logs};
 
 const PREFIX: &str = "vault";
 
@@ -152,13 +153,34 @@ impl World {
         v["v"].as_str().unwrap().to_string()
     }
 
+    /// Move a session's `sessionDeadline` into the past (the functions read their own clock).
+    async fn deadline_passed(&self, session: &str) {
+        let past = stashless::api::timestamp(Utc::now() - chrono::Duration::seconds(1));
+        self.cluster
+            .api::<BackupSession>()
+            .patch_status(
+                session,
+                &kube::api::PatchParams::default(),
+                &kube::api::Patch::Merge(json!({"status": {"sessionDeadline": past}})),
+            )
+            .await
+            .unwrap();
+    }
+
     async fn manifests(&self) -> Vec<Manifest> {
         manifests_in(&self.s3, &self.bucket).await
     }
 
     /// The invariants every fault scenario ends with (see the module docs).
     async fn assert_invariants(&self) {
-        invariants(&self.cluster, &self.s3, &self.bucket, &self.secrets).await;
+        invariants(
+            &self.cluster,
+            &self.s3,
+            &self.bucket,
+            &self.secrets,
+            Objects::AsStored,
+        )
+        .await;
     }
 }
 
@@ -174,98 +196,110 @@ async fn manifests_in(s3: &S3Target, bucket: &str) -> Vec<Manifest> {
     out
 }
 
+/// Whether Succeeded sessions' objects are expected to match their manifests.
+#[derive(Clone, Copy, PartialEq)]
+enum Objects {
+    AsStored,
+    /// The test rewrote an object on purpose.
+    Tampered,
+}
+
 /// See the module docs.
-async fn invariants(cluster: &Cluster, s3: &S3Target, bucket: &str, secrets: &[String]) {
-    {
-        let keys = s3.keys(bucket, "").await.unwrap();
-        for k in &keys {
-            assert!(
-                k.starts_with(&format!("{PREFIX}/")),
-                "object {k} outside the prefix"
-            );
-            let twin = if let Some(stem) = k.strip_suffix(".snap") {
-                format!("{stem}.json")
-            } else if let Some(stem) = k.strip_suffix(".json") {
-                format!("{stem}.snap")
-            } else {
-                panic!("unexpected object {k}")
-            };
-            assert!(keys.contains(&twin), "{k} has no {twin}: half-written");
-        }
-        assert_eq!(
-            s3.open_uploads(bucket).await.unwrap(),
-            0,
-            "incomplete multipart uploads left"
+async fn invariants(
+    cluster: &Cluster,
+    s3: &S3Target,
+    bucket: &str,
+    secrets: &[String],
+    objects: Objects,
+) {
+    let keys = s3.keys(bucket, "").await.unwrap();
+    for k in &keys {
+        assert!(
+            k.starts_with(&format!("{PREFIX}/")),
+            "object {k} outside the prefix"
         );
-        let manifests = manifests_in(s3, bucket).await;
-        let mut texts = Vec::new();
-        let sessions: Vec<BackupSession> = cluster.sessions().await.unwrap();
-        for s in &sessions {
-            let name = s.metadata.name.clone().unwrap();
-            let st = s.status.clone().unwrap_or_default();
-            assert_ne!(st.phase, Some(SessionPhase::Running), "{name} left Running");
-            texts.push(serde_json::to_string(&st).unwrap());
-            match st.phase {
-                Some(SessionPhase::Succeeded) => {
-                    let m = manifests
-                        .iter()
-                        .find(|m| m.session.name == name)
-                        .unwrap_or_else(|| panic!("{name} Succeeded without a manifest"));
-                    let body = s3.get(bucket, &m.key).await.unwrap();
-                    assert_eq!(body.len() as u64, m.size, "{name}: object size");
-                    assert_eq!(
-                        hex::encode(Sha256::digest(&body)),
-                        m.sha256,
-                        "{name}: object sha256"
-                    );
-                    let mut v = SnapshotVerifier::new();
-                    v.update(&body).unwrap();
-                    v.finish()
-                        .unwrap_or_else(|e| panic!("{name}: stored object does not verify: {e}"));
-                }
-                Some(SessionPhase::Failed) => {
-                    let reason = failed_reason_in(&st);
-                    assert!(reason.len() > 10, "{name} Failed without a reason: {st:?}");
-                    assert!(
-                        manifests.iter().all(|m| m.session.name != name),
-                        "{name} Failed but its snapshot is listed"
-                    );
-                }
-                _ => {}
+        let twin = if let Some(stem) = k.strip_suffix(".snap") {
+            format!("{stem}.json")
+        } else if let Some(stem) = k.strip_suffix(".json") {
+            format!("{stem}.snap")
+        } else {
+            panic!("unexpected object {k}")
+        };
+        assert!(keys.contains(&twin), "{k} has no {twin}: half-written");
+    }
+    assert_eq!(
+        s3.open_uploads(bucket).await.unwrap(),
+        0,
+        "incomplete multipart uploads left"
+    );
+    let manifests = manifests_in(s3, bucket).await;
+    let mut texts = Vec::new();
+    let sessions: Vec<BackupSession> = cluster.sessions().await.unwrap();
+    for s in &sessions {
+        let name = s.metadata.name.clone().unwrap();
+        let st = s.status.clone().unwrap_or_default();
+        assert_ne!(st.phase, Some(SessionPhase::Running), "{name} left Running");
+        texts.push(serde_json::to_string(&st).unwrap());
+        match st.phase {
+            Some(SessionPhase::Succeeded) if objects == Objects::AsStored => {
+                let m = manifests
+                    .iter()
+                    .find(|m| m.session.name == name)
+                    .unwrap_or_else(|| panic!("{name} Succeeded without a manifest"));
+                let body = s3.get(bucket, &m.key).await.unwrap();
+                assert_eq!(body.len() as u64, m.size, "{name}: object size");
+                assert_eq!(
+                    hex::encode(Sha256::digest(&body)),
+                    m.sha256,
+                    "{name}: object sha256"
+                );
+                let mut v = SnapshotVerifier::new();
+                v.update(&body).unwrap();
+                v.finish()
+                    .unwrap_or_else(|e| panic!("{name}: stored object does not verify: {e}"));
             }
-        }
-        let restores = cluster
-            .api::<RestoreSession>()
-            .list(&ListParams::default())
-            .await
-            .unwrap()
-            .items;
-        for rs in &restores {
-            let st = rs.status.clone().unwrap_or_default();
-            let name = rs.metadata.name.clone().unwrap();
-            assert_ne!(st.phase, Some(SessionPhase::Running), "{name} left Running");
-            if st.phase == Some(SessionPhase::Failed) {
-                let e = st.stats.first().and_then(|s| s.error.clone());
-                assert!(e.is_some_and(|e| e.len() > 10), "{name}: no reason");
-            }
-            texts.push(serde_json::to_string(&st).unwrap());
-        }
-        for e in cluster
-            .api::<Event>()
-            .list(&ListParams::default())
-            .await
-            .unwrap()
-            .items
-        {
-            texts.push(e.message.unwrap_or_default());
-        }
-        for t in &texts {
-            for s in secrets {
+            Some(SessionPhase::Failed) => {
+                let reason = failed_reason_in(&st);
+                assert!(reason.len() > 10, "{name} Failed without a reason: {st:?}");
                 assert!(
-                    !t.contains(s.as_str()),
-                    "a secret reached status/Event text"
+                    manifests.iter().all(|m| m.session.name != name),
+                    "{name} Failed but its snapshot is listed"
                 );
             }
+            _ => {}
+        }
+    }
+    let restores = cluster
+        .api::<RestoreSession>()
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items;
+    for rs in &restores {
+        let st = rs.status.clone().unwrap_or_default();
+        let name = rs.metadata.name.clone().unwrap();
+        assert_ne!(st.phase, Some(SessionPhase::Running), "{name} left Running");
+        if st.phase == Some(SessionPhase::Failed) {
+            let e = st.stats.first().and_then(|s| s.error.clone());
+            assert!(e.is_some_and(|e| e.len() > 10), "{name}: no reason");
+        }
+        texts.push(serde_json::to_string(&st).unwrap());
+    }
+    for e in cluster
+        .api::<Event>()
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+    {
+        texts.push(e.message.unwrap_or_default());
+    }
+    for t in &texts {
+        for s in secrets {
+            assert!(
+                !t.contains(s.as_str()),
+                "a secret reached status/Event text"
+            );
         }
     }
 }
@@ -318,17 +352,25 @@ fn s3_error(code: &str, message: &str) -> String {
     )
 }
 
+/// S3's 500 InternalError.
+fn s3_internal_error() -> Action {
+    respond(
+        500,
+        s3_error("InternalError", "We encountered an internal error."),
+    )
+}
+
 fn respond(status: u16, body: String) -> Action {
     Action::Respond { status, body }
 }
 
-/// Poll a condition the proxy records (what a request did is only visible there).
+/// Wait for a condition the proxy records (what a request did is only visible there).
 async fn wait_for(what: &str, cond: impl Fn() -> bool) {
-    let until = Instant::now() + Duration::from_secs(60);
-    while !cond() {
-        assert!(Instant::now() < until, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    poll_until(what, Duration::from_secs(60), || async {
+        Ok(cond().then_some(()))
+    })
+    .await
+    .unwrap();
 }
 
 /// How many times the proxy saw UploadPart number `n`.
@@ -437,7 +479,7 @@ async fn fault_vault_leader_change_mid_snapshot() {
         other => panic!("{other:?}"),
     }
     let secrets = vec![leader.root_token.clone(), s3.secret_key.clone()];
-    invariants(&k, &s3, &bucket, &secrets).await;
+    invariants(&k, &s3, &bucket, &secrets, Objects::AsStored).await;
     // The next backup, through a node that is now a standby, finds the new leader.
     k.api::<stashless::api::AppBinding>()
         .patch(
@@ -450,7 +492,7 @@ async fn fault_vault_leader_change_mid_snapshot() {
     k.new_session("cfg", "cfg-2").await.unwrap();
     let o = backup::run(&ctx, &r("cfg-2"), None).await.unwrap();
     assert!(matches!(o, Outcome::Succeeded { .. }), "{o:?}");
-    invariants(&k, &s3, &bucket, &secrets).await;
+    invariants(&k, &s3, &bucket, &secrets, Objects::AsStored).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -554,13 +596,10 @@ async fn fault_s3_500_on_a_part_is_retried() {
     let w = World::new("p500", Seed::Parts).await;
     w.config(ConfigBuilder::new("cfg")).await;
     w.store.rule(
-        Rule::new(respond(
-            500,
-            s3_error("InternalError", "We encountered an internal error."),
-        ))
-        .method(Method::PUT)
-        .query("partNumber=2&")
-        .times(1),
+        Rule::new(s3_internal_error())
+            .method(Method::PUT)
+            .query("partNumber=2&")
+            .times(1),
     );
     let o = w.backup("cfg-1").await;
     assert!(matches!(o, Outcome::Succeeded { .. }), "{o:?}");
@@ -612,12 +651,9 @@ async fn fault_s3_complete_multipart_upload_fails() {
     w.config(ConfigBuilder::new("cfg")).await;
     // CompleteMultipartUpload is the POST that carries the uploadId.
     w.store.rule(
-        Rule::new(respond(
-            500,
-            s3_error("InternalError", "We encountered an internal error."),
-        ))
-        .method(Method::POST)
-        .query("uploadId="),
+        Rule::new(s3_internal_error())
+            .method(Method::POST)
+            .query("uploadId="),
     );
     let reason = failed(&w.backup("cfg-1").await);
     assert!(has_any(&reason, &["complet"]), "{reason}");
@@ -673,12 +709,9 @@ async fn fault_s3_manifest_write_fails() {
     let w = World::new("manifest", Seed::Small).await;
     w.config(ConfigBuilder::new("cfg")).await;
     w.store.rule(
-        Rule::new(respond(
-            500,
-            s3_error("InternalError", "We encountered an internal error."),
-        ))
-        .method(Method::PUT)
-        .path(".json"),
+        Rule::new(s3_internal_error())
+            .method(Method::PUT)
+            .path(".json"),
     );
     let reason = failed(&w.backup("cfg-1").await);
     assert!(has_any(&reason, &["manifest", ".json"]), "{reason}");
@@ -714,17 +747,7 @@ async fn ctx_via(proxy: &HttpProxy) -> Arc<Context> {
     .client()
     .await
     .unwrap();
-    Context::new(
-        client,
-        Settings {
-            tuning: Tuning {
-                part_size: 5 * 1024 * 1024,
-                parts_in_flight: 3,
-                checksums_when_required: false,
-            },
-            ..Settings::default()
-        },
-    )
+    context_for(client, None)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -813,15 +836,7 @@ async fn fault_kube_down_during_the_status_write_is_settled_by_the_sweep() {
         .find(|s| s.name == "cfg-1")
         .expect("the sweep hands the lost session back");
     // (The function compares the deadline with its own clock: move the deadline back.)
-    w.cluster
-        .api::<BackupSession>()
-        .patch_status(
-            "cfg-1",
-            &kube::api::PatchParams::default(),
-            &kube::api::Patch::Merge(json!({"status": {"sessionDeadline": stashless::api::timestamp(Utc::now() - chrono::Duration::seconds(1))}})),
-        )
-        .await
-        .unwrap();
+    w.deadline_passed("cfg-1").await;
     let o = backup::run(&w.ctx(), back, None).await.unwrap();
     let Outcome::Succeeded { snapshot, .. } = o else {
         panic!("{o:?}")
@@ -868,15 +883,7 @@ async fn fault_lambda_killed_mid_upload_is_settled_failed_and_its_upload_aborted
     );
     let st = w.cluster.session("cfg-1").await.unwrap().status.unwrap();
     assert_eq!(st.phase, Some(SessionPhase::Running));
-    w.cluster
-        .api::<BackupSession>()
-        .patch_status(
-            "cfg-1",
-            &kube::api::PatchParams::default(),
-            &kube::api::Patch::Merge(json!({"status": {"sessionDeadline": stashless::api::timestamp(Utc::now() - chrono::Duration::seconds(1))}})),
-        )
-        .await
-        .unwrap();
+    w.deadline_passed("cfg-1").await;
     let report = sweep(
         &w.cluster.client,
         &[],
@@ -1014,12 +1021,9 @@ async fn fault_retention_fails_halfway() {
     // Deletes: snapshot 1's manifest and object go; the next delete (snapshot 2's manifest)
     // fails for good.
     w.store.rule(
-        Rule::new(respond(
-            500,
-            s3_error("InternalError", "We encountered an internal error."),
-        ))
-        .method(Method::DELETE)
-        .from_nth(3),
+        Rule::new(s3_internal_error())
+            .method(Method::DELETE)
+            .from_nth(3),
     );
     let o = w.backup_with(&ctx, "cfg", "cfg-4", None).await;
     assert!(matches!(o, Outcome::Succeeded { .. }), "{o:?}");
@@ -1080,7 +1084,7 @@ async fn fault_restore_of_an_object_modified_after_upload() {
         "after",
         "an unverified snapshot was applied"
     );
-    w.assert_invariants_restore_only().await;
+    invariants(&w.cluster, &w.s3, &w.bucket, &w.secrets, Objects::Tampered).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1136,27 +1140,4 @@ async fn fault_restore_vault_500_on_apply() {
     assert!(has_any(&reason, &["500"]), "{reason}");
     assert_eq!(w.marker().await, "after");
     w.assert_invariants().await;
-}
-
-impl World {
-    /// The invariants, for a test that rewrote an object on purpose (its manifest no longer
-    /// matches it): everything except the stored-object check of Succeeded backups.
-    async fn assert_invariants_restore_only(&self) {
-        assert_eq!(self.s3.open_uploads(&self.bucket).await.unwrap(), 0);
-        for rs in self
-            .cluster
-            .api::<RestoreSession>()
-            .list(&ListParams::default())
-            .await
-            .unwrap()
-            .items
-        {
-            let st = rs.status.unwrap_or_default();
-            assert_ne!(st.phase, Some(SessionPhase::Running));
-            let text = serde_json::to_string(&st).unwrap();
-            for s in &self.secrets {
-                assert!(!text.contains(s.as_str()));
-            }
-        }
-    }
 }

@@ -45,19 +45,7 @@ async fn world(tag: &str) -> World {
 /// AppBinding `vault` with this `clientConfig` and its token Secret.
 async fn binding(w: &World, token: &str, client_config: Value) {
     w.cluster
-        .secret("vault-token", &[("token", token)])
-        .await
-        .unwrap();
-    w.cluster
-        .create::<stashless::api::AppBinding>(json!({
-            "apiVersion": "appcatalog.appscode.com/v1alpha1", "kind": "AppBinding",
-            "metadata": {"name": "vault"},
-            "spec": {
-                "type": "vault", "version": "2.7.2",
-                "clientConfig": client_config,
-                "secret": {"kind": "Secret", "name": "vault-token"},
-            }
-        }))
+        .vault_binding_with("vault", client_config, token)
         .await
         .unwrap();
 }

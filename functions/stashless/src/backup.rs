@@ -161,9 +161,15 @@ pub async fn open_store_and_vault(
     target_ref: Option<&TargetRef>,
 ) -> Result<(Repository, Store, Vault)> {
     let (_, vault_target) = resolve::vault_target(&ctx.kube, ns, target_ref).await?;
+    let (repository, store) = open_store(ctx, ns, repo_ref).await?;
+    Ok((repository, store, Vault::new(vault_target)?))
+}
+
+/// The session's Repository opened as a snapshot store.
+async fn open_store(ctx: &Context, ns: &str, repo_ref: &ObjectRef) -> Result<(Repository, Store)> {
     let repo = resolve::repository(&ctx.kube, ns, repo_ref, ctx.settings.tuning.clone()).await?;
     let store = Store::open(repo.location, repo.credentials, repo.ca_pem, repo.tuning).await?;
-    Ok((repo.repository, store, Vault::new(vault_target)?))
+    Ok((repo.repository, store))
 }
 
 /// Log in to Vault with the process's IAM role when the AppBinding asks for it
@@ -351,11 +357,8 @@ async fn settle_lost(
         return Ok(None);
     };
     let status = session.status.as_ref();
-    let deadline = status
-        .and_then(|s| s.session_deadline.as_deref())
-        .and_then(|d| chrono::DateTime::parse_from_rfc3339(d).ok());
     let running = status.and_then(|s| s.phase) == Some(api::SessionPhase::Running);
-    if !running || deadline.is_none_or(|d| d > Utc::now()) {
+    if !running || !session::past_deadline(&session, Utc::now()) {
         return Ok(None);
     }
     let ns = session.namespace().unwrap_or_default();
@@ -380,14 +383,13 @@ async fn settle_lost(
         .and_then(|c| (Utc::now() - c).to_std().ok())
         .unwrap_or_default();
     let started = Instant::now().checked_sub(age).unwrap_or_else(Instant::now);
-    let repo = resolve::repository(&ctx.kube, &ns, repo_ref, ctx.settings.tuning.clone()).await?;
-    let store = Store::open(repo.location, repo.credentials, repo.ca_pem, repo.tuning).await?;
+    let (repository, store) = open_store(ctx, &ns, repo_ref).await?;
     let snapshot = format!("{ns}/{}", session.name_any());
+    // This session's own manifest only (an earlier session of the same name is not it).
     let manifest = store
-        .list_manifests()
+        .manifest_of(&snapshot)
         .await?
-        .into_iter()
-        .find(|m| m.name == snapshot && m.session.uid == session.uid());
+        .filter(|m| m.session.uid == session.uid());
     let stored = match &manifest {
         Some(m) => store
             .object_info(&m.key)
@@ -401,7 +403,7 @@ async fn settle_lost(
             let siblings = session::sessions_of(api, "BackupConfiguration", &invoker.name).await?;
             let done = Done {
                 store,
-                repository: repo.repository,
+                repository,
                 transfer: Duration::from_secs_f64(manifest.duration_seconds.max(0.0)),
                 manifest,
                 target_ref: config

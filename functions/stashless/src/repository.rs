@@ -396,6 +396,15 @@ impl Store {
         Ok(manifests)
     }
 
+    /// The manifest of snapshot `name`, if one is stored.
+    pub async fn manifest_of(&self, name: &str) -> Result<Option<Manifest>> {
+        let key = self.manifest_key(name);
+        if self.object_info(&key).await?.is_none() {
+            return Ok(None);
+        }
+        self.get_manifest(&key).await.map(Some)
+    }
+
     async fn get_manifest(&self, key: &str) -> Result<Manifest> {
         let out = self
             .s3

@@ -231,7 +231,8 @@ pub fn running_before<'a>(
     })
 }
 
-fn past_deadline(s: &BackupSession, now: DateTime<Utc>) -> bool {
+/// Its `status.sessionDeadline` has passed at `now` (none written: not past).
+pub(crate) fn past_deadline(s: &BackupSession, now: DateTime<Utc>) -> bool {
     s.status
         .as_ref()
         .and_then(|st| st.session_deadline.as_deref())
