@@ -78,6 +78,14 @@ dpkg-source -x --no-check "$dsc" "$WORK/src" >/dev/null
 SRC="$WORK/src"
 grep -q '1.20.2' "$SRC/debian/changelog" || log "warning: source is not 1.20.2: $(head -1 "$SRC/debian/changelog")"
 
+# Debian's Go 1.19, as Debian's own rules build it, whatever `go` comes first on PATH (polyglot
+# machines put Go 1.26 there; 1.20's vendored tree was built and checked with 1.19 only).
+DEBIAN_GOROOT=/usr/lib/go-1.19
+[ -x "$DEBIAN_GOROOT/bin/go" ] || { log "Debian's Go 1.19 is not at $DEBIAN_GOROOT (golang-go installed?)"; exit 1; }
+export PATH="$DEBIAN_GOROOT/bin:$PATH" GOROOT="$DEBIAN_GOROOT" GOTOOLCHAIN=local
+go version | grep -q 'go1\.19' || { log "expected Go 1.19, got: $(go version)"; exit 1; }
+log "building with $(go version)"
+
 # GOPATH mode, as Debian's own rules build it.
 export GOPATH="$WORK/gopath"
 export GO111MODULE=off GOFLAGS= GOPROXY=off CGO_ENABLED=0 GOCACHE="$CACHE/gocache"
