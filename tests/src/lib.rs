@@ -20,8 +20,8 @@ use memkube::{MemKube, ResourceKind, RunningServer};
 pub use procs::apiserver::{ApiServer, CrdSet};
 use serde_json::{Value, json};
 use stashless::api::{AppBinding, BackupConfiguration, BackupSession, Repository, RestoreSession};
-use stashless::backup::{Context, Settings};
 use stashless::cluster::ClusterSource;
+use stashless::context::{Context, Settings};
 use stashless::crds;
 use stashless::repository::Tuning;
 
@@ -624,7 +624,7 @@ impl Cluster {
             name: session.into(),
         };
         match stashless::backup::run(ctx, &r, None).await? {
-            stashless::backup::Outcome::Succeeded { snapshot, .. } => Ok(snapshot),
+            stashless::session::Outcome::Succeeded { snapshot, .. } => Ok(snapshot),
             other => anyhow::bail!("backup did not succeed: {other:?}"),
         }
     }

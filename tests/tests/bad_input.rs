@@ -19,10 +19,12 @@ use kube::Api;
 use kube::api::PostParams;
 use serde_json::{Value, json};
 use stashless::api::{BackupConfiguration, Repository, RestoreSession, SessionPhase};
-use stashless::backup::{self, Context, Outcome, Settings};
+use stashless::backup;
+use stashless::context::{Context, Settings};
 use stashless::error::Error;
 use stashless::events::{MAX_EVENT_BYTES, SessionRef, Tick};
 use stashless::scheduler::{SchedulerSettings, tick};
+use stashless::session::Outcome;
 use stashless_tests::procs::openbao::OpenBao;
 use stashless_tests::{Cluster, ConfigBuilder, NS, S3Target, init_logs};
 
@@ -163,7 +165,7 @@ impl Bench {
         .await
         .expect("the restore function answers within a minute")
         .unwrap();
-        let stashless::restore::Outcome::Failed { reason } = outcome else {
+        let Outcome::Failed { reason } = outcome else {
             panic!("{name}: expected Failed, got {outcome:?}")
         };
         self.check_reason(&name, &reason, expect);
@@ -955,7 +957,7 @@ async fn sessions_outside_stashless_namespaces_are_left_alone() {
         .await
         .unwrap();
     assert!(
-        matches!(restored, stashless::restore::Outcome::NotClaimed { .. }),
+        matches!(restored, Outcome::NotClaimed { .. }),
         "{restored:?}"
     );
     // Untouched: still no status at all.

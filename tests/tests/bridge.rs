@@ -67,7 +67,7 @@ async fn session_changes_arrive_on_the_bus_as_documented() {
     let health = Arc::new(Health::default());
     let task = tokio::spawn(bridge(
         cluster.client.clone(),
-        Vec::new(),
+        stashless::context::NamespaceScope::all(),
         Arc::new(EventBridge::new(eb.clone(), "stashless")),
         health.clone(),
     ));
@@ -243,7 +243,7 @@ async fn fault_kube_410_gone_on_watch_relists_without_losing_or_duplicating() {
     let rec = Arc::new(Recorder::default());
     let task = tokio::spawn(bridge(
         client.clone(),
-        Vec::new(),
+        stashless::context::NamespaceScope::all(),
         rec.clone(),
         Arc::new(Health::default()),
     ));
@@ -284,7 +284,7 @@ async fn fault_kube_410_gone_on_watch_relists_without_losing_or_duplicating() {
     else {
         panic!("claim")
     };
-    stashless::session::patch_status(&api, "a", serde_json::json!({"phase": "Succeeded"}))
+    stashless::session::patch_status(&api, "a", &serde_json::json!({"phase": "Succeeded"}))
         .await
         .unwrap();
     api.delete("b", &Default::default()).await.unwrap();

@@ -24,11 +24,13 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use stashless::api::{BackupSession, RestoreSession, SessionPhase};
 use stashless::archive::SnapshotVerifier;
-use stashless::backup::{self, Context, Outcome, Settings};
+use stashless::backup;
 use stashless::cluster::ClusterSource;
+use stashless::context::{Context, NamespaceScope, Settings};
 use stashless::events::SessionRef;
 use stashless::repository::Manifest;
 use stashless::restore;
+use stashless::session::Outcome;
 use stashless::sweep::{SweepSettings, sweep};
 use stashless_tests::faults::{Action, Fault, HttpProxy, Proxy, Rule};
 use stashless_tests::procs::openbao::{BaoCluster, OpenBao};
@@ -139,7 +141,7 @@ impl World {
         snapshot
     }
 
-    async fn restore(&self, name: &str) -> restore::Outcome {
+    async fn restore(&self, name: &str) -> Outcome {
         self.cluster
             .new_restore(name, "repo", "vault", None, false)
             .await
@@ -333,9 +335,9 @@ fn failed(o: &Outcome) -> String {
     }
 }
 
-fn restore_failed(o: &restore::Outcome) -> String {
+fn restore_failed(o: &Outcome) -> String {
     match o {
-        restore::Outcome::Failed { reason } => reason.clone(),
+        Outcome::Failed { reason } => reason.clone(),
         other => panic!("expected Failed, got {other:?}"),
     }
 }
@@ -826,9 +828,14 @@ async fn fault_kube_down_during_the_status_write_is_settled_by_the_sweep() {
     // The next sweep after the deadline hands it back; the backup function settles it from
     // the repository.
     let after = Utc::now() + chrono::Duration::minutes(2);
-    let report = sweep(&w.cluster.client, &[], after, &SweepSettings::default())
-        .await
-        .unwrap();
+    let report = sweep(
+        &w.cluster.client,
+        &NamespaceScope::all(),
+        after,
+        &SweepSettings::default(),
+    )
+    .await
+    .unwrap();
     assert!(report.failed.is_empty(), "{report:?}");
     let back = report
         .redispatch
@@ -886,7 +893,7 @@ async fn fault_lambda_killed_mid_upload_is_settled_failed_and_its_upload_aborted
     w.deadline_passed("cfg-1").await;
     let report = sweep(
         &w.cluster.client,
-        &[],
+        &NamespaceScope::all(),
         Utc::now(),
         &SweepSettings::default(),
     )

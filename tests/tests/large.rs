@@ -7,9 +7,9 @@ use std::time::Instant;
 
 use serde_json::json;
 use sha2::Digest;
-use stashless::backup::Outcome;
 use stashless::events::SessionRef;
 use stashless::restore;
+use stashless::session::Outcome;
 use stashless_tests::procs::openbao::OpenBao;
 use stashless_tests::{Cluster, ConfigBuilder, NS, S3Target, init_logs};
 
@@ -125,7 +125,7 @@ async fn a_large_snapshot_spans_many_parts_and_round_trips() {
     .await
     .unwrap();
     let restore_secs = t.elapsed().as_secs_f64();
-    assert!(matches!(o, restore::Outcome::Succeeded { .. }), "{o:?}");
+    assert!(matches!(o, Outcome::Succeeded { .. }), "{o:?}");
     assert_eq!(
         bao.kv_get("app/x").await.unwrap().unwrap()["v"],
         "backed-up"

@@ -27,9 +27,11 @@ use serde_json::{Value, json};
 use stashless::api::{
     BackupConfiguration, BackupSession, Repository, RestoreSession, SessionPhase,
 };
-use stashless::backup::{self, Context, Outcome};
+use stashless::backup;
+use stashless::context::{Context, NamespaceScope};
 use stashless::events::{SessionRef, Tick};
 use stashless::scheduler::{SchedulerSettings, tick};
+use stashless::session::Outcome;
 use stashless::session::{self, Claim};
 use stashless::sweep::{SweepSettings, sweep};
 use stashless_tests::procs::openbao::OpenBao;
@@ -222,12 +224,12 @@ async fn cycle(
         .unwrap();
     spans.push(("restore", start..position()));
     match &outcome {
-        stashless::restore::Outcome::Failed { reason } => {
+        Outcome::Failed { reason } => {
             assert!(reason.contains("cfg-running"), "{reason}")
         }
         other => panic!("restore next to a running backup: {other:?}"),
     }
-    session::patch_status(&api, "cfg-running", json!({"phase": "Failed"}))
+    session::patch_status(&api, "cfg-running", &json!({"phase": "Failed"}))
         .await
         .unwrap();
 
@@ -248,10 +250,7 @@ async fn cycle(
         .await
         .unwrap();
     spans.push(("restore", start..position()));
-    assert!(
-        matches!(outcome, stashless::restore::Outcome::Succeeded { .. }),
-        "{outcome:?}"
-    );
+    assert!(matches!(outcome, Outcome::Succeeded { .. }), "{outcome:?}");
 
     // A restore whose function stopped: Running, deadline passed.
     let lost = cluster
@@ -266,9 +265,14 @@ async fn cycle(
         panic!("could not claim rs-lost")
     };
     let start = position();
-    let report = sweep(&ids.scheduler, &[], Utc::now(), &SweepSettings::default())
-        .await
-        .unwrap();
+    let report = sweep(
+        &ids.scheduler,
+        &NamespaceScope::all(),
+        Utc::now(),
+        &SweepSettings::default(),
+    )
+    .await
+    .unwrap();
     spans.push(("scheduler", start..position()));
     let failed: BTreeSet<&str> = report.failed.keys().map(String::as_str).collect();
     assert_eq!(

@@ -4,7 +4,8 @@
 use serde_json::json;
 use stashless::api::SessionPhase;
 use stashless::events::SessionRef;
-use stashless::restore::{self, Outcome};
+use stashless::restore;
+use stashless::session::Outcome;
 use stashless_tests::procs::openbao::{BaoCluster, OpenBao};
 use stashless_tests::procs::pushgateway::Pushgateway;
 use stashless_tests::{Cluster, ConfigBuilder, NS, S3Target, init_logs};
@@ -472,7 +473,7 @@ async fn wrong_names_empty_repositories_and_overlaps_fail_with_reasons() {
     stashless::session::patch_status(
         &w.cluster.api::<stashless::api::BackupSession>(),
         "cfg-2",
-        json!({"phase": "Failed"}),
+        &json!({"phase": "Failed"}),
     )
     .await
     .unwrap();

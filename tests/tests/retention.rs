@@ -6,11 +6,12 @@ use chrono::{Duration, Utc};
 use serde_json::json;
 use stashless::api::Repository;
 use stashless::archive::SnapshotMeta;
-use stashless::backup::{self, Outcome};
+use stashless::backup;
 use stashless::events::SessionRef;
 use stashless::repository::{
     Invoker, Location, Manifest, ObjectId, StaticCredentials, Store, TargetId, Tuning,
 };
+use stashless::session::Outcome;
 use stashless_tests::procs::openbao::OpenBao;
 use stashless_tests::{Cluster, ConfigBuilder, NS, S3Target, init_logs};
 

@@ -4,6 +4,7 @@
 use chrono::{Duration, Utc};
 use serde_json::json;
 use stashless::api::{BackupConfiguration, SessionPhase};
+use stashless::context::NamespaceScope;
 use stashless::session::{self, Claim};
 use stashless::sweep::{SweepSettings, sweep};
 use stashless_tests::procs::openbao::OpenBao;
@@ -49,9 +50,14 @@ async fn lost_running_sessions_and_orphans_end_failed_and_live_ones_are_left_alo
     };
 
     let settings = SweepSettings::default();
-    let report = sweep(&cluster.client, &[], Utc::now(), &settings)
-        .await
-        .unwrap();
+    let report = sweep(
+        &cluster.client,
+        &NamespaceScope::all(),
+        Utc::now(),
+        &settings,
+    )
+    .await
+    .unwrap();
     // The lost backup goes back to the backup function first, to be settled from the
     // repository (tests/tests/fault.rs); the restore and the orphan end Failed at once.
     assert_eq!(report.failed.len(), 2, "{report:?}");
@@ -71,7 +77,9 @@ async fn lost_running_sessions_and_orphans_end_failed_and_live_ones_are_left_alo
     );
     // Nobody settled it within the grace: the sweep fails it itself.
     let later = Utc::now() + settings.settle_grace + Duration::seconds(2);
-    let report = sweep(&cluster.client, &[], later, &settings).await.unwrap();
+    let report = sweep(&cluster.client, &NamespaceScope::all(), later, &settings)
+        .await
+        .unwrap();
     assert_eq!(report.failed.len(), 1, "{report:?}");
     let s = cluster.session("cfg-lost").await.unwrap().status.unwrap();
     assert_eq!(s.phase, Some(SessionPhase::Failed));
@@ -122,7 +130,9 @@ async fn lost_running_sessions_and_orphans_end_failed_and_live_ones_are_left_alo
         Some(SessionPhase::Running)
     );
     // A second sweep finds nothing more to do.
-    let again = sweep(&cluster.client, &[], later, &settings).await.unwrap();
+    let again = sweep(&cluster.client, &NamespaceScope::all(), later, &settings)
+        .await
+        .unwrap();
     assert!(again.failed.is_empty(), "{again:?}");
 }
 
@@ -144,14 +154,19 @@ async fn a_session_whose_event_was_lost_is_found_and_run() {
         .unwrap();
     cluster.new_session("cfg", "cfg-1").await.unwrap();
     // Within the grace period: not redispatched (its event may still be on the way).
-    let early = sweep(&cluster.client, &[], Utc::now(), &SweepSettings::default())
-        .await
-        .unwrap();
+    let early = sweep(
+        &cluster.client,
+        &NamespaceScope::all(),
+        Utc::now(),
+        &SweepSettings::default(),
+    )
+    .await
+    .unwrap();
     assert!(early.redispatch.is_empty(), "{early:?}");
     // Three minutes later nobody has claimed it: the sweep hands it out again.
     let later = sweep(
         &cluster.client,
-        &[],
+        &NamespaceScope::all(),
         Utc::now() + Duration::minutes(3),
         &SweepSettings::default(),
     )
@@ -164,7 +179,7 @@ async fn a_session_whose_event_was_lost_is_found_and_run() {
         .await
         .unwrap();
     assert!(
-        matches!(outcome, stashless::backup::Outcome::Succeeded { .. }),
+        matches!(outcome, stashless::session::Outcome::Succeeded { .. }),
         "{outcome:?}"
     );
     // Deleting the configuration later does not touch finished sessions.
@@ -172,7 +187,7 @@ async fn a_session_whose_event_was_lost_is_found_and_run() {
     configs.delete("cfg", &Default::default()).await.unwrap();
     let after = sweep(
         &cluster.client,
-        &[NS.to_string()],
+        &NamespaceScope::only([NS]),
         Utc::now(),
         &SweepSettings::default(),
     )

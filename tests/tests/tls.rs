@@ -7,9 +7,10 @@
 use base64::Engine;
 use serde_json::{Value, json};
 use stashless::api::SessionPhase;
-use stashless::backup::{self, Outcome};
+use stashless::backup;
 use stashless::events::SessionRef;
 use stashless::restore;
+use stashless::session::Outcome;
 use stashless_tests::procs::openbao::{OpenBao, TlsMaterial};
 use stashless_tests::{Cluster, ConfigBuilder, NS, S3Target, init_logs};
 
@@ -148,7 +149,7 @@ async fn https_with_the_appbindings_ca_bundle_backs_up_and_restores() {
     )
     .await
     .unwrap();
-    assert!(matches!(o, restore::Outcome::Succeeded { .. }), "{o:?}");
+    assert!(matches!(o, Outcome::Succeeded { .. }), "{o:?}");
     bao.wait_serving().await.unwrap();
     let v = bao.kv_get("app/db").await.unwrap().unwrap();
     assert_eq!(v["password"], "before-backup");

@@ -1,9 +1,10 @@
 //! Backup Lambda: an event naming a BackupSession → a verified raft snapshot in S3.
 
 use lambda_runtime::{Error, LambdaEvent, run, service_fn};
-use serde_json::{Value, json};
-use stashless::backup::{Context, Settings, run as backup};
+use serde_json::Value;
+use stashless::backup::run as backup;
 use stashless::cluster::ClusterSource;
+use stashless::context::{Context, Settings};
 use stashless::events::SessionRef;
 
 #[tokio::main]
@@ -20,7 +21,7 @@ async fn main() -> Result<(), Error> {
             let result = async {
                 let target = SessionRef::from_event(&event.payload, "BackupSession")?;
                 let outcome = backup(&ctx, &target, deadline).await?;
-                Ok(json!({ "outcome": format!("{outcome:?}") }))
+                Ok(outcome.to_response())
             }
             .await;
             stashless::lambda::respond(result)

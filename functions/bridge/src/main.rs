@@ -13,6 +13,7 @@ use axum::Router;
 use axum::http::StatusCode;
 use axum::routing::get;
 use stashless::cluster::ClusterSource;
+use stashless::context::NamespaceScope;
 use stashless::dispatch::{EventBridge, Health, bridge};
 
 #[tokio::main]
@@ -22,13 +23,7 @@ async fn main() -> anyhow::Result<()> {
     let bus = EventBridge::from_env()
         .await
         .context("STASHLESS_EVENT_BUS is not set: name the EventBridge bus")?;
-    let namespaces: Vec<String> = std::env::var("STASHLESS_NAMESPACES")
-        .unwrap_or_default()
-        .split(',')
-        .map(str::trim)
-        .filter(|n| !n.is_empty())
-        .map(String::from)
-        .collect();
+    let namespaces = NamespaceScope::from_env();
     let health = Arc::new(Health::default());
     let addr = std::env::var("STASHLESS_HEALTH_ADDR").unwrap_or_else(|_| "0.0.0.0:8080".into());
     let listener = tokio::net::TcpListener::bind(&addr)

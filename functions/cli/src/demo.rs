@@ -14,8 +14,8 @@ use serde_json::{Value, json};
 use stashless::api::{
     BackupConfiguration, BackupSession, RestoreSession, SessionPhase, parse_go_duration,
 };
-use stashless::backup::{Context, Settings};
 use stashless::cluster::ClusterSource;
+use stashless::context::{Context, Settings};
 use stashless::events::Tick;
 use stashless::manifests;
 use stashless::schedule::Schedule;

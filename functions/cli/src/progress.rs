@@ -38,7 +38,7 @@ impl Progress {
     }
 
     /// The callback the backup and restore functions report moved bytes to.
-    pub fn callback(&self) -> stashless::backup::Progress {
+    pub fn callback(&self) -> stashless::context::Progress {
         let bar = self.bar.clone();
         Arc::new(move |bytes| bar.set_position(bytes))
     }

@@ -125,7 +125,7 @@ async fn world(
         .backup_config(ConfigBuilder::new("cfg"))
         .await
         .unwrap();
-    let ctx: Arc<stashless::backup::Context> = cluster.backup_context(None);
+    let ctx: Arc<stashless::context::Context> = cluster.backup_context(None);
     let router = tokio::spawn(stashless::dispatch::route_in_process(ctx));
     (cluster, s3, bucket, bao, router)
 }

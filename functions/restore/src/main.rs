@@ -1,9 +1,9 @@
 //! Restore Lambda: an event naming a RestoreSession → the snapshot it names, verified, into Vault.
 
 use lambda_runtime::{Error, LambdaEvent, run, service_fn};
-use serde_json::{Value, json};
-use stashless::backup::{Context, Settings};
+use serde_json::Value;
 use stashless::cluster::ClusterSource;
+use stashless::context::{Context, Settings};
 use stashless::events::SessionRef;
 use stashless::restore::run as restore;
 
@@ -21,7 +21,7 @@ async fn main() -> Result<(), Error> {
             let result = async {
                 let target = SessionRef::from_event(&event.payload, "RestoreSession")?;
                 let outcome = restore(&ctx, &target, deadline).await?;
-                Ok(json!({ "outcome": format!("{outcome:?}") }))
+                Ok(outcome.to_response())
             }
             .await;
             stashless::lambda::respond(result)

@@ -19,6 +19,11 @@ pub const LABEL_INVOKER_TYPE: &str = "stash.appscode.com/invoker-type";
 pub const LABEL_INVOKER_NAME: &str = "stash.appscode.com/invoker-name";
 pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
 pub const MANAGED_BY: &str = "stashless";
+/// Stash's name for the single "host" of an application backup.
+pub const DEFAULT_HOST: &str = "host-0";
+/// An AppBinding's API version and kind, the defaults of a target reference.
+pub const APPBINDING_API_VERSION: &str = "appcatalog.appscode.com/v1alpha1";
+pub const APPBINDING_KIND: &str = "AppBinding";
 
 /// Condition types Stash uses (`apis/constants.go`, `v1beta1` session types).
 pub mod condition {
@@ -35,6 +40,8 @@ pub mod condition {
     pub const BACKUP_TARGET_FOUND: &str = "BackupTargetFound";
     /// stashless's own: the snapshot stream passed in-flight verification.
     pub const SNAPSHOT_VERIFIED: &str = "SnapshotVerified";
+    /// stashless's own: Vault was sealed after a restore (the snapshot's unseal keys differ).
+    pub const VAULT_SEALED: &str = "VaultSealed";
 }
 
 /// kmodules `Condition` (`kmapi.Condition`), the shape every Stash status uses.
@@ -188,6 +195,23 @@ pub struct TargetRef {
     pub name: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub namespace: Option<String>,
+}
+
+impl TargetRef {
+    /// With the defaults filled in as a status shows them: an AppBinding in `namespace`
+    /// (the referring object's) unless the reference says otherwise.
+    pub fn resolved(&self, namespace: &str) -> TargetRef {
+        TargetRef {
+            api_version: Some(
+                self.api_version
+                    .clone()
+                    .unwrap_or_else(|| APPBINDING_API_VERSION.into()),
+            ),
+            kind: Some(self.kind.clone().unwrap_or_else(|| APPBINDING_KIND.into())),
+            name: self.name.clone(),
+            namespace: Some(self.namespace.clone().unwrap_or_else(|| namespace.into())),
+        }
+    }
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
@@ -502,6 +526,31 @@ pub struct HostRestoreStats {
     pub error: Option<String>,
 }
 
+impl RestoreSession {
+    /// The AppBinding it restores into.
+    pub fn target_ref(&self) -> Option<&TargetRef> {
+        self.spec.target.as_ref()?.r#ref.as_ref()
+    }
+
+    /// The AppBinding it restores into, as (namespace, name): the reference's namespace or
+    /// the session's own.
+    pub fn target_key(&self) -> Option<(String, String)> {
+        let t = self.target_ref()?;
+        let ns = t
+            .namespace
+            .clone()
+            .or_else(|| self.metadata.namespace.clone());
+        Some((ns.unwrap_or_default(), t.name.clone()))
+    }
+}
+
+impl BackupConfiguration {
+    /// The AppBinding it backs up.
+    pub fn target_ref(&self) -> Option<&TargetRef> {
+        self.spec.target.as_ref()?.r#ref.as_ref()
+    }
+}
+
 // ---------------------------------------------------------------- Repository
 
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
@@ -655,4 +704,108 @@ pub struct LocalTypedRef {
     pub api_group: Option<String>,
     pub kind: String,
     pub name: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn go_duration_prints_as_go_does() {
+        assert_eq!(go_duration(Duration::from_millis(350)), "350ms");
+        assert_eq!(go_duration(Duration::from_millis(0)), "0ms");
+        assert_eq!(go_duration(Duration::from_millis(2500)), "2.5s");
+        assert_eq!(go_duration(Duration::from_secs(62)), "1m2s");
+        assert_eq!(go_duration(Duration::from_millis(3_723_250)), "1h2m3.25s");
+    }
+
+    #[test]
+    fn parse_go_duration_reads_what_go_writes() {
+        let secs = |s: &str| parse_go_duration(s).map(|d| d.as_secs_f64());
+        assert_eq!(secs("30m"), Some(1800.0));
+        assert_eq!(secs("1h30m"), Some(5400.0));
+        assert_eq!(secs(" 90s "), Some(90.0));
+        assert_eq!(secs("500ms"), Some(0.5));
+        assert_eq!(secs("1.5h"), Some(5400.0));
+        for bad in ["", "30", "m", "5x", "1h-2m", "99999999999999h"] {
+            assert_eq!(parse_go_duration(bad), None, "{bad:?}");
+        }
+        // What go_duration writes reads back.
+        let d = Duration::from_millis(3_723_250);
+        assert_eq!(parse_go_duration(&go_duration(d)), Some(d));
+    }
+
+    #[test]
+    fn human_size_uses_binary_units() {
+        assert_eq!(human_size(0), "0 B");
+        assert_eq!(human_size(1023), "1023 B");
+        assert_eq!(human_size(1024), "1.000 KiB");
+        assert_eq!(human_size(50_712), "49.523 KiB");
+        assert_eq!(human_size(3 << 30), "3.000 GiB");
+        assert_eq!(human_size(u64::MAX), "16384.000 PiB");
+    }
+
+    #[test]
+    fn timestamps_are_second_precision_utc() {
+        let t = DateTime::parse_from_rfc3339("2026-12-03T06:04:27.987+01:00")
+            .unwrap()
+            .with_timezone(&Utc);
+        assert_eq!(timestamp(t), "2026-12-03T05:04:27Z");
+    }
+
+    #[test]
+    fn conditions_keep_their_transition_time_while_unchanged() {
+        let mut c = vec![Condition::new("A", true, "R", "first")];
+        c[0].last_transition_time = "2020-01-01T00:00:00Z".into();
+        set_condition(&mut c, Condition::new("A", true, "R", "second"));
+        assert_eq!(c.len(), 1);
+        assert_eq!(c[0].message.as_deref(), Some("second"));
+        assert_eq!(c[0].last_transition_time, "2020-01-01T00:00:00Z");
+        set_condition(&mut c, Condition::new("A", false, "R", "third"));
+        assert_ne!(c[0].last_transition_time, "2020-01-01T00:00:00Z");
+        assert_eq!(c[0].severity.as_deref(), Some("Warning"));
+        note_deadline(&mut c, "vault unreachable");
+        assert_eq!(c.len(), 1);
+        note_deadline(&mut c, "deadline exceeded: too slow");
+        assert!(
+            c.iter()
+                .any(|c| c.type_ == condition::DEADLINE_EXCEEDED && c.status == "True")
+        );
+    }
+
+    #[test]
+    fn target_references_resolve_with_defaults() {
+        let bare = TargetRef {
+            name: "vault".into(),
+            ..Default::default()
+        };
+        let r = bare.resolved("team");
+        assert_eq!(r.api_version.as_deref(), Some(APPBINDING_API_VERSION));
+        assert_eq!(r.kind.as_deref(), Some("AppBinding"));
+        assert_eq!(r.namespace.as_deref(), Some("team"));
+        let elsewhere = TargetRef {
+            namespace: Some("other".into()),
+            ..bare.clone()
+        };
+        assert_eq!(
+            elsewhere.resolved("team").namespace.as_deref(),
+            Some("other")
+        );
+
+        let mut rs = RestoreSession::new(
+            "r",
+            RestoreSessionSpec {
+                target: Some(RestoreTarget {
+                    r#ref: Some(bare),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+        );
+        rs.metadata.namespace = Some("team".into());
+        assert_eq!(rs.target_key(), Some(("team".into(), "vault".into())));
+        rs.spec.target = None;
+        assert_eq!(rs.target_key(), None);
+    }
 }

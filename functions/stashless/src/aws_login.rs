@@ -111,7 +111,7 @@ pub(crate) fn sign_sts(
         .time(time)
         .settings(settings)
         .build()
-        .map_err(|e| Error::Invalid(format!("{what}: {e}")))?
+        .map_err(|e| Error::invalid_because(what, e))?
         .into();
     let request = SignableRequest::new(
         method,
@@ -119,9 +119,9 @@ pub(crate) fn sign_sts(
         headers.iter().copied(),
         SignableBody::Bytes(body),
     )
-    .map_err(|e| Error::Invalid(format!("{what}: {e}")))?;
+    .map_err(|e| Error::invalid_because(what, e))?;
     let (instructions, _) = sign(request, &params)
-        .map_err(|e| Error::Invalid(format!("{what}: {e}")))?
+        .map_err(|e| Error::invalid_because(what, e))?
         .into_parts();
     Ok(instructions)
 }

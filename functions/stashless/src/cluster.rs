@@ -54,7 +54,7 @@ impl ClusterSource {
             ClusterSource::Url { url, token, ca_file } => {
                 let uri = url
                     .parse()
-                    .map_err(|e| Error::Invalid(format!("STASHLESS_KUBE_URL {url:?} is not a URL: {e}")))?;
+                    .map_err(|e| Error::invalid_because(format!("STASHLESS_KUBE_URL {url:?} is not a URL"), e))?;
                 let mut config = Config::new(uri);
                 if let Some(token) = token {
                     config.auth_info.token = Some(token.clone().into());
@@ -63,7 +63,7 @@ impl ClusterSource {
                     // Read once here so a wrong path fails with its name, not at first use;
                     // kube re-reads the file itself (CA rotation).
                     std::fs::metadata(ca_file).map_err(|e| {
-                        Error::Invalid(format!(
+                        Error::invalid(format!(
                             "STASHLESS_KUBE_CA_FILE {}: {e}",
                             ca_file.display()
                         ))
@@ -75,17 +75,17 @@ impl ClusterSource {
             ClusterSource::Eks { cluster } => {
                 let aws = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
                 let region = aws.region().map(|r| r.to_string()).ok_or_else(|| {
-                    Error::Invalid("STASHLESS_EKS_CLUSTER is set but no AWS region is configured (AWS_REGION)".into())
+                    Error::invalid("STASHLESS_EKS_CLUSTER is set but no AWS region is configured (AWS_REGION)")
                 })?;
                 let credentials = aws.credentials_provider().ok_or_else(|| {
-                    Error::Invalid("STASHLESS_EKS_CLUSTER is set but no AWS credentials are configured".into())
+                    Error::invalid("STASHLESS_EKS_CLUSTER is set but no AWS credentials are configured")
                 })?;
                 let (endpoint, ca) = crate::eks::describe(&aws_sdk_eks::Client::new(&aws), cluster).await?;
                 let tokens = crate::eks::TokenSource::new(credentials, &region, cluster);
                 return crate::eks::client(&endpoint, &ca, std::sync::Arc::new(tokens)).await;
             }
             ClusterSource::Infer => Config::infer().await.map_err(|e| {
-                Error::Invalid(format!(
+                Error::invalid(format!(
                     "no Kubernetes configuration: {e} (set STASHLESS_EKS_CLUSTER, KUBECONFIG, run in-cluster, or set STASHLESS_KUBE_URL)"
                 ))
             })?,
@@ -121,7 +121,7 @@ pub async fn read_secret(
             name: name.into(),
             hint: format!(" (needed for {used_for})"),
         }),
-        Err(e) if api_code(&e) == Some(403) => Err(Error::Invalid(format!(
+        Err(e) if api_code(&e) == Some(403) => Err(Error::invalid(format!(
             "not allowed to read Secret {namespace}/{name} (needed for {used_for}): grant the function's identity `get` on secrets in {namespace}"
         ))),
         Err(e) => Err(Error::kube(format!("reading Secret {namespace}/{name}"), e)),
@@ -139,18 +139,18 @@ pub fn secret_text(
         None => Ok(None),
         Some(bytes) => {
             let text = std::str::from_utf8(bytes).map_err(|_| {
-                Error::Invalid(format!(
+                Error::invalid(format!(
                     "Secret {namespace}/{name} key {key:?} is not UTF-8 text"
                 ))
             })?;
             let text = text.trim();
             if text.is_empty() {
-                return Err(Error::Invalid(format!(
+                return Err(Error::invalid(format!(
                     "Secret {namespace}/{name} key {key:?} is empty"
                 )));
             }
             if text.chars().any(|c| c.is_control()) {
-                return Err(Error::Invalid(format!(
+                return Err(Error::invalid(format!(
                     "Secret {namespace}/{name} key {key:?} holds control characters"
                 )));
             }

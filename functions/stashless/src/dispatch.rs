@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use futures::StreamExt;
+use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde::{Deserialize, Serialize};
@@ -23,10 +24,12 @@ use tokio::sync::Mutex;
 use tokio::task::JoinSet;
 
 use crate::api::{BackupConfiguration, BackupSession, RestoreSession, SessionPhase};
-use crate::backup::Context;
+use crate::context::{Context, NamespaceScope};
 use crate::error::{Error, Result};
-use crate::events::SessionRef;
+use crate::events::{SessionRef, Tick};
+use crate::scheduler::{SchedulerSettings, TickReport};
 use crate::session::HasPhase;
+use crate::sweep::{SweepReport, SweepSettings};
 
 pub const SOURCE: &str = "stashless.bridge";
 /// PutEvents limits: 10 entries and 256 KiB per call.
@@ -205,16 +208,19 @@ impl EventBridge {
             tokio::time::sleep(delay).await;
             delay *= 2;
         }
-        Err(Error::Dispatch(format!(
-            "PutEvents to {} kept failing for {} event(s): {}",
-            self.bus,
-            pending.len(),
-            pending
-                .iter()
-                .map(|c| format!("{}/{}", c.namespace, c.name))
-                .collect::<Vec<_>>()
-                .join(", ")
-        )))
+        Err(Error::unavailable(
+            format!(
+                "PutEvents to {} kept failing for {} event(s): {}",
+                self.bus,
+                pending.len(),
+                pending
+                    .iter()
+                    .map(|c| format!("{}/{}", c.namespace, c.name))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            None,
+        ))
     }
 }
 
@@ -271,44 +277,40 @@ impl Health {
 }
 
 /// The watch bridge: watches BackupSessions, RestoreSessions and BackupConfigurations
-/// (all namespaces, or `namespaces`) and dispatches each relevant change: a session that
-/// is Pending (new, or still unclaimed), a configuration whose spec changed. The watcher
-/// resumes from bookmarks and relists after 410 Gone by itself. Runs until dropped.
+/// (in the namespaces in scope) and dispatches each relevant change: a session that is
+/// Pending (new, or still unclaimed), a configuration whose spec changed. The watcher
+/// resumes from bookmarks and relists after 410 Gone by itself; after an error (403, an API
+/// server down) it waits with kube's default exponential backoff instead of spinning.
+/// Runs until dropped.
 pub async fn bridge(
     client: Client,
-    namespaces: Vec<String>,
+    namespaces: NamespaceScope,
     to: Arc<dyn Dispatch>,
     health: Arc<Health>,
 ) {
-    fn apis<K>(client: &Client, namespaces: &[String]) -> Vec<Api<K>>
+    fn watch<K>(
+        client: &Client,
+        namespaces: &NamespaceScope,
+    ) -> futures::stream::SelectAll<futures::stream::BoxStream<'static, watcher::Result<Event<K>>>>
     where
-        K: Resource<Scope = kube::core::NamespaceResourceScope, DynamicType = ()>,
+        K: Resource<Scope = kube::core::NamespaceResourceScope, DynamicType = ()>
+            + Clone
+            + serde::de::DeserializeOwned
+            + std::fmt::Debug
+            + Send
+            + 'static,
     {
-        if namespaces.is_empty() {
-            vec![Api::all(client.clone())]
-        } else {
+        let cfg = watcher::Config::default().any_semantic();
+        futures::stream::select_all(
             namespaces
-                .iter()
-                .map(|n| Api::namespaced(client.clone(), n))
-                .collect()
-        }
+                .apis::<K>(client)
+                .into_iter()
+                .map(|a| watcher::watcher(a, cfg.clone()).default_backoff().boxed()),
+        )
     }
-    let cfg = || watcher::Config::default().any_semantic();
-    let b = futures::stream::select_all(
-        apis::<BackupSession>(&client, &namespaces)
-            .into_iter()
-            .map(|a| watcher::watcher(a, cfg()).boxed()),
-    );
-    let r = futures::stream::select_all(
-        apis::<RestoreSession>(&client, &namespaces)
-            .into_iter()
-            .map(|a| watcher::watcher(a, cfg()).boxed()),
-    );
-    let c = futures::stream::select_all(
-        apis::<BackupConfiguration>(&client, &namespaces)
-            .into_iter()
-            .map(|a| watcher::watcher(a, cfg()).boxed()),
-    );
+    let b = watch::<BackupSession>(&client, &namespaces);
+    let r = watch::<RestoreSession>(&client, &namespaces);
+    let c = watch::<BackupConfiguration>(&client, &namespaces);
     let (mut b, mut r, mut c) = (b, r, c);
     // What was already dispatched, by uid → resourceVersion: a relist (after 410 Gone or a
     // reconnect) replays every object, and an unchanged one must not be dispatched again.
@@ -394,7 +396,7 @@ pub async fn route_in_process(ctx: Arc<Context>) {
     let client = ctx.kube.clone();
     bridge(
         client,
-        Vec::new(),
+        NamespaceScope::all(),
         InProcess::new(ctx),
         Arc::new(Health::default()),
     )
@@ -420,9 +422,75 @@ where
             Err(e) => tracing::debug!(error = %e, "watch error while following {name}"),
         }
     }
-    Err(Error::Invalid(format!(
-        "stopped following {name}: the watch ended"
-    )))
+    Err(Error::unavailable(
+        format!("stopped following {name}: the watch ended"),
+        None,
+    ))
+}
+
+/// What one scheduler invocation did: the tick, the sweep, and the sessions handed on.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct TickResponse {
+    pub tick: TickReport,
+    pub sweep: SweepReport,
+    /// Sessions that need a function: created by the tick or found by the sweep.
+    pub to_dispatch: usize,
+    /// Of those, how many were put on the bus (0 without one).
+    pub dispatched: usize,
+}
+
+/// The scheduler function's work: the tick (sessions due now), the sweep (lost and stale
+/// sessions), then one event per session to run, when there is somewhere to send them.
+pub async fn scheduled_tick(
+    client: &Client,
+    tick: &Tick,
+    settings: &SchedulerSettings,
+    sweep_settings: &SweepSettings,
+    to: Option<&dyn Dispatch>,
+) -> Result<TickResponse> {
+    let report = crate::scheduler::tick(client, tick, settings).await?;
+    let now = tick.time.unwrap_or_else(chrono::Utc::now);
+    let swept = crate::sweep::sweep(client, &settings.namespaces, now, sweep_settings).await?;
+    let mut changes: Vec<Change> = report
+        .created
+        .iter()
+        .filter_map(|key| key.split_once('/'))
+        .map(|(ns, name)| {
+            let r = SessionRef {
+                kind: Some("BackupSession".into()),
+                namespace: ns.into(),
+                name: name.into(),
+            };
+            Change::from_ref(&r, "Added")
+        })
+        .collect();
+    changes.extend(
+        swept
+            .redispatch
+            .iter()
+            .map(|r| Change::from_ref(r, "Sweep")),
+    );
+    let dispatched = match to {
+        Some(to) => {
+            to.dispatch(&changes).await?;
+            changes.len()
+        }
+        None => {
+            if !changes.is_empty() {
+                tracing::warn!(
+                    sessions = changes.len(),
+                    "STASHLESS_EVENT_BUS is not set: nothing dispatches these sessions"
+                );
+            }
+            0
+        }
+    };
+    Ok(TickResponse {
+        tick: report,
+        sweep: swept,
+        to_dispatch: changes.len(),
+        dispatched,
+    })
 }
 
 #[cfg(test)]

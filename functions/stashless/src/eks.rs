@@ -121,10 +121,9 @@ impl TokenSource {
         if let Some(t) = self.fresh() {
             return Ok(t);
         }
-        let credentials =
-            self.credentials.provide_credentials().await.map_err(|e| {
-                Error::Invalid(format!("no AWS credentials for the EKS token: {e}"))
-            })?;
+        let credentials = self.credentials.provide_credentials().await.map_err(|e| {
+            Error::unavailable("no AWS credentials for the EKS token", Some(Box::new(e)))
+        })?;
         let now = SystemTime::now();
         let fresh = token(&credentials, &self.region, &self.cluster, now)?;
         *self.cached.lock().expect("token cache lock") = Some((fresh.clone(), now));
@@ -215,18 +214,27 @@ pub async fn describe(eks: &aws_sdk_eks::Client, cluster: &str) -> Result<(Strin
         .send()
         .await
         .map_err(|e| {
-            Error::Invalid(format!(
+            let message = format!(
                 "eks:DescribeCluster {cluster}: {} (does the function's role allow eks:DescribeCluster on this cluster?)",
                 aws_sdk_eks::error::DisplayErrorContext(&e)
-            ))
+            );
+            // Refused (no such cluster, access denied): only a change fixes it. Anything
+            // else (network, throttling, AWS errors) may pass on a retry.
+            let refused = matches!(&e, aws_sdk_eks::error::SdkError::ServiceError(se)
+                if se.raw().status().is_client_error() && se.raw().status().as_u16() != 429);
+            if refused {
+                Error::Invalid { message, source: Some(Box::new(e)) }
+            } else {
+                Error::Unavailable { message, source: Some(Box::new(e)) }
+            }
         })?;
     let c = out.cluster.ok_or_else(|| {
-        Error::Invalid(format!(
+        Error::invalid(format!(
             "eks:DescribeCluster {cluster}: no cluster in the answer"
         ))
     })?;
     let endpoint = c.endpoint.filter(|e| !e.is_empty()).ok_or_else(|| {
-        Error::Invalid(format!(
+        Error::invalid(format!(
             "EKS cluster {cluster} has no endpoint yet (still creating?)"
         ))
     })?;
@@ -234,14 +242,14 @@ pub async fn describe(eks: &aws_sdk_eks::Client, cluster: &str) -> Result<(Strin
         .certificate_authority
         .and_then(|a| a.data)
         .ok_or_else(|| {
-            Error::Invalid(format!(
+            Error::invalid(format!(
                 "EKS cluster {cluster} reports no certificate authority"
             ))
         })?;
     let pem = base64::engine::general_purpose::STANDARD
         .decode(ca.trim())
         .map_err(|e| {
-            Error::Invalid(format!(
+            Error::invalid(format!(
                 "EKS cluster {cluster}: certificate authority is not base64: {e}"
             ))
         })?;
@@ -251,9 +259,9 @@ pub async fn describe(eks: &aws_sdk_eks::Client, cluster: &str) -> Result<(Strin
 /// A kube client for `cluster`: endpoint and CA from DescribeCluster, and every request
 /// carrying a fresh bearer token from `tokens`.
 pub async fn client(endpoint: &str, ca_pem: &[u8], tokens: Arc<TokenSource>) -> Result<Client> {
-    let uri = endpoint
-        .parse()
-        .map_err(|e| Error::Invalid(format!("EKS endpoint {endpoint:?} is not a URL: {e}")))?;
+    let uri = endpoint.parse().map_err(|e| {
+        Error::invalid_because(format!("EKS endpoint {endpoint:?} is not a URL"), e)
+    })?;
     let mut config = kube::Config::new(uri);
     config.root_cert = Some(pem_certificates(ca_pem)?);
     let layer = BearerLayer(tokens);
@@ -269,9 +277,9 @@ fn pem_certificates(pem: &[u8]) -> Result<Vec<Vec<u8>>> {
     let certs = CertificateDer::pem_slice_iter(pem)
         .map(|c| c.map(|c| c.to_vec()))
         .collect::<std::result::Result<Vec<_>, _>>()
-        .map_err(|e| Error::Invalid(format!("CA bundle is not PEM: {e}")))?;
+        .map_err(|e| Error::invalid_because("CA bundle is not PEM", e))?;
     if certs.is_empty() {
-        return Err(Error::Invalid("CA bundle holds no certificate".into()));
+        return Err(Error::invalid("CA bundle holds no certificate"));
     }
     Ok(certs)
 }

@@ -44,12 +44,14 @@ pub fn respond(result: Result<Value, Error>) -> Result<Value, lambda_runtime::Er
     match result {
         Ok(v) => Ok(v),
         Err(e) if e.is_retryable() => {
-            tracing::warn!(error = %e, "retryable failure: returning an error so Lambda retries");
-            Err(Box::new(Retryable(e.to_string())))
+            let reason = e.reason();
+            tracing::warn!(error = %reason, kind = ?e.kind(), "retryable failure: returning an error so Lambda retries");
+            Err(Box::new(Retryable(reason)))
         }
         Err(e) => {
-            tracing::error!(error = %e, "permanent failure: not retrying");
-            Ok(json!({ "status": "rejected", "error": e.to_string() }))
+            let reason = e.reason();
+            tracing::error!(error = %reason, kind = ?e.kind(), "permanent failure: not retrying");
+            Ok(json!({ "status": "rejected", "kind": e.kind(), "error": reason }))
         }
     }
 }

@@ -1,12 +1,26 @@
 //! stashless: Stash-compatible backup and restore of Vault/OpenBao raft snapshots,
 //! as small functions. Each module owns one step of the flow and talks to at most one
-//! outside system; `backup` and `scheduler` compose them into the Lambda handlers.
+//! outside system. The modules form layers; a module imports only from its own layer or
+//! the ones above it in this table, never from below, and the functions never import
+//! each other:
+//!
+//! | layer | modules | what they own |
+//! |---|---|---|
+//! | types and pure policy | `api`, `error`, `schedule`, `retention`, `archive`, `events`, `crds` | Stash's objects, error kinds, cron, keep policy, the snapshot verifier, event parsing |
+//! | one outside system each | `cluster`, `eks`, `aws_login`, `resolve`, `repository`, `vault`, `manifests` | the API server, EKS tokens, the Vault IAM login, AppBinding/Repository/Secrets, S3, Vault |
+//! | steps shared by the functions | `config`, `context`, `session`, `status`, `metrics` | configuration checks, clients and scope, claiming and exclusion, typed status, gauges |
+//! | the functions | `backup`, `restore`, `scheduler`, `sweep` | one handler each |
+//! | composition | `dispatch`, `lambda` | the watch bridge, in-process and EventBridge dispatch, the scheduler's tick + sweep + dispatch, Lambda responses |
+//!
+//! The binaries under `functions/*/src/main.rs` are thin: tracing, clients, `run(service_fn(..))`.
 
 pub mod api;
 pub mod archive;
 pub mod aws_login;
 pub mod backup;
 pub mod cluster;
+pub mod config;
+pub mod context;
 pub mod crds;
 pub mod dispatch;
 pub mod eks;
@@ -22,6 +36,7 @@ pub mod retention;
 pub mod schedule;
 pub mod scheduler;
 pub mod session;
+pub mod status;
 pub mod sweep;
 pub mod vault;
 
@@ -54,14 +69,42 @@ pub fn keep_large_buffers_mapped() {
     }
 }
 
+/// The log filter: `RUST_LOG` when set (a full filter), else Lambda's advanced logging
+/// level `AWS_LAMBDA_LOG_LEVEL` (TRACE, DEBUG, INFO, WARN, ERROR, FATAL), else `default`.
+pub fn log_filter(rust_log: Option<&str>, lambda_level: Option<&str>, default: &str) -> String {
+    if let Some(f) = rust_log.map(str::trim).filter(|f| !f.is_empty()) {
+        return f.to_string();
+    }
+    match lambda_level
+        .map(|l| l.trim().to_ascii_uppercase())
+        .as_deref()
+    {
+        Some("TRACE") => "trace",
+        Some("DEBUG") => "debug",
+        Some("INFO") => "info",
+        Some("WARN") => "warn",
+        Some("ERROR") | Some("FATAL") => "error",
+        _ => default,
+    }
+    .to_string()
+}
+
 /// Logging set-up for the function binaries: JSON when Lambda asks for it
-/// (`AWS_LAMBDA_LOG_FORMAT=JSON`), text otherwise; level from `RUST_LOG`, default info.
+/// (`AWS_LAMBDA_LOG_FORMAT=JSON`), text otherwise; level from [`log_filter`]. Colour only
+/// when stderr is a terminal (Lambda's and a redirected run's logs get plain text).
 pub fn init_tracing() {
+    use std::io::IsTerminal;
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = log_filter(
+        std::env::var("RUST_LOG").ok().as_deref(),
+        std::env::var("AWS_LAMBDA_LOG_LEVEL").ok().as_deref(),
+        "info",
+    );
+    let filter = EnvFilter::try_new(&filter).unwrap_or_else(|_| EnvFilter::new("info"));
     let json = std::env::var("AWS_LAMBDA_LOG_FORMAT").is_ok_and(|v| v.eq_ignore_ascii_case("json"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stdout().is_terminal())
         .with_target(false);
     let _ = if json {
         builder
@@ -72,4 +115,21 @@ pub fn init_tracing() {
     } else {
         builder.try_init()
     };
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn log_filter_prefers_rust_log_then_lambdas_level() {
+        use super::log_filter;
+        assert_eq!(
+            log_filter(Some("stashless=debug"), Some("ERROR"), "info"),
+            "stashless=debug"
+        );
+        assert_eq!(log_filter(Some(" "), Some("warn"), "info"), "warn");
+        assert_eq!(log_filter(None, Some("FATAL"), "info"), "error");
+        assert_eq!(log_filter(None, Some("TRACE"), "info"), "trace");
+        assert_eq!(log_filter(None, Some("loud"), "info"), "info");
+        assert_eq!(log_filter(None, None, "warn"), "warn");
+    }
 }

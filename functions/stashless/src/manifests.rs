@@ -17,7 +17,7 @@ pub const RESTORE_SESSION: &str =
 /// Split multi-document YAML into JSON objects (empty documents skipped).
 pub fn parse(yaml: &str) -> Result<Vec<Value>> {
     let docs: Vec<Value> = serde_saphyr::from_multiple(yaml)
-        .map_err(|e| Error::Invalid(format!("manifest YAML: {e}")))?;
+        .map_err(|e| Error::invalid_because("manifest YAML", e))?;
     Ok(docs.into_iter().filter(|d| d.is_object()).collect())
 }
 
@@ -41,7 +41,7 @@ pub async fn create(client: &Client, obj: &Value) -> Result<DynamicObject> {
     let kind = obj["kind"].as_str().unwrap_or_default();
     let (group, version) = api_version.rsplit_once('/').unwrap_or(("", api_version));
     let plural = plural(kind).ok_or_else(|| {
-        Error::Invalid(format!(
+        Error::invalid(format!(
             "manifest kind {kind:?} is not one stashless applies"
         ))
     })?;
@@ -54,7 +54,7 @@ pub async fn create(client: &Client, obj: &Value) -> Result<DynamicObject> {
         Api::namespaced_with(client.clone(), ns, &ar)
     };
     let dynamic: DynamicObject = serde_json::from_value(obj.clone())
-        .map_err(|e| Error::Invalid(format!("manifest {kind}: {e}")))?;
+        .map_err(|e| Error::invalid_because(format!("manifest {kind}"), e))?;
     api.create(&PostParams::default(), &dynamic)
         .await
         .map_err(|e| {

@@ -1,9 +1,13 @@
-//! Metrics out: Prometheus text pushed to a Pushgateway (as Stash does), and CloudWatch
-//! embedded-metric-format lines on stdout (picked up from the function's logs).
+//! Metrics out: Stash's gauges and labels for a backup or restore, pushed to a Pushgateway
+//! (as Stash does) with the outcome recorded as the `MetricsPushed` condition, and
+//! CloudWatch embedded-metric-format lines on stdout (picked up from the function's logs).
 
 use std::fmt::Write as _;
 use std::time::Duration;
 
+use chrono::Utc;
+
+use crate::api::{APPBINDING_KIND, Condition, DEFAULT_HOST, TargetRef, condition};
 use crate::error::{Error, Result};
 
 /// One gauge.
@@ -69,16 +73,249 @@ pub async fn push(http: &reqwest::Client, gateway: &str, group: &MetricGroup) ->
         .body(group.to_text())
         .send()
         .await
-        .map_err(|e| Error::Invalid(format!("pushing metrics to {gateway}: {e}")))?;
+        .map_err(|e| {
+            Error::unavailable(
+                format!("pushing metrics to {gateway}"),
+                Some(Box::new(e.without_url())),
+            )
+        })?;
     if !resp.status().is_success() {
         let status = resp.status();
         let body = resp.text().await.unwrap_or_default();
-        return Err(Error::Invalid(format!(
+        let message = format!(
             "Pushgateway {gateway} refused metrics: HTTP {status}: {}",
             body.chars().take(200).collect::<String>()
-        )));
+        );
+        // A 4xx is about what was sent (only a change here fixes it); the rest may pass.
+        return Err(if status.is_client_error() {
+            Error::invalid(message)
+        } else {
+            Error::unavailable(message, None)
+        });
     }
     Ok(())
+}
+
+/// Push a group to the Pushgateway when one is configured, and say how it went as the
+/// `MetricsPushed` condition (`None`: no Pushgateway, nothing to say). A failed push never
+/// fails the session: it is a warning in its conditions.
+pub async fn publish(
+    http: &reqwest::Client,
+    gateway: Option<&str>,
+    group: &MetricGroup,
+) -> Option<Condition> {
+    let gateway = gateway?;
+    Some(match push(http, gateway, group).await {
+        Ok(()) => Condition::new(
+            condition::METRICS_PUSHED,
+            true,
+            "SuccessfullyPushedMetrics",
+            "metrics pushed to the Pushgateway",
+        ),
+        Err(e) => {
+            tracing::warn!(error = %e.reason(), "pushing metrics failed");
+            Condition::new(
+                condition::METRICS_PUSHED,
+                false,
+                "FailedToPushMetrics",
+                e.reason(),
+            )
+        }
+    })
+}
+
+fn flag(v: bool) -> f64 {
+    if v { 1.0 } else { 0.0 }
+}
+
+/// What a backup measured, for its gauges.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct BackupMeasure {
+    pub success: bool,
+    pub duration: Duration,
+    /// The snapshot's size, when one was stored.
+    pub size: Option<u64>,
+    /// The Repository after retention: (snapshots, bytes), when it was listed.
+    pub repository: Option<(usize, u64)>,
+    /// Snapshots the retention removed.
+    pub removed: usize,
+}
+
+/// Stash's backup gauges for one session.
+pub fn backup_gauges(m: &BackupMeasure) -> Vec<Gauge> {
+    let mut g = vec![
+        Gauge {
+            name: "stash_backup_session_success",
+            help: "Indicates whether the entire backup session succeeded",
+            value: flag(m.success),
+        },
+        Gauge {
+            name: "stash_backup_session_duration_seconds",
+            help: "Time taken to complete the backup session",
+            value: m.duration.as_secs_f64(),
+        },
+        Gauge {
+            name: "stash_backup_target_success",
+            help: "Indicates whether the backup of the target succeeded",
+            value: flag(m.success),
+        },
+        Gauge {
+            name: "stash_backup_host_backup_success",
+            help: "Indicates whether the backup of the host succeeded",
+            value: flag(m.success),
+        },
+    ];
+    if m.success {
+        g.push(Gauge {
+            name: "stash_backup_last_success_time_seconds",
+            help: "Unix time of the last successful backup",
+            value: Utc::now().timestamp() as f64,
+        });
+    }
+    if let Some(size) = m.size {
+        g.push(Gauge {
+            name: "stash_backup_host_data_size_bytes",
+            help: "Size of the snapshot taken",
+            value: size as f64,
+        });
+        g.push(Gauge {
+            name: "stash_backup_host_data_uploaded_bytes",
+            help: "Bytes uploaded to the repository",
+            value: size as f64,
+        });
+    }
+    if let Some((count, bytes)) = m.repository {
+        g.push(Gauge {
+            name: "stash_repository_integrity",
+            help: "Result of the repository integrity check",
+            value: 1.0,
+        });
+        g.push(Gauge {
+            name: "stash_repository_size_bytes",
+            help: "Total size of the repository",
+            value: bytes as f64,
+        });
+        g.push(Gauge {
+            name: "stash_repository_snapshot_count",
+            help: "Number of snapshots in the repository",
+            value: count as f64,
+        });
+        g.push(Gauge {
+            name: "stash_repository_snapshot_cleaned",
+            help: "Number of snapshots removed by the last cleanup",
+            value: m.removed as f64,
+        });
+    }
+    g
+}
+
+/// The Pushgateway group of a BackupConfiguration's sessions, with Stash's labels.
+pub fn backup_group(
+    namespace: &str,
+    config: &str,
+    repository: &str,
+    target: &TargetRef,
+    gauges: Vec<Gauge>,
+) -> MetricGroup {
+    MetricGroup {
+        job: "stash-backup",
+        grouping: vec![
+            ("namespace", namespace.into()),
+            ("invoker_name", config.into()),
+        ],
+        labels: vec![
+            ("invoker_kind", "BackupConfiguration".into()),
+            ("invoker_name", config.into()),
+            ("namespace", namespace.into()),
+            ("repository", repository.into()),
+            (
+                "target_kind",
+                target
+                    .kind
+                    .clone()
+                    .unwrap_or_else(|| APPBINDING_KIND.into()),
+            ),
+            ("target_name", target.name.clone()),
+            ("host", DEFAULT_HOST.into()),
+        ],
+        gauges,
+    }
+}
+
+/// The CloudWatch EMF line of a backup: success, duration and snapshot size.
+pub fn backup_emf(namespace: &str, config: &str, gauges: &[Gauge]) -> String {
+    let emf: Vec<(&'static str, f64, &'static str)> = gauges
+        .iter()
+        .filter_map(|g| match g.name {
+            "stash_backup_session_success" => Some(("BackupSuccess", g.value, "Count")),
+            "stash_backup_session_duration_seconds" => Some(("BackupDuration", g.value, "Seconds")),
+            "stash_backup_host_data_size_bytes" => Some(("SnapshotSize", g.value, "Bytes")),
+            _ => None,
+        })
+        .collect();
+    emf_line(
+        &[("BackupConfiguration", format!("{namespace}/{config}"))],
+        &emf,
+    )
+}
+
+/// The Pushgateway group of one RestoreSession, with Stash's gauges and labels.
+pub fn restore_group(
+    namespace: &str,
+    session: &str,
+    target: &TargetRef,
+    success: bool,
+    duration: Duration,
+) -> MetricGroup {
+    MetricGroup {
+        job: "stash-restore",
+        grouping: vec![
+            ("namespace", namespace.into()),
+            ("invoker_name", session.into()),
+        ],
+        labels: vec![
+            ("invoker_kind", "RestoreSession".into()),
+            ("invoker_name", session.into()),
+            ("namespace", namespace.into()),
+            (
+                "target_kind",
+                target
+                    .kind
+                    .clone()
+                    .unwrap_or_else(|| APPBINDING_KIND.into()),
+            ),
+            ("target_name", target.name.clone()),
+            ("host", DEFAULT_HOST.into()),
+        ],
+        gauges: vec![
+            Gauge {
+                name: "stash_restore_session_success",
+                help: "Indicates whether the restore session succeeded",
+                value: flag(success),
+            },
+            Gauge {
+                name: "stash_restore_session_duration_seconds",
+                help: "Time taken to complete the restore session",
+                value: duration.as_secs_f64(),
+            },
+            Gauge {
+                name: "stash_restore_host_restore_success",
+                help: "Indicates whether the restore of the host succeeded",
+                value: flag(success),
+            },
+        ],
+    }
+}
+
+/// The CloudWatch EMF line of a restore: success and duration.
+pub fn restore_emf(namespace: &str, session: &str, success: bool, duration: Duration) -> String {
+    emf_line(
+        &[("RestoreSession", format!("{namespace}/{session}"))],
+        &[
+            ("RestoreSuccess", flag(success), "Count"),
+            ("RestoreDuration", duration.as_secs_f64(), "Seconds"),
+        ],
+    )
 }
 
 /// A CloudWatch embedded-metric-format line: namespace `stashless`, dimensions from
@@ -146,6 +383,85 @@ mod tests {
             "{t}"
         );
         assert_eq!(g.path(), "/metrics/job/stash-backup/namespace/vault");
+    }
+
+    #[test]
+    fn backup_gauges_follow_what_was_measured() {
+        let names = |m: &BackupMeasure| backup_gauges(m).iter().map(|g| g.name).collect::<Vec<_>>();
+        let failed = BackupMeasure {
+            duration: Duration::from_secs(3),
+            ..Default::default()
+        };
+        assert_eq!(
+            names(&failed),
+            [
+                "stash_backup_session_success",
+                "stash_backup_session_duration_seconds",
+                "stash_backup_target_success",
+                "stash_backup_host_backup_success"
+            ]
+        );
+        assert!(
+            backup_gauges(&failed)
+                .iter()
+                .all(|g| g.name.ends_with("seconds") || g.value == 0.0)
+        );
+        let ok = BackupMeasure {
+            success: true,
+            duration: Duration::from_secs(3),
+            size: Some(4096),
+            repository: Some((2, 8192)),
+            removed: 1,
+        };
+        let g = backup_gauges(&ok);
+        let value = |n: &str| g.iter().find(|g| g.name == n).map(|g| g.value);
+        assert_eq!(value("stash_backup_session_success"), Some(1.0));
+        assert_eq!(value("stash_backup_host_data_size_bytes"), Some(4096.0));
+        assert_eq!(value("stash_repository_size_bytes"), Some(8192.0));
+        assert_eq!(value("stash_repository_snapshot_count"), Some(2.0));
+        assert_eq!(value("stash_repository_snapshot_cleaned"), Some(1.0));
+        assert!(value("stash_backup_last_success_time_seconds").is_some());
+
+        let target = TargetRef {
+            name: "vault".into(),
+            ..Default::default()
+        };
+        let group = backup_group("ns", "cfg", "repo", &target, g);
+        let text = group.to_text();
+        assert!(text.contains("target_kind=\"AppBinding\""), "{text}");
+        assert!(text.contains("host=\"host-0\""), "{text}");
+        let emf: serde_json::Value =
+            serde_json::from_str(&backup_emf("ns", "cfg", &group.gauges)).unwrap();
+        assert_eq!(emf["SnapshotSize"], 4096.0);
+        assert_eq!(emf["BackupConfiguration"], "ns/cfg");
+        let r = restore_group("ns", "rs", &target, false, Duration::from_secs(1));
+        assert_eq!(
+            r.path(),
+            "/metrics/job/stash-restore/namespace/ns/invoker_name/rs"
+        );
+        assert!(
+            r.gauges
+                .iter()
+                .any(|g| g.name == "stash_restore_session_success" && g.value == 0.0)
+        );
+    }
+
+    #[tokio::test]
+    async fn publish_says_nothing_without_a_gateway_and_why_a_push_failed() {
+        let http = reqwest::Client::new();
+        let group = restore_group("ns", "rs", &TargetRef::default(), true, Duration::ZERO);
+        assert_eq!(publish(&http, None, &group).await, None);
+        // Nothing listens on port 9 of loopback: refused at once.
+        let c = publish(&http, Some("http://127.0.0.1:9"), &group)
+            .await
+            .unwrap();
+        assert_eq!(c.status, "False");
+        assert_eq!(c.reason.as_deref(), Some("FailedToPushMetrics"));
+        let msg = c.message.unwrap();
+        assert!(
+            msg.starts_with("pushing metrics to http://127.0.0.1:9: "),
+            "{msg}"
+        );
     }
 
     #[test]

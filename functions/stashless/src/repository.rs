@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 use tokio::task::JoinSet;
 
 use crate::archive::{ArchiveFile, SnapshotMeta};
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorKind, Result};
 
 pub const SNAPSHOT_EXT: &str = ".snap";
 pub const MANIFEST_EXT: &str = ".json";
@@ -91,20 +91,20 @@ pub fn normalise_prefix(prefix: &str) -> Result<String> {
             .collect()
     };
     if prefix.chars().any(|c| c.is_control()) {
-        return Err(Error::Invalid(format!(
+        return Err(Error::invalid(format!(
             "spec.backend.s3.prefix \"{}\" contains control characters: use letters, digits, '-', '_', '.' and '/'",
             shown()
         )));
     }
     let segments: Vec<&str> = prefix.split('/').filter(|s| !s.is_empty()).collect();
     if segments.iter().any(|s| *s == ".." || *s == ".") {
-        return Err(Error::Invalid(format!(
+        return Err(Error::invalid(format!(
             "spec.backend.s3.prefix \"{}\" contains '.' or '..' segments, which would lead out of the prefix: name the folder directly, such as \"vault/prod\"",
             shown()
         )));
     }
     if prefix.len() > 512 {
-        return Err(Error::Invalid(format!(
+        return Err(Error::invalid(format!(
             "spec.backend.s3.prefix is {} bytes, longer than the 512 stashless accepts (S3 keys end at 1024)",
             prefix.len()
         )));
@@ -126,7 +126,7 @@ pub fn validate_bucket(bucket: &str) -> Result<()> {
     if ok {
         Ok(())
     } else {
-        Err(Error::Invalid(format!(
+        Err(Error::invalid(format!(
             "spec.backend.s3.bucket {:?} is not a valid bucket name (3-63 lowercase letters, digits, '-' and '.', starting and ending with a letter or digit, not an IP address)",
             bucket.chars().take(80).collect::<String>()
         )))
@@ -243,7 +243,7 @@ impl Store {
                 .with_trust_store(tls::TrustStore::default().with_pem_certificate(pem))
                 .build()
                 .map_err(|e| {
-                    Error::Invalid(format!(
+                    Error::invalid(format!(
                         "storage Secret CA_CERT_DATA is not a usable PEM bundle: {e}"
                     ))
                 })?;
@@ -288,7 +288,7 @@ impl Store {
 
     fn err<E>(&self, what: &str, e: SdkError<E>) -> Error
     where
-        E: ProvideErrorMetadata + std::error::Error + 'static,
+        E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
     {
         storage_error(&self.location, what, e)
     }
@@ -327,7 +327,12 @@ impl Store {
         Error::Storage {
             bucket: self.location.bucket.clone(),
             message: message.into(),
-            retryable,
+            kind: if retryable {
+                ErrorKind::Unavailable
+            } else {
+                ErrorKind::Invalid
+            },
+            source: None,
         }
     }
 
@@ -479,9 +484,24 @@ impl Store {
 
 fn storage_error<E>(location: &Location, what: &str, e: SdkError<E>) -> Error
 where
-    E: ProvideErrorMetadata + std::error::Error + 'static,
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
 {
     let (message, retryable) = match &e {
+        // An answer with neither code nor message (e.g. a 200 whose body did not parse):
+        // what the SDK said about it is the only clue.
+        SdkError::ServiceError(se)
+            if se.err().code().unwrap_or("").is_empty()
+                && se.err().message().unwrap_or("").is_empty() =>
+        {
+            let status = se.raw().status().as_u16();
+            (
+                format!(
+                    "{what}: HTTP {status}: the answer could not be read: {}",
+                    DisplayErrorContext(&e)
+                ),
+                status >= 500 || status == 429,
+            )
+        }
         SdkError::ServiceError(se) => {
             let status = se.raw().status().as_u16();
             let code = se.err().code().unwrap_or("");
@@ -512,9 +532,17 @@ where
                 status >= 500 || status == 429 || code == "SlowDown" || code == "RequestTimeout",
             )
         }
-        SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) | SdkError::ResponseError(_) => (
+        SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) => (
             format!(
                 "{what}: cannot reach {}: {}",
+                location.endpoint.as_deref().unwrap_or("S3"),
+                DisplayErrorContext(&e)
+            ),
+            true,
+        ),
+        SdkError::ResponseError(_) => (
+            format!(
+                "{what}: the answer from {} could not be read: {}",
                 location.endpoint.as_deref().unwrap_or("S3"),
                 DisplayErrorContext(&e)
             ),
@@ -525,7 +553,12 @@ where
     Error::Storage {
         bucket: location.bucket.clone(),
         message,
-        retryable,
+        kind: if retryable {
+            ErrorKind::Unavailable
+        } else {
+            ErrorKind::Invalid
+        },
+        source: Some(Box::new(e)),
     }
 }
 
@@ -620,7 +653,8 @@ impl MultipartUpload {
             Some(Err(join)) => Err(Error::Storage {
                 bucket: self.location.bucket.clone(),
                 message: format!("part upload task failed: {join}"),
-                retryable: true,
+                kind: ErrorKind::Unavailable,
+                source: Some(Box::new(join)),
             }),
             None => Ok(()),
         }

@@ -71,12 +71,15 @@ pub async fn repository(
         check_usage_policy(&repo, &label, session_ns)?;
     }
     let s3 = repo.spec.backend.s3.clone().ok_or_else(|| {
-        Error::Invalid(format!(
+        Error::invalid(format!(
             "{label} has no spec.backend.s3: stashless stores snapshots in S3 or an S3-compatible store"
         ))
     })?;
     let labelled = |e: Error| match e {
-        Error::Invalid(m) => Error::Invalid(format!("{label} {m}")),
+        Error::Invalid { message, source } => Error::Invalid {
+            message: format!("{label} {message}"),
+            source,
+        },
         other => other,
     };
     let prefix = normalise_prefix(s3.prefix.as_deref().unwrap_or("")).map_err(labelled)?;
@@ -86,7 +89,7 @@ pub async fn repository(
             .as_deref()
             .is_some_and(|e| e.starts_with("https://"))
     {
-        return Err(Error::Invalid(format!(
+        return Err(Error::invalid(format!(
             "{label} sets insecureTLS, which stashless does not support: put the store's CA certificate in the storage Secret's CA_CERT_DATA instead"
         )));
     }
@@ -101,7 +104,7 @@ pub async fn repository(
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-')
     {
-        return Err(Error::Invalid(format!(
+        return Err(Error::invalid(format!(
             "{label} spec.backend.s3.region {:?} is not a region name (letters, digits and '-', such as \"eu-west-1\")",
             region.chars().take(64).collect::<String>()
         )));
@@ -139,12 +142,12 @@ pub async fn repository(
             }),
             (None, None) => None,
             (Some(_), None) => {
-                return Err(Error::Invalid(format!(
+                return Err(Error::invalid(format!(
                     "Secret {ns}/{secret_name} has AWS_ACCESS_KEY_ID but no AWS_SECRET_ACCESS_KEY"
                 )));
             }
             (None, Some(_)) => {
-                return Err(Error::Invalid(format!(
+                return Err(Error::invalid(format!(
                     "Secret {ns}/{secret_name} has AWS_SECRET_ACCESS_KEY but no AWS_ACCESS_KEY_ID"
                 )));
             }
@@ -179,10 +182,10 @@ fn check_usage_policy(repo: &Repository, label: &str, session_ns: &str) -> Resul
         .and_then(|p| p.allowed_namespaces.as_ref());
     match allowed.and_then(|a| a.from.as_deref()).unwrap_or("Same") {
         "All" => Ok(()),
-        "Selector" => Err(Error::Invalid(format!(
+        "Selector" => Err(Error::invalid(format!(
             "{label} allows other namespaces by label selector (spec.usagePolicy.allowedNamespaces.from: Selector), which stashless does not evaluate, so it is not used from namespace {session_ns}: set spec.usagePolicy.allowedNamespaces.from: All on the Repository to share it, or use a Repository in namespace {session_ns}"
         ))),
-        from => Err(Error::Invalid(format!(
+        from => Err(Error::invalid(format!(
             "{label} may only be used from its own namespace (spec.usagePolicy.allowedNamespaces.from: {}), not from namespace {session_ns}: set spec.usagePolicy.allowedNamespaces.from: All on the Repository to share it, or use a Repository in namespace {session_ns}",
             from.chars().take(20).collect::<String>()
         ))),
@@ -219,22 +222,22 @@ fn s3_endpoint(raw: &str, label: &str) -> Result<Option<String>> {
     // swallow the bucket and key, and a '.'/'..' path segment lets a server resolve them
     // somewhere else than the bucket and prefix the Repository names.
     if base.len() < raw.len() {
-        return Err(Error::Invalid(format!(
+        return Err(Error::invalid(format!(
             "{label} spec.backend.s3.endpoint \"{shown}\" has a query or fragment (not shown): give the store's base URL, such as https://s3.example.com"
         )));
     }
     let url: http::Uri = with_scheme.parse().map_err(|_| {
-        Error::Invalid(format!(
+        Error::invalid(format!(
             "{label} spec.backend.s3.endpoint \"{shown}\" is not a URL"
         ))
     })?;
     if !matches!(url.scheme_str(), Some("http") | Some("https")) {
-        return Err(Error::Invalid(format!(
+        return Err(Error::invalid(format!(
             "{label} spec.backend.s3.endpoint must be http or https"
         )));
     }
     if url.authority().is_some_and(|a| a.as_str().contains('@')) {
-        return Err(Error::Invalid(format!(
+        return Err(Error::invalid(format!(
             "{label} spec.backend.s3.endpoint carries credentials in the URL: put them in the storage Secret"
         )));
     }
@@ -245,12 +248,12 @@ fn s3_endpoint(raw: &str, label: &str) -> Result<Option<String>> {
         _ => true,
     };
     if url.host().is_none_or(str::is_empty) || !port_ok {
-        return Err(Error::Invalid(format!(
+        return Err(Error::invalid(format!(
             "{label} spec.backend.s3.endpoint \"{shown}\" is not a URL (host[:port] expected)"
         )));
     }
     if url.path().split('/').any(|s| s == "." || s == "..") {
-        return Err(Error::Invalid(format!(
+        return Err(Error::invalid(format!(
             "{label} spec.backend.s3.endpoint \"{shown}\" has a '.' or '..' path segment: give the store's base URL, such as https://s3.example.com"
         )));
     }
@@ -285,7 +288,7 @@ fn vault_addr(cc: &ClientConfig, ns: &str, label: &str) -> Result<String> {
             format!("{scheme}://{}.{svc_ns}.svc:{}{path}", svc.name, svc.port)
         }
         _ => {
-            return Err(Error::Invalid(format!(
+            return Err(Error::invalid(format!(
                 "{label} has neither spec.clientConfig.url nor spec.clientConfig.service"
             )));
         }
@@ -297,12 +300,12 @@ fn vault_addr(cc: &ClientConfig, ns: &str, label: &str) -> Result<String> {
         } else {
             format!("{:?}", addr.chars().take(200).collect::<String>())
         };
-        Error::Invalid(format!(
+        Error::invalid(format!(
             "{label} spec.clientConfig.url {shown} is not a URL"
         ))
     })?;
     if parsed.authority().is_some_and(|a| a.as_str().contains('@')) {
-        return Err(Error::Invalid(format!(
+        return Err(Error::invalid(format!(
             "{label} spec.clientConfig.url carries credentials: put the token in a Secret instead"
         )));
     }
@@ -312,7 +315,7 @@ fn vault_addr(cc: &ClientConfig, ns: &str, label: &str) -> Result<String> {
         Some("http") => "http",
         Some("https") => "https",
         _ => {
-            return Err(Error::Invalid(format!(
+            return Err(Error::invalid(format!(
                 "{label} spec.clientConfig.url must be http or https"
             )));
         }
@@ -332,13 +335,12 @@ pub async fn vault_target(
     session_ns: &str,
     target: Option<&TargetRef>,
 ) -> Result<(AppBinding, VaultTarget)> {
-    let target = target.ok_or_else(|| {
-        Error::Invalid("spec.target.ref is not set: name the Vault's AppBinding".into())
-    })?;
+    let target = target
+        .ok_or_else(|| Error::invalid("spec.target.ref is not set: name the Vault's AppBinding"))?;
     if let Some(kind) = target.kind.as_deref()
         && kind != "AppBinding"
     {
-        return Err(Error::Invalid(format!(
+        return Err(Error::invalid(format!(
             "spec.target.ref.kind is {kind:?}: stashless backs up Vault through an AppBinding (kind: AppBinding)"
         )));
     }
@@ -362,14 +364,14 @@ pub async fn vault_target(
             base64::engine::general_purpose::STANDARD
                 .decode(b64.trim())
                 .map_err(|_| {
-                    Error::Invalid(format!("{label} spec.clientConfig.caBundle is not base64"))
+                    Error::invalid(format!("{label} spec.clientConfig.caBundle is not base64"))
                 })?,
         ),
     };
     let insecure_skip_tls_verify = cc.insecure_skip_tls_verify.unwrap_or(false);
     if is_plain_http(&addr) {
         if ca_pem.is_some() {
-            return Err(Error::Invalid(format!(
+            return Err(Error::invalid(format!(
                 "{label} sets spec.clientConfig.caBundle but its Vault address {addr} is plain http: use https, or drop the caBundle to opt in to plaintext"
             )));
         }
@@ -415,7 +417,7 @@ async fn token_from_secret(
         .map(str::to_string)
         .or_else(|| ab.spec.secret.as_ref().map(|s| s.name.clone()))
         .ok_or_else(|| {
-            Error::Invalid(format!(
+            Error::invalid(format!(
                 "{label} names no token Secret: set spec.parameters.backupTokenSecretRef.name or spec.secret.name"
             ))
         })?;
@@ -427,13 +429,13 @@ async fn token_from_secret(
     )
     .await?;
     let token = secret_text(&data, ns, &token_secret, "token")?.ok_or_else(|| {
-        Error::Invalid(format!(
+        Error::invalid(format!(
             "Secret {ns}/{token_secret} has no key \"token\" (the Vault token)"
         ))
     })?;
     // Vault tokens are printable ASCII; anything else cannot be sent as a header as it is.
     if !token.bytes().all(|b| b.is_ascii_graphic()) {
-        return Err(Error::Invalid(format!(
+        return Err(Error::invalid(format!(
             "Secret {ns}/{token_secret} key \"token\" holds characters a Vault token never has (spaces or non-ASCII): put the token itself there"
         )));
     }
@@ -453,7 +455,7 @@ fn aws_login(ab: &AppBinding, label: &str) -> Result<Option<AwsLogin>> {
             .map(str::to_string)
     };
     let role = text("role").ok_or_else(|| {
-        Error::Invalid(format!(
+        Error::invalid(format!(
             "{label} spec.parameters.awsAuth has no role: set awsAuth.role to the Vault aws-auth role to log in as"
         ))
     })?;
@@ -464,7 +466,7 @@ fn aws_login(ab: &AppBinding, label: &str) -> Result<Option<AwsLogin>> {
             .chars()
             .any(|c| c.is_control() || c == '?' || c == '#')
     {
-        return Err(Error::Invalid(format!(
+        return Err(Error::invalid(format!(
             "{label} spec.parameters.awsAuth.mount {mount:?} is not an auth mount path"
         )));
     }
@@ -583,7 +585,7 @@ mod tests {
     fn other_schemes_and_credentials_are_refused() {
         for bad in ["ftp://vault:8200", "https://user:pw@vault:8200"] {
             let e = vault_addr(&url(bad), "ns", "l").unwrap_err();
-            assert!(matches!(e, Error::Invalid(_)), "{bad}: {e}");
+            assert!(matches!(e, Error::Invalid { .. }), "{bad}: {e}");
             assert!(!e.to_string().contains("pw@"), "{e}");
         }
         assert!(vault_addr(&service("ftp"), "ns", "l").is_err());

@@ -10,31 +10,30 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference}
 use kube::api::{ListParams, PostParams};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde::Serialize;
-use serde_json::json;
 
 use crate::api::{
-    BackupConfiguration, BackupInvokerRef, BackupSession, BackupSessionSpec, Condition,
-    LABEL_INVOKER_NAME, LABEL_INVOKER_TYPE, LABEL_MANAGED_BY, MANAGED_BY, STASH_GROUP, condition,
-    set_condition,
+    BackupConfiguration, BackupInvokerRef, BackupSession, BackupSessionSpec, LABEL_INVOKER_NAME,
+    LABEL_INVOKER_TYPE, LABEL_MANAGED_BY, MANAGED_BY, STASH_GROUP,
 };
+use crate::context::NamespaceScope;
 use crate::error::{Error, Result, api_code};
 use crate::events::Tick;
-use crate::schedule::{Schedule, session_name};
-use crate::session;
+use crate::schedule::session_name;
+use crate::{config, session, status};
 
 #[derive(Debug, Clone)]
 pub struct SchedulerSettings {
     /// A slot older than this at tick time is missed, not run (CronJob's startingDeadlineSeconds).
     pub starting_deadline: chrono::Duration,
-    /// Namespaces to look in; empty: all.
-    pub namespaces: Vec<String>,
+    /// Namespaces to look in.
+    pub namespaces: NamespaceScope,
 }
 
 impl Default for SchedulerSettings {
     fn default() -> Self {
         SchedulerSettings {
             starting_deadline: chrono::Duration::minutes(5),
-            namespaces: Vec::new(),
+            namespaces: NamespaceScope::all(),
         }
     }
 }
@@ -49,21 +48,9 @@ impl SchedulerSettings {
         {
             s.starting_deadline = chrono::Duration::seconds(secs.clamp(60, 7 * 24 * 3600));
         }
-        s.namespaces = namespaces_from_env();
+        s.namespaces = NamespaceScope::from_env();
         s
     }
-}
-
-/// `STASHLESS_NAMESPACES` (comma separated): the namespaces stashless serves; empty: all.
-/// The scheduler, sweep, backup and restore all read it here.
-pub fn namespaces_from_env() -> Vec<String> {
-    std::env::var("STASHLESS_NAMESPACES")
-        .unwrap_or_default()
-        .split(',')
-        .map(str::trim)
-        .filter(|n| !n.is_empty())
-        .map(String::from)
-        .collect()
 }
 
 /// What a tick did, per configuration (`namespace/name`).
@@ -93,14 +80,8 @@ pub async fn tick(
         ..Default::default()
     };
     let mut configs = Vec::new();
-    if settings.namespaces.is_empty() {
-        let api: Api<BackupConfiguration> = Api::all(client.clone());
-        configs = list(&api).await?;
-    } else {
-        for ns in &settings.namespaces {
-            let api: Api<BackupConfiguration> = Api::namespaced(client.clone(), ns);
-            configs.extend(list(&api).await?);
-        }
+    for api in settings.namespaces.apis::<BackupConfiguration>(client) {
+        configs.extend(list(&api).await?);
     }
     // Configurations are independent: a bounded number at a time, so a tick over a
     // thousand of them is one round trip deep per CONCURRENT_CONFIGS, not a thousand.
@@ -156,32 +137,14 @@ async fn tick_one(
     settings: &SchedulerSettings,
 ) -> ConfigOutcome {
     let ns = config.namespace().unwrap_or_default();
-    if let Some(driver) = config.spec.driver.as_deref().filter(|d| *d != "Restic") {
-        let e = format!(
-            "driver {driver:?} is not supported: stashless streams Vault raft snapshots (driver Restic, Stash's default); remove spec.driver or set it to Restic"
-        );
-        mark_validity(client, &config, Err(e.clone())).await;
-        return ConfigOutcome::Invalid(e);
-    }
-    let schedule = match config
-        .spec
-        .schedule
-        .as_deref()
-        .unwrap_or("")
-        .parse::<Schedule>()
-    {
+    let schedule = match config::validate(&config) {
         Ok(s) => s,
         Err(e) => {
-            mark_validity(client, &config, Err(e.to_string())).await;
-            return ConfigOutcome::Invalid(e.to_string());
+            let reason = e.reason();
+            mark_validity(client, &config, Err(&reason)).await;
+            return ConfigOutcome::Invalid(reason);
         }
     };
-    // Retention counts and timeOut would fail every session: say so on the configuration
-    // now rather than once per slot.
-    if let Err(e) = crate::backup::check_config(&config) {
-        mark_validity(client, &config, Err(e.to_string())).await;
-        return ConfigOutcome::Invalid(e.to_string());
-    }
     mark_validity(client, &config, Ok(())).await;
     if config.spec.paused == Some(true) {
         return ConfigOutcome::Paused;
@@ -263,47 +226,14 @@ pub fn new_session(config: &BackupConfiguration, slot: DateTime<Utc>) -> BackupS
 async fn mark_validity(
     client: &Client,
     config: &BackupConfiguration,
-    validity: std::result::Result<(), String>,
+    validity: std::result::Result<(), &str>,
 ) {
-    let status = config.status.clone().unwrap_or_default();
-    let (phase, cond) = match &validity {
-        Ok(()) => (
-            "Ready",
-            Condition::new(
-                condition::VALIDATION_PASSED,
-                true,
-                "ResourceValidationPassed",
-                "schedule, retentionPolicy and timeOut are valid",
-            ),
-        ),
-        Err(msg) => (
-            "Invalid",
-            Condition::new(
-                condition::VALIDATION_PASSED,
-                false,
-                "ResourceValidationFailed",
-                msg.clone(),
-            ),
-        ),
-    };
-    let unchanged = status.phase.as_deref() == Some(phase)
-        && status
-            .conditions
-            .iter()
-            .any(|c| c.type_ == cond.type_ && c.status == cond.status && c.message == cond.message);
-    if unchanged {
+    let Some(status) = status::config_validity(config, validity) else {
         return;
-    }
-    let mut conditions = status.conditions.clone();
-    set_condition(&mut conditions, cond);
+    };
     let api: Api<BackupConfiguration> =
         Api::namespaced(client.clone(), &config.namespace().unwrap_or_default());
-    let body = json!({
-        "phase": phase,
-        "observedGeneration": config.metadata.generation,
-        "conditions": conditions,
-    });
-    if let Err(e) = session::patch_status(&api, &config.name_any(), body).await {
+    if let Err(e) = session::patch_status(&api, &config.name_any(), &status).await {
         tracing::warn!(config = %config.name_any(), error = %e, "could not write BackupConfiguration status");
     }
 }

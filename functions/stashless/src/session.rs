@@ -1,19 +1,92 @@
 //! Session life cycle on the API server: claim with a resourceVersion precondition,
-//! status writes through the status subresource, overlap checks, history cleanup.
+//! deadlines, status writes through the status subresource, both mutual-exclusion checks
+//! (backup beside backup or restore, restore beside restore or backup), history cleanup,
+//! and what an invocation did ([`Outcome`]).
 
 use std::fmt::Debug;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
-use kube::{Api, Resource, ResourceExt};
+use kube::{Api, Client, Resource, ResourceExt};
+use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
 use crate::api::{
-    BackupSession, LABEL_INVOKER_NAME, LABEL_INVOKER_TYPE, RestoreSession, SessionPhase, timestamp,
+    BackupConfiguration, BackupSession, LABEL_INVOKER_NAME, LABEL_INVOKER_TYPE, RestoreSession,
+    SessionPhase, timestamp,
 };
 use crate::error::{Error, Result, api_code};
+
+/// What a backup or restore invocation did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    Succeeded {
+        snapshot: String,
+        size: u64,
+        /// The whole session, claim to final status.
+        duration: Duration,
+        /// A restore left Vault sealed (the snapshot's cluster had other unseal keys).
+        sealed_after: bool,
+    },
+    Failed {
+        reason: String,
+    },
+    /// A backup skipped: another session of the same Vault was running.
+    Skipped {
+        reason: String,
+    },
+    /// Not ours to run: gone, already final, claimed by another invocation, or outside
+    /// the namespaces served.
+    NotClaimed {
+        why: String,
+    },
+}
+
+impl Outcome {
+    /// The phase written on the session, if one was.
+    pub fn phase(&self) -> Option<SessionPhase> {
+        match self {
+            Outcome::Succeeded { .. } => Some(SessionPhase::Succeeded),
+            Outcome::Failed { .. } => Some(SessionPhase::Failed),
+            Outcome::Skipped { .. } => Some(SessionPhase::Skipped),
+            Outcome::NotClaimed { .. } => None,
+        }
+    }
+
+    /// The function's response: JSON with named fields (`outcome`, `phase`, `reason` and,
+    /// for a success, the snapshot, its size and the session's duration).
+    pub fn to_response(&self) -> Value {
+        let outcome = match self {
+            Outcome::Succeeded { .. } => "Succeeded",
+            Outcome::Failed { .. } => "Failed",
+            Outcome::Skipped { .. } => "Skipped",
+            Outcome::NotClaimed { .. } => "NotClaimed",
+        };
+        let phase = self.phase().map(SessionPhase::as_str);
+        match self {
+            Outcome::Succeeded {
+                snapshot,
+                size,
+                duration,
+                sealed_after,
+            } => json!({
+                "outcome": outcome,
+                "phase": phase,
+                "snapshot": snapshot,
+                "sizeBytes": size,
+                "durationSeconds": duration.as_secs_f64(),
+                "sealedAfter": sealed_after,
+            }),
+            Outcome::Failed { reason }
+            | Outcome::Skipped { reason }
+            | Outcome::NotClaimed { why: reason } => {
+                json!({ "outcome": outcome, "phase": phase, "reason": reason })
+            }
+        }
+    }
+}
 
 /// The phase of a Stash session object.
 pub trait HasPhase {
@@ -50,44 +123,9 @@ where
             }
             _ => Ok(Ok(s)),
         },
-        Ok(None) => Ok(Err(format!("the {kind} no longer exists"))),
+        // Deleted, or never created: an event cannot tell which.
+        Ok(None) => Ok(Err(format!("there is no {kind} {namespace}/{name}"))),
         Err(e) => Err(Error::kube(format!("reading {kind} {namespace}/{name}"), e)),
-    }
-}
-
-/// The longest `timeOut` accepted. A session runs inside one function invocation (at most
-/// 15 minutes on Lambda), so anything near this is already capped by that; far beyond it
-/// ("100000h", "99999999999s") is a typo, and would put `sessionDeadline` centuries away.
-pub const MAX_TIME_OUT: Duration = Duration::from_secs(24 * 3600);
-
-/// A session's time limit from its `timeOut` (`field` names it for the reason), or
-/// `default` when unset. A value that does not parse as a Go duration, is not positive, or
-/// is above [`MAX_TIME_OUT`] is an error naming the field: silently running with the
-/// default instead would hide the mistake.
-pub fn time_limit(field: &str, raw: Option<&str>, default: Duration) -> Result<Duration> {
-    let Some(raw) = raw.filter(|r| !r.trim().is_empty()) else {
-        return Ok(default);
-    };
-    let shown: String = raw
-        .chars()
-        .take(40)
-        .flat_map(char::escape_default)
-        .collect();
-    let fail = |why: &str| Err(Error::Invalid(format!("{field} \"{shown}\" {why}")));
-    if raw.trim_start().starts_with('-') {
-        return fail("is negative: a session needs a positive time limit such as \"30m\"");
-    }
-    match crate::api::parse_go_duration(raw) {
-        None => fail(
-            "is not a duration: write it as Go does, a number and a unit (h, m, s, ms), e.g. \"30m\" or \"1h30m\"",
-        ),
-        Some(d) if d.is_zero() => {
-            fail("is zero: a session needs a positive time limit such as \"30m\"")
-        }
-        Some(d) if d > MAX_TIME_OUT => fail(
-            "is longer than 24h, the most stashless accepts: a session runs within one function invocation (at most 15 minutes on Lambda); use e.g. \"30m\"",
-        ),
-        Some(d) => Ok(d),
     }
 }
 
@@ -127,7 +165,7 @@ where
     let name = obj.name_any();
     let rv = obj
         .resource_version()
-        .ok_or_else(|| Error::Invalid(format!("{name} has no resourceVersion")))?;
+        .ok_or_else(|| Error::invalid(format!("{name} has no resourceVersion")))?;
     let patch = json!({
         "metadata": { "resourceVersion": rv },
         "status": {
@@ -146,9 +184,10 @@ where
     }
 }
 
-/// Merge-patch `status` through the status subresource, retrying transient API errors
-/// a few times: a final phase must not be lost to one dropped request.
-pub async fn patch_status<K>(api: &Api<K>, name: &str, status: Value) -> Result<K>
+/// Merge-patch `status` (a typed status from [`crate::status`]) through the status
+/// subresource, retrying transient API errors a few times: a final phase must not be lost
+/// to one dropped request.
+pub async fn patch_status<K>(api: &Api<K>, name: &str, status: &impl Serialize) -> Result<K>
 where
     K: Resource + Clone + DeserializeOwned + Debug,
 {
@@ -172,6 +211,31 @@ where
                 delay *= 2;
             }
         }
+    }
+}
+
+/// Merge-patch `status` only if `obj` is unchanged since it was read (its resourceVersion
+/// as precondition). `Ok(false)` when it changed or is gone: whoever changed it stands.
+pub async fn patch_status_if_unchanged<K>(
+    api: &Api<K>,
+    obj: &K,
+    status: &impl Serialize,
+) -> Result<bool>
+where
+    K: Resource + Clone + DeserializeOwned + Debug,
+{
+    let patch = json!({
+        "metadata": { "resourceVersion": obj.resource_version() },
+        "status": status,
+    });
+    let name = obj.name_any();
+    match api
+        .patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+    {
+        Ok(_) => Ok(true),
+        Err(e) if matches!(api_code(&e), Some(409) | Some(404)) => Ok(false),
+        Err(e) => Err(Error::kube(format!("writing status of {name}"), e)),
     }
 }
 
@@ -232,7 +296,7 @@ pub fn running_before<'a>(
 }
 
 /// Its `status.sessionDeadline` has passed at `now` (none written: not past).
-pub(crate) fn past_deadline(s: &BackupSession, now: DateTime<Utc>) -> bool {
+pub fn past_deadline(s: &BackupSession, now: DateTime<Utc>) -> bool {
     s.status
         .as_ref()
         .and_then(|st| st.session_deadline.as_deref())
@@ -266,4 +330,217 @@ pub async fn clean_history(
         }
     }
     Ok(deleted)
+}
+
+fn running(phase: Option<SessionPhase>) -> bool {
+    phase == Some(SessionPhase::Running)
+}
+
+/// A Running RestoreSession into this configuration's AppBinding, if any (RestoreSessions
+/// in the target's namespace), as `namespace/name`: a snapshot taken while it runs could
+/// hold half-restored data.
+pub async fn restore_running(
+    client: &Client,
+    config: &BackupConfiguration,
+) -> Result<Option<String>> {
+    let Some(t) = config.target_ref() else {
+        return Ok(None);
+    };
+    let ns = t
+        .namespace
+        .clone()
+        .unwrap_or_else(|| config.namespace().unwrap_or_default());
+    let api: Api<RestoreSession> = Api::namespaced(client.clone(), &ns);
+    let list = api
+        .list(&ListParams::default())
+        .await
+        .map_err(|e| Error::kube("listing RestoreSessions", e))?;
+    let wanted = Some((ns.clone(), t.name.clone()));
+    Ok(list
+        .items
+        .iter()
+        .find(|rs| running(rs.phase()) && rs.target_key() == wanted)
+        .map(|rs| format!("{ns}/{}", rs.name_any())))
+}
+
+/// Refuse a restore next to another restore of the same target that came first, or while
+/// a backup of the target is Running ([`Error::Conflict`]: it may run once the other ends).
+pub async fn check_restore_exclusive(client: &Client, me: &RestoreSession) -> Result<()> {
+    let Some((tns, tname)) = me.target_key() else {
+        return Ok(());
+    };
+    let ns = me.namespace().unwrap_or_default();
+    let restores: Api<RestoreSession> = Api::namespaced(client.clone(), &ns);
+    let all = restores
+        .list(&ListParams::default())
+        .await
+        .map_err(|e| Error::kube("listing RestoreSessions", e))?;
+    let key = |r: &RestoreSession| {
+        (
+            r.metadata
+                .creation_timestamp
+                .as_ref()
+                .map(crate::k8s_time)
+                .unwrap_or_default(),
+            r.name_any(),
+        )
+    };
+    let mine = key(me);
+    let target = Some((tns.clone(), tname.clone()));
+    if let Some(other) = all.items.iter().find(|r| {
+        r.name_any() != me.name_any()
+            && running(r.phase())
+            && r.target_key() == target
+            && key(r) < mine
+    }) {
+        return Err(Error::Conflict(format!(
+            "RestoreSession {} is already restoring AppBinding {tns}/{tname}: one restore per target at a time; create this RestoreSession again when it has finished",
+            other.name_any()
+        )));
+    }
+    // Backups of the same target: Running sessions whose configuration points at it.
+    let configs: Api<BackupConfiguration> = Api::namespaced(client.clone(), &tns);
+    let sessions: Api<BackupSession> = Api::namespaced(client.clone(), &tns);
+    let running_backups: Vec<BackupSession> = sessions
+        .list(&ListParams::default())
+        .await
+        .map_err(|e| Error::kube("listing BackupSessions", e))?
+        .items
+        .into_iter()
+        .filter(|s| running(s.phase()))
+        .collect();
+    for s in running_backups {
+        // Fail closed: a configuration we cannot read may be backing up this Vault.
+        let cfg = configs.get_opt(&s.spec.invoker.name).await.map_err(|e| {
+            Error::kube(
+                format!(
+                    "reading BackupConfiguration {tns}/{} (of Running BackupSession {}) to rule out a backup of the same Vault",
+                    s.spec.invoker.name,
+                    s.name_any()
+                ),
+                e,
+            )
+        })?;
+        let t = cfg.as_ref().and_then(|c| c.target_ref());
+        if t.is_some_and(|t| t.name == tname && t.namespace.as_deref().unwrap_or(&tns) == tns) {
+            return Err(Error::Conflict(format!(
+                "BackupSession {} is backing up AppBinding {tns}/{tname} right now: restoring at the same time could capture or overwrite half-restored data; create this RestoreSession again when the backup has finished",
+                s.name_any()
+            )));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::{BackupInvokerRef, BackupSessionSpec, BackupSessionStatus};
+
+    fn session(
+        name: &str,
+        created: i64,
+        phase: Option<SessionPhase>,
+        deadline: Option<&str>,
+    ) -> BackupSession {
+        let mut s = BackupSession::new(
+            name,
+            BackupSessionSpec {
+                invoker: BackupInvokerRef {
+                    api_group: None,
+                    kind: "BackupConfiguration".into(),
+                    name: "cfg".into(),
+                },
+                retry_left: None,
+            },
+        );
+        s.metadata.creation_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+            k8s_openapi::jiff::Timestamp::from_second(created).unwrap(),
+        ));
+        s.status = Some(BackupSessionStatus {
+            phase,
+            session_deadline: deadline.map(String::from),
+            ..Default::default()
+        });
+        s
+    }
+
+    #[test]
+    fn an_earlier_running_session_comes_first_unless_its_deadline_passed() {
+        let now = DateTime::parse_from_rfc3339("2026-12-03T10:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let me = session("b", 200, Some(SessionPhase::Running), None);
+        let earlier = session(
+            "a",
+            100,
+            Some(SessionPhase::Running),
+            Some("2026-12-03T10:05:00Z"),
+        );
+        let lost = session(
+            "a",
+            100,
+            Some(SessionPhase::Running),
+            Some("2026-12-03T09:55:00Z"),
+        );
+        let later = session("c", 300, Some(SessionPhase::Running), None);
+        let done = session("a", 100, Some(SessionPhase::Succeeded), None);
+        assert_eq!(
+            running_before(&[earlier.clone(), me.clone()], &me, now).map(|s| s.name_any()),
+            Some("a".into())
+        );
+        assert!(running_before(&[lost.clone(), me.clone()], &me, now).is_none());
+        assert!(running_before(&[later, me.clone()], &me, now).is_none());
+        assert!(running_before(&[done], &me, now).is_none());
+        assert!(past_deadline(&lost, now));
+        assert!(!past_deadline(&earlier, now));
+        assert!(!past_deadline(&me, now));
+    }
+
+    #[test]
+    fn deadline_is_the_session_limit_or_lambdas_less_the_margin() {
+        let start = std::time::Instant::now();
+        let (at, _) = deadline(start, Duration::from_secs(60), None, Duration::from_secs(5));
+        assert_eq!(at - start, Duration::from_secs(60));
+        let lambda = start + Duration::from_secs(30);
+        let (at, wall) = deadline(
+            start,
+            Duration::from_secs(60),
+            Some(lambda),
+            Duration::from_secs(5),
+        );
+        assert_eq!(at - start, Duration::from_secs(25));
+        let ahead = (wall - Utc::now()).num_seconds();
+        assert!((23..=25).contains(&ahead), "{ahead}");
+    }
+
+    #[test]
+    fn responses_are_json_with_named_fields() {
+        let ok = Outcome::Succeeded {
+            snapshot: "ns/s".into(),
+            size: 10,
+            duration: Duration::from_millis(1500),
+            sealed_after: false,
+        };
+        assert_eq!(
+            ok.to_response(),
+            json!({"outcome": "Succeeded", "phase": "Succeeded", "snapshot": "ns/s", "sizeBytes": 10, "durationSeconds": 1.5, "sealedAfter": false})
+        );
+        let failed = Outcome::Failed {
+            reason: "bad".into(),
+        };
+        assert_eq!(
+            failed.to_response(),
+            json!({"outcome": "Failed", "phase": "Failed", "reason": "bad"})
+        );
+        let not = Outcome::NotClaimed { why: "gone".into() };
+        assert_eq!(
+            not.to_response(),
+            json!({"outcome": "NotClaimed", "phase": null, "reason": "gone"})
+        );
+        assert_eq!(
+            Outcome::Skipped { reason: "r".into() }.phase(),
+            Some(SessionPhase::Skipped)
+        );
+    }
 }

@@ -18,18 +18,16 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::{DateTime, Utc};
-use kube::api::{ListParams, Patch, PatchParams};
-use kube::{Api, Client, Resource, ResourceExt};
+use kube::api::ListParams;
+use kube::{Api, Client, ResourceExt};
 use serde::Serialize;
-use serde_json::json;
 
-use crate::api::{
-    BackupConfiguration, BackupSession, Condition, RestoreSession, SessionPhase, condition,
-    set_condition,
-};
-use crate::error::{Error, Result, api_code};
+use crate::api::{BackupConfiguration, BackupSession, RestoreSession, SessionPhase};
+use crate::context::NamespaceScope;
+use crate::error::{Error, Result};
 use crate::events::SessionRef;
-use crate::session::HasPhase;
+use crate::session::{self, HasPhase};
+use crate::status::{self, FailedTarget};
 
 #[derive(Debug, Clone)]
 pub struct SweepSettings {
@@ -95,61 +93,18 @@ fn lost(
     }
 }
 
-async fn mark_failed<K>(
-    api: &Api<K>,
-    obj: &K,
-    reason: &str,
-    conditions: Vec<Condition>,
-    backup: bool,
-) -> Result<bool>
-where
-    K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
-{
-    let mut conditions = conditions;
-    crate::api::note_deadline(&mut conditions, reason);
-    let mut status = json!({"phase": "Failed", "conditions": conditions});
-    if backup {
-        status["targets"] = json!([{"phase": "Failed", "totalHosts": 1, "stats": [{"hostname": crate::backup::DEFAULT_HOST, "phase": "Failed", "error": reason}]}]);
-    } else {
-        set_condition(
-            &mut conditions,
-            Condition::new(condition::RESTORE_COMPLETED, false, "RestoreFailed", reason),
-        );
-        status["conditions"] = json!(conditions);
-        status["stats"] =
-            json!([{"hostname": crate::backup::DEFAULT_HOST, "phase": "Failed", "error": reason}]);
-    }
-    let patch = json!({"metadata": {"resourceVersion": obj.resource_version()}, "status": status});
-    match api
-        .patch_status(
-            &obj.name_any(),
-            &PatchParams::default(),
-            &Patch::Merge(&patch),
-        )
-        .await
-    {
-        Ok(_) => Ok(true),
-        // It changed since we looked (the function finished after all): leave it be.
-        Err(e) if matches!(api_code(&e), Some(409) | Some(404)) => Ok(false),
-        Err(e) => Err(Error::kube(
-            format!("failing lost session {}", obj.name_any()),
-            e,
-        )),
-    }
-}
-
-/// One sweep over all namespaces (or `namespaces`) at `now`.
+/// One sweep over the namespaces in scope at `now`.
 pub async fn sweep(
     client: &Client,
-    namespaces: &[String],
+    namespaces: &NamespaceScope,
     now: DateTime<Utc>,
     s: &SweepSettings,
 ) -> Result<SweepReport> {
     let mut report = SweepReport::default();
-    let scopes: Vec<Option<&str>> = if namespaces.is_empty() {
+    let scopes: Vec<Option<&str>> = if namespaces.is_all() {
         vec![None]
     } else {
-        namespaces.iter().map(|n| Some(n.as_str())).collect()
+        namespaces.list().iter().map(|n| Some(n.as_str())).collect()
     };
     for scope in scopes {
         let (backups, restores, configs): (
@@ -220,7 +175,9 @@ pub async fn sweep(
                 running_lost
             };
             if let Some(reason) = reason {
-                if mark_failed(&api, &bs, &reason, conditions, true).await? {
+                let status =
+                    status::backup_failed(conditions, &reason, None, FailedTarget::Unnamed);
+                if session::patch_status_if_unchanged(&api, &bs, &status).await? {
                     report.failed.insert(key, reason);
                 }
             } else if settle
@@ -254,7 +211,8 @@ pub async fn sweep(
                         .as_ref()
                         .map(|s| s.conditions.clone())
                         .unwrap_or_default();
-                    if mark_failed(&api, &rs, &reason, conditions, false).await? {
+                    let status = status::restore_failed(conditions, &reason, None);
+                    if session::patch_status_if_unchanged(&api, &rs, &status).await? {
                         report
                             .failed
                             .insert(format!("RestoreSession {ns}/{}", rs.name_any()), reason);

@@ -8,7 +8,7 @@ use bytes::Bytes;
 use futures::{Stream, StreamExt};
 use serde::Deserialize;
 
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorKind, Result};
 
 /// How to reach one Vault cluster, resolved from an AppBinding.
 #[derive(Clone)]
@@ -95,13 +95,15 @@ impl Vault {
             let certs = reqwest::Certificate::from_pem_bundle(pem).map_err(|e| Error::Vault {
                 addr: target.addr.clone(),
                 message: format!("the AppBinding's caBundle is not a PEM certificate bundle: {e}"),
-                retryable: false,
+                kind: ErrorKind::Invalid,
+                source: Some(Box::new(e)),
             })?;
             if certs.is_empty() {
                 return Err(Error::Vault {
                     addr: target.addr.clone(),
                     message: "the AppBinding's caBundle holds no PEM certificate".into(),
-                    retryable: false,
+                    kind: ErrorKind::Invalid,
+                    source: None,
                 });
             }
             // The caBundle is the whole trust: no public or platform CA may vouch for Vault.
@@ -121,7 +123,8 @@ impl Vault {
         let http = builder.build().map_err(|e| Error::Vault {
             addr: target.addr.clone(),
             message: format!("building the HTTP client: {e}"),
-            retryable: false,
+            kind: ErrorKind::Invalid,
+            source: Some(Box::new(e)),
         })?;
         Ok(Vault { http, target })
     }
@@ -212,7 +215,12 @@ impl Vault {
         Error::Vault {
             addr: addr.to_string(),
             message: message.into(),
-            retryable,
+            kind: if retryable {
+                ErrorKind::Unavailable
+            } else {
+                ErrorKind::Invalid
+            },
+            source: None,
         }
     }
 
@@ -332,7 +340,8 @@ impl Vault {
             r.map_err(|e| Error::Vault {
                 addr: node.clone(),
                 message: format!("snapshot stream broke: {}", error_chain(&e)),
-                retryable: true,
+                kind: ErrorKind::Unavailable,
+                source: None,
             })
         }))
     }
