@@ -314,6 +314,18 @@ pub async fn run_samples(f: &LambdaProcess, dir: &str) -> Result<Vec<String>> {
             }
         } else if v["status"] == "rejected" {
             bail!("{dir}/{name}: a valid sample was rejected: {v}");
+        } else if dir != "scheduler" {
+            // The samples name sessions this cluster does not hold: answered with named
+            // JSON fields, nothing claimed, nothing written.
+            let reason = v["reason"].as_str().unwrap_or_default();
+            if v["outcome"] != "NotClaimed"
+                || !v["phase"].is_null()
+                || !reason.starts_with("there is no ")
+            {
+                bail!(
+                    "{dir}/{name}: expected {{outcome: NotClaimed, phase: null, reason: there is no …}}, got {v}"
+                );
+            }
         }
         ids.push(id);
     }

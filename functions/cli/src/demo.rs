@@ -32,7 +32,12 @@ pub struct Row {
     pub phase: String,
     pub snapshot: String,
     pub size_bytes: u64,
+    /// Moving the snapshot alone (Vault to S3, or S3 to Vault), as Go prints durations.
+    pub transfer: String,
+    /// The whole session, claim to final status (a restore's includes Vault's keyring
+    /// reload after the snapshot is applied).
     pub duration: String,
+    /// `size_bytes` over `transfer`.
     pub throughput_mib_s: f64,
 }
 
@@ -292,6 +297,7 @@ fn backup_row(s: &BackupSession) -> Row {
         phase: st.phase.map(|p| p.as_str().to_string()).unwrap_or_default(),
         snapshot: snap.name.unwrap_or_default(),
         size_bytes: size,
+        transfer: snap.processing_time.unwrap_or_default(),
         duration: st.session_duration.unwrap_or_default(),
         throughput_mib_s: if transfer > 0.0 {
             size as f64 / 1048576.0 / transfer
@@ -303,12 +309,14 @@ fn backup_row(s: &BackupSession) -> Row {
 
 fn restore_row(rs: &RestoreSession, backup: &Row) -> Row {
     let st = rs.status.clone().unwrap_or_default();
-    let transfer = secs(st.stats.first().and_then(|s| s.duration.as_deref()));
+    let host = st.stats.first().and_then(|s| s.duration.clone());
+    let transfer = secs(host.as_deref());
     Row {
         step: "restore",
         phase: st.phase.map(|p| p.as_str().to_string()).unwrap_or_default(),
         snapshot: backup.snapshot.clone(),
         size_bytes: backup.size_bytes,
+        transfer: host.unwrap_or_default(),
         duration: st.session_duration.unwrap_or_default(),
         throughput_mib_s: if transfer > 0.0 {
             backup.size_bytes as f64 / 1048576.0 / transfer
@@ -333,20 +341,25 @@ fn parse_human(s: &str) -> u64 {
 
 pub fn print_table(s: &Summary) {
     println!(
-        "{:<8} {:<10} {:<34} {:>12} {:>10} {:>12}",
-        "STEP", "PHASE", "SNAPSHOT", "SIZE", "DURATION", "THROUGHPUT"
+        "{:<8} {:<10} {:<34} {:>12} {:>10} {:>15} {:>10}",
+        "STEP", "PHASE", "SNAPSHOT", "SIZE", "TRANSFER", "RATE", "SESSION"
     );
     for r in &s.rows {
         println!(
-            "{:<8} {:<10} {:<34} {:>12} {:>10} {:>9.1} MiB/s",
+            "{:<8} {:<10} {:<34} {:>12} {:>10} {:>9.1} MiB/s {:>10}",
             r.step,
             r.phase,
             r.snapshot,
             human(r.size_bytes),
-            r.duration,
-            r.throughput_mib_s
+            r.transfer,
+            r.throughput_mib_s,
+            r.duration
         );
     }
+    println!(
+        "TRANSFER moves the snapshot (Vault to S3, S3 to Vault); RATE is SIZE over TRANSFER; \
+         SESSION is claim to final status (a restore's includes Vault's keyring reload)"
+    );
     println!(
         "round trip {}: {} has its backed-up value after the restore",
         if s.verified {

@@ -30,6 +30,9 @@ async fn scheduler_function_under_the_lambda_runtime() {
     let v = r.unwrap();
     assert_eq!(v["tick"]["created"][0], "vault/hourly-4070944800", "{v}");
     assert!(v["sweep"]["failed"].as_object().unwrap().is_empty(), "{v}");
+    // One session to run; no event bus in this environment, so none was sent.
+    assert_eq!(v["to_dispatch"], 1, "{v}");
+    assert_eq!(v["dispatched"], 0, "{v}");
     assert_eq!(cluster.sessions().await.unwrap().len(), 1);
     let log_path_logs = f.logs_handle();
     let status = f.terminate().await.unwrap();

@@ -12,7 +12,6 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use futures::StreamExt;
-use kube::api::{Patch, PatchParams};
 use kube::{Api, ResourceExt};
 
 use crate::api::{
@@ -553,17 +552,11 @@ async fn finish_succeeded(
     if let Some(totals) = &totals {
         let repo_ns = done.repository.namespace().unwrap_or_else(|| ns.clone());
         let repos: Api<Repository> = Api::namespaced(ctx.kube.clone(), &repo_ns);
-        let patch = serde_json::json!({
-            "status": status::repository(&done.repository, totals, removed)
-        });
-        if let Err(e) = repos
-            .patch_status(
-                &done.repository.name_any(),
-                &PatchParams::default(),
-                &Patch::Merge(&patch),
-            )
-            .await
-        {
+        let repo_status = status::repository(&done.repository, totals, removed);
+        // Totals are informational: a failed write is a warning, not a failed backup.
+        let written =
+            session::patch_status(&repos, &done.repository.name_any(), &repo_status).await;
+        if let Err(e) = written {
             tracing::warn!(error = %e, "could not update Repository status");
         }
     }

@@ -209,6 +209,43 @@ pub fn backup_gauges(m: &BackupMeasure) -> Vec<Gauge> {
     g
 }
 
+/// A group with Stash's labels for one invoker: grouped by namespace and invoker name (so
+/// each push replaces the invoker's last one), labelled with the invoker, the repository
+/// (backups), the target and the one host.
+fn invoker_group(
+    job: &'static str,
+    invoker: (&str, &str),
+    namespace: &str,
+    repository: Option<&str>,
+    target: &TargetRef,
+    gauges: Vec<Gauge>,
+) -> MetricGroup {
+    let (kind, name) = invoker;
+    let mut labels = vec![
+        ("invoker_kind", kind.to_string()),
+        ("invoker_name", name.to_string()),
+        ("namespace", namespace.to_string()),
+    ];
+    if let Some(repository) = repository {
+        labels.push(("repository", repository.to_string()));
+    }
+    let target_kind = target.kind.as_deref().unwrap_or(APPBINDING_KIND);
+    labels.extend([
+        ("target_kind", target_kind.to_string()),
+        ("target_name", target.name.clone()),
+        ("host", DEFAULT_HOST.to_string()),
+    ]);
+    MetricGroup {
+        job,
+        grouping: vec![
+            ("namespace", namespace.into()),
+            ("invoker_name", name.into()),
+        ],
+        labels,
+        gauges,
+    }
+}
+
 /// The Pushgateway group of a BackupConfiguration's sessions, with Stash's labels.
 pub fn backup_group(
     namespace: &str,
@@ -217,29 +254,15 @@ pub fn backup_group(
     target: &TargetRef,
     gauges: Vec<Gauge>,
 ) -> MetricGroup {
-    MetricGroup {
-        job: "stash-backup",
-        grouping: vec![
-            ("namespace", namespace.into()),
-            ("invoker_name", config.into()),
-        ],
-        labels: vec![
-            ("invoker_kind", "BackupConfiguration".into()),
-            ("invoker_name", config.into()),
-            ("namespace", namespace.into()),
-            ("repository", repository.into()),
-            (
-                "target_kind",
-                target
-                    .kind
-                    .clone()
-                    .unwrap_or_else(|| APPBINDING_KIND.into()),
-            ),
-            ("target_name", target.name.clone()),
-            ("host", DEFAULT_HOST.into()),
-        ],
+    let invoker = ("BackupConfiguration", config);
+    invoker_group(
+        "stash-backup",
+        invoker,
+        namespace,
+        Some(repository),
+        target,
         gauges,
-    }
+    )
 }
 
 /// The CloudWatch EMF line of a backup: success, duration and snapshot size.
@@ -267,44 +290,25 @@ pub fn restore_group(
     success: bool,
     duration: Duration,
 ) -> MetricGroup {
-    MetricGroup {
-        job: "stash-restore",
-        grouping: vec![
-            ("namespace", namespace.into()),
-            ("invoker_name", session.into()),
-        ],
-        labels: vec![
-            ("invoker_kind", "RestoreSession".into()),
-            ("invoker_name", session.into()),
-            ("namespace", namespace.into()),
-            (
-                "target_kind",
-                target
-                    .kind
-                    .clone()
-                    .unwrap_or_else(|| APPBINDING_KIND.into()),
-            ),
-            ("target_name", target.name.clone()),
-            ("host", DEFAULT_HOST.into()),
-        ],
-        gauges: vec![
-            Gauge {
-                name: "stash_restore_session_success",
-                help: "Indicates whether the restore session succeeded",
-                value: flag(success),
-            },
-            Gauge {
-                name: "stash_restore_session_duration_seconds",
-                help: "Time taken to complete the restore session",
-                value: duration.as_secs_f64(),
-            },
-            Gauge {
-                name: "stash_restore_host_restore_success",
-                help: "Indicates whether the restore of the host succeeded",
-                value: flag(success),
-            },
-        ],
-    }
+    let gauges = vec![
+        Gauge {
+            name: "stash_restore_session_success",
+            help: "Indicates whether the restore session succeeded",
+            value: flag(success),
+        },
+        Gauge {
+            name: "stash_restore_session_duration_seconds",
+            help: "Time taken to complete the restore session",
+            value: duration.as_secs_f64(),
+        },
+        Gauge {
+            name: "stash_restore_host_restore_success",
+            help: "Indicates whether the restore of the host succeeded",
+            value: flag(success),
+        },
+    ];
+    let invoker = ("RestoreSession", session);
+    invoker_group("stash-restore", invoker, namespace, None, target, gauges)
 }
 
 /// The CloudWatch EMF line of a restore: success and duration.
