@@ -1,26 +1,14 @@
-//! JSON merge patch (RFC 7386) and JSON patch (RFC 6902).
+//! JSON merge patch (RFC 7386) and JSON patch (RFC 6902), on the `json-patch` crate.
+//!
+//! `application/strategic-merge-patch+json` is answered as a merge patch (see the crate
+//! doc); there is no list merging by patch strategy here.
 
-use serde_json::{Map, Value};
+use json_patch::{Patch, PatchErrorKind};
+use serde_json::Value;
 
 /// Applies an RFC 7386 merge patch to `target` in place.
 pub(crate) fn merge_patch(target: &mut Value, patch: &Value) {
-    let Value::Object(patch) = patch else {
-        *target = patch.clone();
-        return;
-    };
-    if !target.is_object() {
-        *target = Value::Object(Map::new());
-    }
-    let Value::Object(map) = target else {
-        unreachable!("target was just made an object")
-    };
-    for (k, v) in patch {
-        if v.is_null() {
-            map.remove(k);
-        } else {
-            merge_patch(map.entry(k.clone()).or_insert(Value::Null), v);
-        }
-    }
+    json_patch::merge(target, patch);
 }
 
 /// Why a JSON patch could not be applied.
@@ -32,200 +20,26 @@ pub(crate) enum JsonPatchError {
     Unprocessable(String),
 }
 
-fn parse_pointer(p: &str) -> Result<Vec<String>, JsonPatchError> {
-    if p.is_empty() {
-        return Ok(Vec::new());
-    }
-    let Some(rest) = p.strip_prefix('/') else {
-        return Err(JsonPatchError::Malformed(format!(
-            "invalid JSON pointer {p:?}: must start with '/'"
-        )));
-    };
-    Ok(rest
-        .split('/')
-        .map(|s| s.replace("~1", "/").replace("~0", "~"))
-        .collect())
-}
-
-fn array_index(tok: &str, len: usize, allow_end: bool) -> Result<usize, JsonPatchError> {
-    if allow_end && tok == "-" {
-        return Ok(len);
-    }
-    let valid = !tok.is_empty()
-        && tok.chars().all(|c| c.is_ascii_digit())
-        && (tok == "0" || !tok.starts_with('0'));
-    let idx: usize = if valid {
-        tok.parse()
-            .map_err(|_| unprocessable(format!("invalid array index {tok:?}")))?
-    } else {
-        return Err(unprocessable(format!("invalid array index {tok:?}")));
-    };
-    let max = if allow_end {
-        len
-    } else {
-        len.saturating_sub(1)
-    };
-    if idx > max || (!allow_end && len == 0) {
-        return Err(unprocessable(format!("array index {idx} out of bounds")));
-    }
-    Ok(idx)
-}
-
-fn unprocessable(msg: String) -> JsonPatchError {
-    JsonPatchError::Unprocessable(msg)
-}
-
-fn get<'a>(doc: &'a Value, path: &[String]) -> Option<&'a Value> {
-    let mut cur = doc;
-    for tok in path {
-        cur = match cur {
-            Value::Object(m) => m.get(tok)?,
-            Value::Array(a) => a.get(array_index(tok, a.len(), false).ok()?)?,
-            _ => return None,
-        };
-    }
-    Some(cur)
-}
-
-fn parent_mut<'a>(doc: &'a mut Value, path: &[String]) -> Result<&'a mut Value, JsonPatchError> {
-    let mut cur = doc;
-    for tok in path {
-        cur = match cur {
-            Value::Object(m) => m
-                .get_mut(tok)
-                .ok_or_else(|| unprocessable(format!("path component {tok:?} does not exist")))?,
-            Value::Array(a) => {
-                let i = array_index(tok, a.len(), false)?;
-                &mut a[i]
-            }
-            _ => {
-                return Err(unprocessable(format!(
-                    "path component {tok:?} is not a container"
-                )));
-            }
-        };
-    }
-    Ok(cur)
-}
-
-fn add(doc: &mut Value, path: &[String], value: Value) -> Result<(), JsonPatchError> {
-    let Some((last, parent_path)) = path.split_last() else {
-        *doc = value;
-        return Ok(());
-    };
-    match parent_mut(doc, parent_path)? {
-        Value::Object(m) => {
-            m.insert(last.clone(), value);
-            Ok(())
-        }
-        Value::Array(a) => {
-            let i = array_index(last, a.len(), true)?;
-            a.insert(i, value);
-            Ok(())
-        }
-        _ => Err(unprocessable(format!(
-            "cannot add {last:?}: parent is not a container"
-        ))),
-    }
-}
-
-fn remove(doc: &mut Value, path: &[String]) -> Result<Value, JsonPatchError> {
-    let Some((last, parent_path)) = path.split_last() else {
-        return Err(unprocessable("cannot remove the document root".into()));
-    };
-    match parent_mut(doc, parent_path)? {
-        Value::Object(m) => m
-            .remove(last)
-            .ok_or_else(|| unprocessable(format!("cannot remove {last:?}: not found"))),
-        Value::Array(a) => {
-            let i = array_index(last, a.len(), false)?;
-            Ok(a.remove(i))
-        }
-        _ => Err(unprocessable(format!(
-            "cannot remove {last:?}: parent is not a container"
-        ))),
-    }
-}
-
-fn str_field<'a>(op: &'a Map<String, Value>, name: &str) -> Result<&'a str, JsonPatchError> {
-    op.get(name).and_then(Value::as_str).ok_or_else(|| {
-        JsonPatchError::Malformed(format!(
-            "JSON patch operation is missing string field {name:?}"
-        ))
-    })
-}
-
 /// Applies an RFC 6902 JSON patch. The document is left untouched on error.
-pub(crate) fn json_patch(doc: &mut Value, patch: &Value) -> Result<(), JsonPatchError> {
-    let Value::Array(ops) = patch else {
+///
+/// A body that does not decode as a list of operations (not an array, an unknown `op`, a
+/// missing `path`/`value`/`from`, a pointer without a leading `/`) is `Malformed`; a patch
+/// whose operations cannot be applied (a failed `test`, a missing path, an array index out
+/// of bounds, a move into its own child) is `Unprocessable`, as the API server answers.
+pub(crate) fn json_patch(doc: &mut Value, patch: Value) -> Result<(), JsonPatchError> {
+    if !patch.is_array() {
         return Err(JsonPatchError::Malformed(
             "a JSON patch must be an array of operations".into(),
         ));
-    };
-    let mut work = doc.clone();
-    for op in ops {
-        let Value::Object(op) = op else {
-            return Err(JsonPatchError::Malformed(
-                "a JSON patch operation must be an object".into(),
-            ));
-        };
-        let kind = str_field(op, "op")?;
-        let path = parse_pointer(str_field(op, "path")?)?;
-        let value = || {
-            op.get("value").cloned().ok_or_else(|| {
-                JsonPatchError::Malformed(format!("{kind:?} operation requires \"value\""))
-            })
-        };
-        match kind {
-            "add" => add(&mut work, &path, value()?)?,
-            "remove" => {
-                remove(&mut work, &path)?;
-            }
-            "replace" => {
-                let v = value()?;
-                if path.is_empty() {
-                    work = v;
-                } else {
-                    remove(&mut work, &path)?;
-                    add(&mut work, &path, v)?;
-                }
-            }
-            "test" => {
-                let expected = value()?;
-                let actual = get(&work, &path);
-                if actual != Some(&expected) {
-                    return Err(unprocessable(format!(
-                        "testing value {} failed",
-                        op.get("path").and_then(Value::as_str).unwrap_or_default()
-                    )));
-                }
-            }
-            "move" => {
-                let from = parse_pointer(str_field(op, "from")?)?;
-                if path.len() > from.len() && path[..from.len()] == from[..] {
-                    return Err(unprocessable(
-                        "cannot move a value into one of its children".into(),
-                    ));
-                }
-                let v = remove(&mut work, &from)?;
-                add(&mut work, &path, v)?;
-            }
-            "copy" => {
-                let from = parse_pointer(str_field(op, "from")?)?;
-                let v = get(&work, &from)
-                    .cloned()
-                    .ok_or_else(|| unprocessable("copy source does not exist".into()))?;
-                add(&mut work, &path, v)?;
-            }
-            other => {
-                return Err(JsonPatchError::Malformed(format!(
-                    "unknown JSON patch operation {other:?}"
-                )));
-            }
-        }
     }
-    *doc = work;
-    Ok(())
+    let ops: Patch = serde_json::from_value(patch)
+        .map_err(|e| JsonPatchError::Malformed(format!("invalid JSON patch: {e}")))?;
+    json_patch::patch(doc, &ops).map_err(|e| {
+        JsonPatchError::Unprocessable(match e.kind {
+            PatchErrorKind::TestFailed => format!("testing value {} failed", e.path),
+            _ => e.to_string(),
+        })
+    })
 }
 
 #[cfg(test)]
@@ -251,7 +65,7 @@ mod tests {
         let mut d = json!({"a": {"b": [1, 2]}, "c": 1});
         json_patch(
             &mut d,
-            &json!([
+            json!([
                 {"op": "add", "path": "/a/b/-", "value": 3},
                 {"op": "add", "path": "/a/b/0", "value": 0},
                 {"op": "replace", "path": "/c", "value": 2},
@@ -274,22 +88,58 @@ mod tests {
         let mut d = json!({"a": 1});
         let err = json_patch(
             &mut d,
-            &json!([{"op": "replace", "path": "/a", "value": 5}, {"op": "test", "path": "/a", "value": 1}]),
+            json!([{"op": "replace", "path": "/a", "value": 5}, {"op": "test", "path": "/a", "value": 1}]),
         )
         .unwrap_err();
-        assert!(matches!(err, JsonPatchError::Unprocessable(_)));
+        assert_eq!(
+            err,
+            JsonPatchError::Unprocessable("testing value /a failed".into())
+        );
         assert_eq!(d, json!({"a": 1}));
-        assert!(matches!(
-            json_patch(&mut d, &json!([{"op": "remove", "path": "/zz"}])),
-            Err(JsonPatchError::Unprocessable(_))
-        ));
-        assert!(matches!(
-            json_patch(&mut d, &json!({"op": "add"})),
-            Err(JsonPatchError::Malformed(_))
-        ));
-        assert!(matches!(
-            json_patch(&mut d, &json!([{"op": "frobnicate", "path": "/a"}])),
-            Err(JsonPatchError::Malformed(_))
-        ));
+        for unprocessable in [
+            json!([{"op": "remove", "path": "/zz"}]),
+            json!([{"op": "add", "path": "/a/b", "value": 1}]),
+            json!([{"op": "copy", "from": "/zz", "path": "/b"}]),
+            json!([{"op": "move", "from": "", "path": "/b"}]),
+        ] {
+            assert!(
+                matches!(
+                    json_patch(&mut d, unprocessable.clone()),
+                    Err(JsonPatchError::Unprocessable(_))
+                ),
+                "{unprocessable}"
+            );
+            assert_eq!(d, json!({"a": 1}));
+        }
+        let mut arr = json!({"l": [1]});
+        for unprocessable in [
+            json!([{"op": "add", "path": "/l/2", "value": 1}]),
+            json!([{"op": "remove", "path": "/l/01"}]),
+            json!([{"op": "replace", "path": "/l/-", "value": 1}]),
+        ] {
+            assert!(
+                matches!(
+                    json_patch(&mut arr, unprocessable.clone()),
+                    Err(JsonPatchError::Unprocessable(_))
+                ),
+                "{unprocessable}"
+            );
+        }
+        for malformed in [
+            json!({"op": "add"}),
+            json!([{"op": "frobnicate", "path": "/a"}]),
+            json!([{"op": "add", "path": "/a"}]),
+            json!([{"op": "remove"}]),
+            json!([{"op": "add", "path": "a", "value": 1}]),
+            json!(["add"]),
+        ] {
+            assert!(
+                matches!(
+                    json_patch(&mut d, malformed.clone()),
+                    Err(JsonPatchError::Malformed(_))
+                ),
+                "{malformed}"
+            );
+        }
     }
 }

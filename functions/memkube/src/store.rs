@@ -987,7 +987,7 @@ impl Inner {
                 }
                 merge_patch(&mut patched, &patch);
             }
-            PatchKind::Json => json_patch(&mut patched, &patch).map_err(|e| match e {
+            PatchKind::Json => json_patch(&mut patched, patch).map_err(|e| match e {
                 JsonPatchError::Malformed(m) => ApiError::bad_request(m),
                 JsonPatchError::Unprocessable(m) => ApiError::new(422, m).about(kind, name),
             })?,
