@@ -438,7 +438,11 @@ async fn fails_readably_when_vault_is_sealed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fails_readably_when_the_token_is_refused() {
-    let f = World::builder("token").openbao().repository("").build().await;
+    let f = World::builder("token")
+        .openbao()
+        .repository("")
+        .build()
+        .await;
     let weak = f.bao().create_token(&["default"]).await.unwrap();
     f.cluster
         .vault_binding("vault", &f.bao().addr, &weak)

@@ -385,7 +385,9 @@ async fn fault_vault_leader_change_mid_snapshot() {
     let k = &w.cluster;
     let ctx = w.ctx();
     k.new_session("cfg", "cfg-1").await.unwrap();
-    let o = backup::run(&ctx, &session_ref("cfg-1"), None).await.unwrap();
+    let o = backup::run(&ctx, &session_ref("cfg-1"), None)
+        .await
+        .unwrap();
     assert!(stepped_rx.await.unwrap(), "the leader did not step down");
     // Either outcome is honest: the old leader finished a complete snapshot (verified by the
     // invariants below), or the stream broke and the session failed with a reason.
@@ -405,7 +407,9 @@ async fn fault_vault_leader_change_mid_snapshot() {
         .await
         .unwrap();
     k.new_session("cfg", "cfg-2").await.unwrap();
-    let o = backup::run(&ctx, &session_ref("cfg-2"), None).await.unwrap();
+    let o = backup::run(&ctx, &session_ref("cfg-2"), None)
+        .await
+        .unwrap();
     assert!(matches!(o, Outcome::Succeeded { .. }), "{o:?}");
     invariants(&w, &secrets, Objects::AsStored).await;
 }
@@ -519,7 +523,10 @@ async fn fault_s3_500_on_a_part_is_retried() {
     let o = w.backup("cfg-1").await;
     assert!(matches!(o, Outcome::Succeeded { .. }), "{o:?}");
     assert_eq!(w.s3_proxy().faults(), 1, "the fault never fired");
-    assert!(part_attempts(w.s3_proxy(), 2) >= 2, "part 2 was not retried");
+    assert!(
+        part_attempts(w.s3_proxy(), 2) >= 2,
+        "part 2 was not retried"
+    );
     w.assert_invariants().await;
 }
 
@@ -729,14 +736,18 @@ async fn fault_kube_down_during_the_status_write_is_settled_by_the_sweep() {
     );
     let ctx = ctx_via(&kube).await;
     w.cluster.new_session("cfg", "cfg-1").await.unwrap();
-    let e = backup::run(&ctx, &session_ref("cfg-1"), None).await.unwrap_err();
+    let e = backup::run(&ctx, &session_ref("cfg-1"), None)
+        .await
+        .unwrap_err();
     assert!(e.is_retryable(), "{e}");
     // The snapshot and its manifest are stored; the session still says Running.
     let st = w.cluster.session("cfg-1").await.unwrap().status.unwrap();
     assert_eq!(st.phase, Some(SessionPhase::Running));
     assert_eq!(w.manifests().await.len(), 1);
     // A redelivery before the deadline leaves it alone (its function may still be alive).
-    let o = backup::run(&w.ctx(), &session_ref("cfg-1"), None).await.unwrap();
+    let o = backup::run(&w.ctx(), &session_ref("cfg-1"), None)
+        .await
+        .unwrap();
     assert!(matches!(o, Outcome::NotClaimed { .. }), "{o:?}");
     // The next sweep after the deadline hands it back; the backup function settles it from
     // the repository.
@@ -788,7 +799,10 @@ async fn fault_lambda_killed_mid_upload_is_settled_failed_and_its_upload_aborted
     run.abort();
     let _ = run.await;
     wait_for("the held abort", || {
-        w.s3_proxy().seen().iter().any(|s| s.method == Method::DELETE)
+        w.s3_proxy()
+            .seen()
+            .iter()
+            .any(|s| s.method == Method::DELETE)
     })
     .await;
     assert_eq!(
@@ -829,7 +843,11 @@ async fn fault_duplicate_concurrent_deliveries() {
     let runs: Vec<_> = (0..3)
         .map(|_| {
             let ctx = ctx.clone();
-            tokio::spawn(async move { backup::run(&ctx, &session_ref("cfg-1"), None).await.unwrap() })
+            tokio::spawn(async move {
+                backup::run(&ctx, &session_ref("cfg-1"), None)
+                    .await
+                    .unwrap()
+            })
         })
         .collect();
     let mut succeeded = 0;
@@ -853,8 +871,12 @@ async fn fault_out_of_order_and_late_deliveries() {
     w.cluster.new_session("cfg", "cfg-2").await.unwrap();
     // The newer session's event arrives first, then the older one's, then both again.
     let ctx = w.ctx();
-    let o2 = backup::run(&ctx, &session_ref("cfg-2"), None).await.unwrap();
-    let o1 = backup::run(&ctx, &session_ref("cfg-1"), None).await.unwrap();
+    let o2 = backup::run(&ctx, &session_ref("cfg-2"), None)
+        .await
+        .unwrap();
+    let o1 = backup::run(&ctx, &session_ref("cfg-1"), None)
+        .await
+        .unwrap();
     assert!(matches!(o2, Outcome::Succeeded { .. }), "{o2:?}");
     assert!(
         matches!(o1, Outcome::Succeeded { .. } | Outcome::Skipped { .. }),
@@ -978,7 +1000,8 @@ async fn fault_restore_of_an_object_modified_after_upload() {
         .unwrap()
         .key;
     let other = w.bao().snapshot().await.unwrap();
-    w.s3().client()
+    w.s3()
+        .client()
         .put_object()
         .bucket(w.bucket())
         .key(&key)

@@ -32,7 +32,9 @@ use stashless::events::Tick;
 use stashless::scheduler::{SchedulerSettings, tick};
 use stashless::session::{self, Claim};
 use stashless::sweep::{SweepSettings, sweep};
-use stashless_tests::{ApiServer, Cluster, ConfigBuilder, CrdSet, NS, World, init_logs, session_ref};
+use stashless_tests::{
+    ApiServer, Cluster, ConfigBuilder, CrdSet, NS, World, init_logs, session_ref,
+};
 
 type Grant = (String, String, String);
 
@@ -170,7 +172,9 @@ async fn cycle(
         assert!(report.errors.is_empty(), "{report:?}");
         let name = report.created[0].split('/').nth(1).unwrap().to_string();
         let start = position();
-        let outcome = backup::run(&backup_ctx, &session_ref(&name), None).await.unwrap();
+        let outcome = backup::run(&backup_ctx, &session_ref(&name), None)
+            .await
+            .unwrap();
         spans.push(("backup", start..position()));
         assert!(matches!(outcome, Outcome::Succeeded { .. }), "{outcome:?}");
     }

@@ -276,19 +276,21 @@ async fn tampered(
     );
     let mut body = w.s3().get(w.bucket(), &obj_key).await.unwrap();
     tamper(&mut body);
-    let put =
-        w.s3().client()
-            .put_object()
-            .bucket(w.bucket())
-            .key(&obj_key)
-            .body(body.clone().into())
-            .send()
-            .await
-            .unwrap();
+    let put = w
+        .s3()
+        .client()
+        .put_object()
+        .bucket(w.bucket())
+        .key(&obj_key)
+        .body(body.clone().into())
+        .send()
+        .await
+        .unwrap();
     let mut manifest: serde_json::Value =
         serde_json::from_slice(&w.s3().get(w.bucket(), &man_key).await.unwrap()).unwrap();
     fix_manifest(&mut manifest, &body, put.e_tag);
-    w.s3().client()
+    w.s3()
+        .client()
         .put_object()
         .bucket(w.bucket())
         .key(&man_key)

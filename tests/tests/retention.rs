@@ -169,8 +169,7 @@ async fn dry_run_removes_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_retention_fails_before_anything_is_uploaded() {
-    let (w, store) =
-        setup("neg", json!({"name": "p", "keepDaily": -3, "prune": true})).await;
+    let (w, store) = setup("neg", json!({"name": "p", "keepDaily": -3, "prune": true})).await;
     let (cluster, s3) = (&w.cluster, w.s3());
     let ctx = cluster.backup_context(None);
     let r = session_ref("cfg-now");

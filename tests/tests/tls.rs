@@ -75,8 +75,12 @@ async fn tls_bao() -> (OpenBao, TlsMaterial) {
 async fn https_with_the_appbindings_ca_bundle_backs_up_and_restores() {
     let (bao, tls) = tls_bao().await;
     assert!(bao.addr.starts_with("https://127.0.0.1:"), "{}", bao.addr);
-        let w = world("tls-ok", &bao.root_token,
-        json!({"url": bao.addr, "caBundle": ca_bundle(&tls.ca_pem)})).await;
+    let w = world(
+        "tls-ok",
+        &bao.root_token,
+        json!({"url": bao.addr, "caBundle": ca_bundle(&tls.ca_pem)}),
+    )
+    .await;
     bao.kv_put("app/db", json!({"password": "before-backup"}))
         .await
         .unwrap();
@@ -103,7 +107,7 @@ async fn https_with_the_appbindings_ca_bundle_backs_up_and_restores() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn https_without_ca_bundle_fails_on_the_certificate() {
     let (bao, _tls) = tls_bao().await;
-        let w = world("tls-noca", &bao.root_token, json!({"url": bao.addr})).await;
+    let w = world("tls-noca", &bao.root_token, json!({"url": bao.addr})).await;
     let outcome = w.backup("cfg-1").await;
     assert_failed_cleanly(
         &w,
@@ -119,8 +123,12 @@ async fn https_without_ca_bundle_fails_on_the_certificate() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_ca_bundle_of_another_ca_fails_on_the_certificate() {
     let (bao, tls) = tls_bao().await;
-        let w = world("tls-otherca", &bao.root_token,
-        json!({"url": bao.addr, "caBundle": ca_bundle(&tls.other_ca_pem)})).await;
+    let w = world(
+        "tls-otherca",
+        &bao.root_token,
+        json!({"url": bao.addr, "caBundle": ca_bundle(&tls.other_ca_pem)}),
+    )
+    .await;
     let outcome = w.backup("cfg-1").await;
     assert_failed_cleanly(
         &w,
@@ -135,8 +143,12 @@ async fn a_ca_bundle_of_another_ca_fails_on_the_certificate() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn insecure_skip_tls_verify_without_ca_bundle_succeeds() {
     let (bao, _tls) = tls_bao().await;
-        let w = world("tls-insecure", &bao.root_token,
-        json!({"url": bao.addr, "insecureSkipTLSVerify": true})).await;
+    let w = world(
+        "tls-insecure",
+        &bao.root_token,
+        json!({"url": bao.addr, "insecureSkipTLSVerify": true}),
+    )
+    .await;
     let outcome = w.backup("cfg-1").await;
     assert_succeeded(&w, &outcome).await;
 }
@@ -145,9 +157,13 @@ async fn insecure_skip_tls_verify_without_ca_bundle_succeeds() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_ca_bundle_with_an_http_url_is_refused() {
     let tls = TlsMaterial::generate().unwrap();
-        let token = "s.never-sent-anywhere";
-    let w = world("tls-http", token,
-        json!({"url": "http://127.0.0.1:1", "caBundle": ca_bundle(&tls.ca_pem)})).await;
+    let token = "s.never-sent-anywhere";
+    let w = world(
+        "tls-http",
+        token,
+        json!({"url": "http://127.0.0.1:1", "caBundle": ca_bundle(&tls.ca_pem)}),
+    )
+    .await;
     let outcome = w.backup("cfg-1").await;
     assert_failed_cleanly(&w, "cfg-1", &outcome, token, &["cabundle", "http"]).await;
 }
@@ -159,11 +175,15 @@ async fn a_ca_bundle_with_an_http_url_is_refused() {
 async fn a_service_reference_without_scheme_uses_https() {
     let (bao, tls) = tls_bao().await;
     let port: u16 = bao.addr.rsplit(':').next().unwrap().parse().unwrap();
-        let w = world("tls-svc", &bao.root_token,
+    let w = world(
+        "tls-svc",
+        &bao.root_token,
         json!({
             "service": {"scheme": "", "name": "vault", "port": port},
             "caBundle": ca_bundle(&tls.ca_pem),
-        })).await;
+        }),
+    )
+    .await;
     let slice = json!({
         "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
         "metadata": {"name": "vault-x7k2p", "namespace": NS, "labels": {"kubernetes.io/service-name": "vault"}},

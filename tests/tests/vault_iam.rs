@@ -142,7 +142,11 @@ async fn the_signed_login_request_is_botocore_s_and_sts_answers_it_with_our_iden
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_iam_login_fails_the_session_with_a_reason() {
-    let w = World::builder("iam").openbao().backup_to("iam").build().await;
+    let w = World::builder("iam")
+        .openbao()
+        .backup_to("iam")
+        .build()
+        .await;
     let (cluster, s3, bucket) = (&w.cluster, w.s3(), w.bucket());
     aws_binding(cluster, "vault", &w.bao().addr, "stashless-backup").await;
     cluster.new_session("cfg", "cfg-1").await.unwrap();

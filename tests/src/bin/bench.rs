@@ -34,7 +34,7 @@ use stashless_tests::procs::garage::Garage;
 use stashless_tests::procs::openbao::OpenBao;
 use stashless_tests::procs::{TempDir, bao_binary, cache_dir, peak_rss_mib, poll_until};
 use stashless_tests::runtime_api::LambdaProcess;
-use stashless_tests::{ConfigBuilder, NS, World};
+use stashless_tests::{Cluster, ConfigBuilder, NS, World};
 
 /// Seed secrets are this big; a snapshot of N MiB holds 2N of them.
 const SEED_VALUE_BYTES: usize = 512 * 1024;
@@ -331,8 +331,14 @@ impl Rig {
             .env("RCLONE_CONFIG_BENCH_PROVIDER", "Other")
             .env("RCLONE_CONFIG_BENCH_ENDPOINT", &self.world.s3().endpoint)
             .env("RCLONE_CONFIG_BENCH_REGION", &self.world.s3().region)
-            .env("RCLONE_CONFIG_BENCH_ACCESS_KEY_ID", &self.world.s3().access_key)
-            .env("RCLONE_CONFIG_BENCH_SECRET_ACCESS_KEY", &self.world.s3().secret_key)
+            .env(
+                "RCLONE_CONFIG_BENCH_ACCESS_KEY_ID",
+                &self.world.s3().access_key,
+            )
+            .env(
+                "RCLONE_CONFIG_BENCH_SECRET_ACCESS_KEY",
+                &self.world.s3().secret_key,
+            )
             .env("RCLONE_CONFIG", "/dev/null")
             // A machine-wide AWS_CA_BUNDLE makes rclone's S3 backend fail on plain HTTP.
             .env_remove("AWS_CA_BUNDLE");
@@ -351,14 +357,20 @@ impl Rig {
         let mut cmd = std::process::Command::new("curl");
         cmd.args(["-sS", "-f", "-o", "/dev/null", "-X", method])
             .args(["-w", "%{size_download} %{size_upload}"])
-            .args(["-H", &format!("X-Vault-Token: {}", self.world.bao().root_token)])
+            .args([
+                "-H",
+                &format!("X-Vault-Token: {}", self.world.bao().root_token),
+            ])
             .arg(format!("{}/v1/{path}", self.world.bao().addr));
         cmd
     }
 
     /// CPU seconds OpenBao and the S3 server have used so far.
     fn servers_cpu(&self) -> (f64, f64) {
-        (cpu_secs(self.world.bao().pid()), cpu_secs(self.garage.pid()))
+        (
+            cpu_secs(self.world.bao().pid()),
+            cpu_secs(self.garage.pid()),
+        )
     }
 
     /// Server CPU since `since` plus `own` for the client side.
@@ -372,7 +384,10 @@ impl Rig {
     }
 
     async fn set_marker(&self, v: &str) -> Result<()> {
-        self.world.bao().kv_put("bench/marker", json!({"v": v})).await
+        self.world
+            .bao()
+            .kv_put("bench/marker", json!({"v": v}))
+            .await
     }
 
     async fn check_marker(&self, after: &str) -> Result<()> {
@@ -627,7 +642,8 @@ async fn bench_size(size_mib: usize, runs: usize) -> Result<SizeResult> {
 
         w.set_marker("changed-before-stashless").await?;
         let rs = format!("rs-{run}");
-        w.world.cluster
+        w.world
+            .cluster
             .new_restore(&rs, "repo", "vault", None, false)
             .await?;
         let f = LambdaProcess::start(&restore_bin, "restore", &env).await?;
@@ -647,6 +663,7 @@ async fn bench_size(size_mib: usize, runs: usize) -> Result<SizeResult> {
         let logs_of = f.logs_handle();
         f.terminate().await?;
         let st = w
+            .world
             .cluster
             .api::<RestoreSession>()
             .get(&rs)
