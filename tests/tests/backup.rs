@@ -125,10 +125,10 @@ async fn tick_backup_and_restore_brings_back_the_old_secret() {
     );
 
     // The object and its manifest are under the prefix, and the manifest says what it holds.
-    let keys = s3.keys(&bucket, "team-a/vault/snapshots/").await.unwrap();
+    let keys = s3.keys(bucket, "team-a/vault/snapshots/").await.unwrap();
     assert_eq!(keys.len(), 2, "{keys:?}");
     let manifest: serde_json::Value = serde_json::from_slice(
-        &s3.get(&bucket, &format!("team-a/vault/snapshots/{snapshot}.json"))
+        &s3.get(bucket, &format!("team-a/vault/snapshots/{snapshot}.json"))
             .await
             .unwrap(),
     )
@@ -137,7 +137,7 @@ async fn tick_backup_and_restore_brings_back_the_old_secret() {
     assert!(manifest["raft"]["index"].as_u64().unwrap() > 0);
     assert_eq!(manifest["invoker"]["name"], "nightly");
     let body = s3
-        .get(&bucket, &format!("team-a/vault/snapshots/{snapshot}.snap"))
+        .get(bucket, &format!("team-a/vault/snapshots/{snapshot}.snap"))
         .await
         .unwrap();
     assert_eq!(body.len() as u64, size);
@@ -177,7 +177,7 @@ async fn tick_backup_and_restore_brings_back_the_old_secret() {
         bao.kv_get("app/db").await.unwrap().unwrap()["password"],
         "before-backup"
     );
-    assert_clean(&cluster, &s3, &bucket).await;
+    assert_clean(cluster, s3, bucket).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -202,7 +202,7 @@ async fn backup_through_a_standby_reads_from_the_active_node() {
         panic!("{outcome:?}")
     };
     let manifest: serde_json::Value = serde_json::from_slice(
-        &s3.get(&bucket, &format!("snapshots/{snapshot}.json"))
+        &s3.get(bucket, &format!("snapshots/{snapshot}.json"))
             .await
             .unwrap(),
     )
@@ -211,7 +211,7 @@ async fn backup_through_a_standby_reads_from_the_active_node() {
         manifest["target"]["address"],
         bao.nodes[leader].addr.as_str()
     );
-    assert_clean(&cluster, &s3, &bucket).await;
+    assert_clean(cluster, s3, bucket).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -236,7 +236,7 @@ async fn duplicate_delivery_three_times_yields_one_snapshot() {
         .filter(|o| matches!(o, Outcome::NotClaimed { .. }))
         .count();
     assert_eq!((succeeded, not_claimed), (1, 2), "{outcomes:?}");
-    let keys = s3.keys(&bucket, "p/snapshots/").await.unwrap();
+    let keys = s3.keys(bucket, "p/snapshots/").await.unwrap();
     assert_eq!(keys.len(), 2, "one snapshot and one manifest: {keys:?}");
     assert_eq!(
         cluster
@@ -253,7 +253,7 @@ async fn duplicate_delivery_three_times_yields_one_snapshot() {
         backup::run(&ctx, &r, None).await.unwrap(),
         Outcome::NotClaimed { .. }
     ));
-    assert_clean(&cluster, &s3, &bucket).await;
+    assert_clean(cluster, s3, bucket).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -281,7 +281,7 @@ async fn a_second_session_of_a_running_config_is_skipped() {
     let st = cluster.session("cfg-2").await.unwrap().status.unwrap();
     assert_eq!(st.phase, Some(SessionPhase::Skipped));
     assert!(st.conditions.iter().any(|c| c.type_ == "BackupSkipped"));
-    assert!(s3.keys(&bucket, "").await.unwrap().is_empty());
+    assert!(s3.keys(bucket, "").await.unwrap().is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -652,7 +652,7 @@ async fn out_of_order_events_are_harmless() {
         backup::run(&ctx, &gone, None).await.unwrap(),
         Outcome::NotClaimed { .. }
     ));
-    assert_eq!(s3.keys(&bucket, "snapshots/").await.unwrap().len(), 2);
+    assert_eq!(s3.keys(bucket, "snapshots/").await.unwrap().len(), 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -715,7 +715,7 @@ async fn a_backup_during_a_restore_of_the_same_vault_is_skipped() {
         Some(SessionPhase::Skipped)
     );
     assert_eq!(
-        s3.keys(&bucket, "snapshots/").await.unwrap().len(),
+        s3.keys(bucket, "snapshots/").await.unwrap().len(),
         2,
         "only cfg-1's snapshot and manifest"
     );
@@ -769,5 +769,5 @@ async fn a_service_reference_is_reached_through_its_endpointslice() {
         .await
         .unwrap();
     assert!(matches!(outcome, Outcome::Succeeded { .. }), "{outcome:?}");
-    assert_clean(&cluster, &s3, &bucket).await;
+    assert_clean(cluster, s3, bucket).await;
 }

@@ -40,18 +40,18 @@ async fn a_large_snapshot_spans_many_parts_and_round_trips() {
 
     // Byte-exact: the object's sha256 (computed here, independently) is the manifest's.
     let body = s3
-        .get(&bucket, &format!("big/snapshots/{snapshot}.snap"))
+        .get(bucket, &format!("big/snapshots/{snapshot}.snap"))
         .await
         .unwrap();
     assert_eq!(body.len() as u64, size);
     let manifest: serde_json::Value = serde_json::from_slice(
-        &s3.get(&bucket, &format!("big/snapshots/{snapshot}.json"))
+        &s3.get(bucket, &format!("big/snapshots/{snapshot}.json"))
             .await
             .unwrap(),
     )
     .unwrap();
     assert_eq!(manifest["sha256"], hex::encode(sha2::Sha256::digest(&body)));
-    assert_eq!(s3.open_uploads(&bucket).await.unwrap(), 0);
+    assert_eq!(s3.open_uploads(bucket).await.unwrap(), 0);
 
     // Baseline: a plain POST of the same file with curl.
     let file = std::env::temp_dir().join(format!("stashless-large-{}.snap", std::process::id()));
