@@ -1,6 +1,6 @@
 //! Test harness for the end-to-end tests: real OpenBao, Garage, Pushgateway and moto
-//! processes (`procs`), the in-memory Kubernetes API (`memkube`), and small builders for
-//! the Stash objects a test needs.
+//! processes (`procs`), the in-memory Kubernetes API (`memkube`), small builders for the
+//! Stash objects a test needs, and one test's whole world built from them (`world`).
 
 pub mod bao_extra;
 pub mod faults;
@@ -9,6 +9,7 @@ pub mod moto;
 pub mod procs;
 pub mod put_events;
 pub mod runtime_api;
+pub mod world;
 
 use std::sync::Arc;
 
@@ -24,6 +25,7 @@ use stashless::cluster::ClusterSource;
 use stashless::context::{Context, Settings};
 use stashless::crds;
 use stashless::repository::Tuning;
+pub use world::{World, WorldBuilder, failed_reason, session_ref};
 
 pub const NS: &str = "vault";
 
@@ -618,12 +620,7 @@ impl Cluster {
     /// Run one backup of `config` now through the backup function; returns the snapshot name.
     pub async fn backup_now(&self, ctx: &Context, config: &str, session: &str) -> Result<String> {
         self.new_session(config, session).await?;
-        let r = stashless::events::SessionRef {
-            kind: None,
-            namespace: NS.into(),
-            name: session.into(),
-        };
-        match stashless::backup::run(ctx, &r, None).await? {
+        match stashless::backup::run(ctx, &session_ref(session), None).await? {
             stashless::session::Outcome::Succeeded { snapshot, .. } => Ok(snapshot),
             other => anyhow::bail!("backup did not succeed: {other:?}"),
         }

@@ -15,22 +15,9 @@ use stashless::session::Outcome;
 use stashless_tests::faults::{Fault, Proxy};
 use stashless_tests::procs::openbao::{BaoCluster, OpenBao};
 use stashless_tests::procs::pushgateway::Pushgateway;
-use stashless_tests::{Cluster, ConfigBuilder, NS, S3Target, init_logs};
-
-/// The shared Garage and a fresh bucket for this test.
-async fn s3_bucket(tag: &str) -> (S3Target, String) {
-    S3Target::garage_bucket(tag)
-        .await
-        .expect("garage starts (run bash tests/setup.sh)")
-}
-
-fn session_ref(name: &str) -> SessionRef {
-    SessionRef {
-        kind: None,
-        namespace: NS.into(),
-        name: name.into(),
-    }
-}
+use stashless_tests::{
+    Cluster, ConfigBuilder, NS, S3Target, World, failed_reason, init_logs, session_ref,
+};
 
 /// Every test ends with: nothing Running, no incomplete uploads.
 async fn assert_clean(cluster: &Cluster, s3: &S3Target, bucket: &str) {
@@ -50,32 +37,17 @@ async fn assert_clean(cluster: &Cluster, s3: &S3Target, bucket: &str) {
     );
 }
 
-fn failed_reason(outcome: &Outcome) -> String {
-    match outcome {
-        Outcome::Failed { reason } => reason.clone(),
-        other => panic!("expected Failed, got {other:?}"),
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tick_backup_and_restore_brings_back_the_old_secret() {
-    init_logs();
-    let (s3, bucket) = s3_bucket("e2e").await;
-    let bao = OpenBao::start().await.unwrap();
+    let w = World::builder("e2e")
+        .openbao()
+        .app_binding()
+        .repository("/team-a/vault/")
+        .backup_configuration(ConfigBuilder::new("nightly").schedule("*/5 * * * *"))
+        .build()
+        .await;
+    let (cluster, s3, bucket, bao) = (&w.cluster, w.s3(), w.bucket(), w.bao());
     let pgw = Pushgateway::shared().await.unwrap();
-    let cluster = Cluster::start().await.unwrap();
-    cluster
-        .vault_binding("vault", &bao.addr, &bao.root_token)
-        .await
-        .unwrap();
-    cluster
-        .repository("repo", &s3, &bucket, "/team-a/vault/")
-        .await
-        .unwrap();
-    cluster
-        .backup_config(ConfigBuilder::new("nightly").schedule("*/5 * * * *"))
-        .await
-        .unwrap();
     bao.kv_put("app/db", json!({"password": "before-backup"}))
         .await
         .unwrap();
@@ -154,10 +126,10 @@ async fn tick_backup_and_restore_brings_back_the_old_secret() {
     );
 
     // The object and its manifest are under the prefix, and the manifest says what it holds.
-    let keys = s3.keys(&bucket, "team-a/vault/snapshots/").await.unwrap();
+    let keys = s3.keys(bucket, "team-a/vault/snapshots/").await.unwrap();
     assert_eq!(keys.len(), 2, "{keys:?}");
     let manifest: serde_json::Value = serde_json::from_slice(
-        &s3.get(&bucket, &format!("team-a/vault/snapshots/{snapshot}.json"))
+        &s3.get(bucket, &format!("team-a/vault/snapshots/{snapshot}.json"))
             .await
             .unwrap(),
     )
@@ -166,7 +138,7 @@ async fn tick_backup_and_restore_brings_back_the_old_secret() {
     assert!(manifest["raft"]["index"].as_u64().unwrap() > 0);
     assert_eq!(manifest["invoker"]["name"], "nightly");
     let body = s3
-        .get(&bucket, &format!("team-a/vault/snapshots/{snapshot}.snap"))
+        .get(bucket, &format!("team-a/vault/snapshots/{snapshot}.snap"))
         .await
         .unwrap();
     assert_eq!(body.len() as u64, size);
@@ -206,27 +178,22 @@ async fn tick_backup_and_restore_brings_back_the_old_secret() {
         bao.kv_get("app/db").await.unwrap().unwrap()["password"],
         "before-backup"
     );
-    assert_clean(&cluster, &s3, &bucket).await;
+    assert_clean(cluster, s3, bucket).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backup_through_a_standby_reads_from_the_active_node() {
     init_logs();
-    let (s3, bucket) = s3_bucket("standby").await;
     let bao = BaoCluster::start(3).await.unwrap();
     let leader = bao.leader_index().await.unwrap();
     let standby = bao.standby();
     assert_ne!(standby.addr, bao.nodes[leader].addr);
-    let cluster = Cluster::start().await.unwrap();
-    cluster
-        .vault_binding("vault", &standby.addr, &standby.root_token)
-        .await
-        .unwrap();
-    cluster.repository("repo", &s3, &bucket, "").await.unwrap();
-    cluster
-        .backup_config(ConfigBuilder::new("cfg"))
-        .await
-        .unwrap();
+    let w = World::builder("standby")
+        .app_binding_to(&standby.addr, &standby.root_token)
+        .backup_to("")
+        .build()
+        .await;
+    let (cluster, s3, bucket) = (&w.cluster, w.s3(), w.bucket());
     cluster.new_session("cfg", "cfg-1").await.unwrap();
     let ctx = cluster.backup_context(None);
     let outcome = backup::run(&ctx, &session_ref("cfg-1"), None)
@@ -236,7 +203,7 @@ async fn backup_through_a_standby_reads_from_the_active_node() {
         panic!("{outcome:?}")
     };
     let manifest: serde_json::Value = serde_json::from_slice(
-        &s3.get(&bucket, &format!("snapshots/{snapshot}.json"))
+        &s3.get(bucket, &format!("snapshots/{snapshot}.json"))
             .await
             .unwrap(),
     )
@@ -245,24 +212,13 @@ async fn backup_through_a_standby_reads_from_the_active_node() {
         manifest["target"]["address"],
         bao.nodes[leader].addr.as_str()
     );
-    assert_clean(&cluster, &s3, &bucket).await;
+    assert_clean(cluster, s3, bucket).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn duplicate_delivery_three_times_yields_one_snapshot() {
-    init_logs();
-    let (s3, bucket) = s3_bucket("dup").await;
-    let bao = OpenBao::start().await.unwrap();
-    let cluster = Cluster::start().await.unwrap();
-    cluster
-        .vault_binding("vault", &bao.addr, &bao.root_token)
-        .await
-        .unwrap();
-    cluster.repository("repo", &s3, &bucket, "p").await.unwrap();
-    cluster
-        .backup_config(ConfigBuilder::new("cfg"))
-        .await
-        .unwrap();
+    let w = World::standard("dup", "p").await;
+    let (cluster, s3, bucket) = (&w.cluster, w.s3(), w.bucket());
     cluster.new_session("cfg", "cfg-1").await.unwrap();
     let ctx = cluster.backup_context(None);
     let r = session_ref("cfg-1");
@@ -281,7 +237,7 @@ async fn duplicate_delivery_three_times_yields_one_snapshot() {
         .filter(|o| matches!(o, Outcome::NotClaimed { .. }))
         .count();
     assert_eq!((succeeded, not_claimed), (1, 2), "{outcomes:?}");
-    let keys = s3.keys(&bucket, "p/snapshots/").await.unwrap();
+    let keys = s3.keys(bucket, "p/snapshots/").await.unwrap();
     assert_eq!(keys.len(), 2, "one snapshot and one manifest: {keys:?}");
     assert_eq!(
         cluster
@@ -298,24 +254,13 @@ async fn duplicate_delivery_three_times_yields_one_snapshot() {
         backup::run(&ctx, &r, None).await.unwrap(),
         Outcome::NotClaimed { .. }
     ));
-    assert_clean(&cluster, &s3, &bucket).await;
+    assert_clean(cluster, s3, bucket).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_session_of_a_running_config_is_skipped() {
-    init_logs();
-    let (s3, bucket) = s3_bucket("skip").await;
-    let bao = OpenBao::start().await.unwrap();
-    let cluster = Cluster::start().await.unwrap();
-    cluster
-        .vault_binding("vault", &bao.addr, &bao.root_token)
-        .await
-        .unwrap();
-    cluster.repository("repo", &s3, &bucket, "").await.unwrap();
-    cluster
-        .backup_config(ConfigBuilder::new("cfg"))
-        .await
-        .unwrap();
+    let w = World::standard("skip", "").await;
+    let (cluster, s3, bucket) = (&w.cluster, w.s3(), w.bucket());
     let first = cluster.new_session("cfg", "cfg-1").await.unwrap();
     // cfg-1 is Running (claimed by an invocation that is still working).
     let deadline = Utc::now() + chrono::Duration::minutes(10);
@@ -337,7 +282,7 @@ async fn a_second_session_of_a_running_config_is_skipped() {
     let st = cluster.session("cfg-2").await.unwrap().status.unwrap();
     assert_eq!(st.phase, Some(SessionPhase::Skipped));
     assert!(st.conditions.iter().any(|c| c.type_ == "BackupSkipped"));
-    assert!(s3.keys(&bucket, "").await.unwrap().is_empty());
+    assert!(s3.keys(bucket, "").await.unwrap().is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -434,151 +379,109 @@ async fn invalid_and_paused_schedules_do_not_stop_the_others() {
     assert!(r.created.is_empty(), "{:?}", r.created);
 }
 
-/// One failure scenario: set up, run, and check the session failed with `expect` in its
-/// reason, with no object and no incomplete upload left behind.
-struct Failing {
-    cluster: Cluster,
-    s3: S3Target,
-    bucket: String,
-}
-
-impl Failing {
-    async fn new(tag: &str) -> Failing {
-        init_logs();
-        let (s3, bucket) = s3_bucket(tag).await;
-        Failing {
-            cluster: Cluster::start().await.unwrap(),
-            s3,
-            bucket,
-        }
-    }
-
-    async fn expect_failure(&self, expect: &[&str]) -> String {
-        self.cluster
-            .backup_config(ConfigBuilder::new("cfg"))
-            .await
-            .unwrap();
-        self.cluster.new_session("cfg", "cfg-1").await.unwrap();
-        let outcome = backup::run(
-            &self.cluster.backup_context(None),
-            &session_ref("cfg-1"),
-            None,
-        )
+/// One failure scenario (a world without a BackupConfiguration): create `cfg`, run it, and
+/// check the session failed with `expect` in its reason, with no object and no incomplete
+/// upload left behind.
+async fn expect_failure(f: &World, expect: &[&str]) -> String {
+    f.cluster
+        .backup_config(ConfigBuilder::new("cfg"))
         .await
         .unwrap();
-        let reason = failed_reason(&outcome);
-        for e in expect {
-            assert!(
-                reason.to_lowercase().contains(&e.to_lowercase()),
-                "reason {reason:?} lacks {e:?}"
-            );
-        }
-        let s = self.cluster.session("cfg-1").await.unwrap();
-        let st = s.status.unwrap();
-        assert_eq!(st.phase, Some(SessionPhase::Failed));
-        assert_eq!(
-            st.targets[0].stats[0].error.as_deref(),
-            Some(reason.as_str())
-        );
-        let v = self
-            .cluster
-            .schema_violations("backupsessions", "cfg-1")
-            .await;
-        assert!(v.is_empty(), "{v:?}");
-        if self
-            .s3
-            .client()
-            .head_bucket()
-            .bucket(&self.bucket)
-            .send()
-            .await
-            .is_ok()
-        {
-            assert!(
-                self.s3.keys(&self.bucket, "").await.unwrap().is_empty(),
-                "objects left behind"
-            );
-            assert_clean(&self.cluster, &self.s3, &self.bucket).await;
-        }
+    let outcome = f.backup("cfg-1").await;
+    let reason = failed_reason(&outcome);
+    for e in expect {
         assert!(
-            !reason.contains("hvs.") && !reason.contains("s.root"),
-            "a token leaked into the reason: {reason}"
+            reason.to_lowercase().contains(&e.to_lowercase()),
+            "reason {reason:?} lacks {e:?}"
         );
-        reason
     }
+    let s = f.cluster.session("cfg-1").await.unwrap();
+    let st = s.status.unwrap();
+    assert_eq!(st.phase, Some(SessionPhase::Failed));
+    assert_eq!(
+        st.targets[0].stats[0].error.as_deref(),
+        Some(reason.as_str())
+    );
+    let v = f.cluster.schema_violations("backupsessions", "cfg-1").await;
+    assert!(v.is_empty(), "{v:?}");
+    if f.s3()
+        .client()
+        .head_bucket()
+        .bucket(f.bucket())
+        .send()
+        .await
+        .is_ok()
+    {
+        assert!(
+            f.s3().keys(f.bucket(), "").await.unwrap().is_empty(),
+            "objects left behind"
+        );
+        assert_clean(&f.cluster, f.s3(), f.bucket()).await;
+    }
+    assert!(
+        !reason.contains("hvs.") && !reason.contains("s.root"),
+        "a token leaked into the reason: {reason}"
+    );
+    reason
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fails_readably_when_vault_is_sealed() {
-    let f = Failing::new("sealed").await;
-    let bao = OpenBao::start().await.unwrap();
-    bao.seal().await.unwrap();
-    f.cluster
-        .vault_binding("vault", &bao.addr, &bao.root_token)
-        .await
-        .unwrap();
-    f.cluster
-        .repository("repo", &f.s3, &f.bucket, "")
-        .await
-        .unwrap();
-    f.expect_failure(&["sealed"]).await;
+    let f = World::builder("sealed")
+        .openbao()
+        .app_binding()
+        .repository("")
+        .build()
+        .await;
+    f.bao().seal().await.unwrap();
+    expect_failure(&f, &["sealed"]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fails_readably_when_the_token_is_refused() {
-    let f = Failing::new("token").await;
-    let bao = OpenBao::start().await.unwrap();
-    let weak = bao.create_token(&["default"]).await.unwrap();
+    let f = World::builder("token")
+        .openbao()
+        .repository("")
+        .build()
+        .await;
+    let weak = f.bao().create_token(&["default"]).await.unwrap();
     f.cluster
-        .vault_binding("vault", &bao.addr, &weak)
+        .vault_binding("vault", &f.bao().addr, &weak)
         .await
         .unwrap();
-    f.cluster
-        .repository("repo", &f.s3, &f.bucket, "")
-        .await
-        .unwrap();
-    let reason = f.expect_failure(&["permission denied", "403"]).await;
+    let reason = expect_failure(&f, &["permission denied", "403"]).await;
     assert!(!reason.contains(&weak));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fails_readably_when_vault_is_unreachable() {
-    let f = Failing::new("unreach").await;
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
         .port();
-    f.cluster
-        .vault_binding("vault", &format!("http://127.0.0.1:{port}"), "s.x")
-        .await
-        .unwrap();
-    f.cluster
-        .repository("repo", &f.s3, &f.bucket, "")
-        .await
-        .unwrap();
-    f.expect_failure(&["cannot connect", &format!("127.0.0.1:{port}")])
+    let f = World::builder("unreach")
+        .app_binding_to(&format!("http://127.0.0.1:{port}"), "s.x")
+        .repository("")
+        .build()
         .await;
+    expect_failure(&f, &["cannot connect", &format!("127.0.0.1:{port}")]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fails_and_aborts_when_the_stream_is_cut_mid_snapshot() {
-    let f = Failing::new("cut").await;
     let bao = OpenBao::start().await.unwrap();
     bao.seed(300, 1024).await.unwrap();
     let upstream = bao.addr.trim_start_matches("http://").to_string();
     let proxy = Proxy::start(&upstream, Fault::CutAfter(150 * 1024))
         .await
         .unwrap();
-    f.cluster
-        .vault_binding("vault", &proxy.addr, &bao.root_token)
-        .await
-        .unwrap();
-    f.cluster
-        .repository("repo", &f.s3, &f.bucket, "")
-        .await
-        .unwrap();
-    let reason = f.expect_failure(&[]).await;
+    let f = World::builder("cut")
+        .app_binding_to(&proxy.addr, &bao.root_token)
+        .repository("")
+        .build()
+        .await;
+    let reason = expect_failure(&f, &[]).await;
     assert!(proxy.cuts() >= 1, "the proxy never cut the stream");
     assert!(
         reason.contains("truncated")
@@ -590,62 +493,53 @@ async fn fails_and_aborts_when_the_stream_is_cut_mid_snapshot() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fails_readably_when_the_bucket_is_missing() {
-    let f = Failing::new("nobucket").await;
-    let bao = OpenBao::start().await.unwrap();
+    let f = World::builder("nobucket")
+        .openbao()
+        .app_binding()
+        .s3()
+        .build()
+        .await;
     f.cluster
-        .vault_binding("vault", &bao.addr, &bao.root_token)
+        .repository("repo", f.s3(), "no-such-bucket-here", "")
         .await
         .unwrap();
-    f.cluster
-        .repository("repo", &f.s3, "no-such-bucket-here", "")
-        .await
-        .unwrap();
-    f.expect_failure(&["no-such-bucket-here"]).await;
+    expect_failure(&f, &["no-such-bucket-here"]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fails_readably_with_wrong_s3_credentials() {
-    let f = Failing::new("creds").await;
-    let bao = OpenBao::start().await.unwrap();
-    f.cluster
-        .vault_binding("vault", &bao.addr, &bao.root_token)
-        .await
-        .unwrap();
+    let f = World::builder("creds")
+        .openbao()
+        .app_binding()
+        .s3()
+        .build()
+        .await;
     let wrong = S3Target {
         secret_key: "0".repeat(64),
-        ..f.s3.clone()
+        ..f.s3().clone()
     };
     f.cluster
-        .repository("repo", &wrong, &f.bucket, "")
+        .repository("repo", &wrong, f.bucket(), "")
         .await
         .unwrap();
-    let reason = f.expect_failure(&["AWS_SECRET_ACCESS_KEY"]).await;
+    let reason = expect_failure(&f, &["AWS_SECRET_ACCESS_KEY"]).await;
     assert!(!reason.contains(&"0".repeat(64)));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fails_readably_when_objects_are_missing() {
     // AppBinding missing.
-    let f = Failing::new("noab").await;
-    f.cluster
-        .repository("repo", &f.s3, &f.bucket, "")
-        .await
-        .unwrap();
-    f.expect_failure(&["AppBinding vault/vault not found"])
-        .await;
+    let f = World::builder("noab").repository("").build().await;
+    expect_failure(&f, &["AppBinding vault/vault not found"]).await;
     // Repository missing.
-    let f = Failing::new("norepo").await;
-    f.cluster
-        .vault_binding("vault", "http://127.0.0.1:1", "x")
-        .await
-        .unwrap();
-    f.expect_failure(&["Repository vault/repo not found"]).await;
+    let f = World::builder("norepo")
+        .s3()
+        .app_binding_to("http://127.0.0.1:1", "x")
+        .build()
+        .await;
+    expect_failure(&f, &["Repository vault/repo not found"]).await;
     // Token Secret missing.
-    let f = Failing::new("nosecret").await;
-    f.cluster
-        .repository("repo", &f.s3, &f.bucket, "")
-        .await
-        .unwrap();
+    let f = World::builder("nosecret").repository("").build().await;
     f.cluster
         .create::<stashless::api::AppBinding>(json!({
             "apiVersion": "appcatalog.appscode.com/v1alpha1", "kind": "AppBinding",
@@ -654,7 +548,7 @@ async fn fails_readably_when_objects_are_missing() {
         }))
         .await
         .unwrap();
-    f.expect_failure(&["Secret vault/gone not found"]).await;
+    expect_failure(&f, &["Secret vault/gone not found"]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -694,7 +588,6 @@ async fn malformed_and_stale_events_are_refused_quietly() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_stream_past_a_three_second_deadline_fails_and_aborts() {
-    let f = Failing::new("slow").await;
     let bao = OpenBao::start().await.unwrap();
     bao.seed(100, 4096).await.unwrap();
     let upstream = bao.addr.trim_start_matches("http://").to_string();
@@ -702,21 +595,15 @@ async fn a_slow_stream_past_a_three_second_deadline_fails_and_aborts() {
     let proxy = Proxy::start(&upstream, Fault::Throttle(64 * 1024))
         .await
         .unwrap();
-    f.cluster
-        .vault_binding("vault", &proxy.addr, &bao.root_token)
-        .await
-        .unwrap();
-    f.cluster
-        .repository("repo", &f.s3, &f.bucket, "")
-        .await
-        .unwrap();
-    f.cluster
-        .backup_config(ConfigBuilder::new("cfg").time_out("3s"))
-        .await
-        .unwrap();
+    let f = World::builder("slow")
+        .app_binding_to(&proxy.addr, &bao.root_token)
+        .repository("")
+        .backup_configuration(ConfigBuilder::new("cfg").time_out("3s"))
+        .build()
+        .await;
     f.cluster.new_session("cfg", "cfg-1").await.unwrap();
     let started = std::time::Instant::now();
-    let outcome = backup::run(&f.cluster.backup_context(None), &session_ref("cfg-1"), None)
+    let outcome = backup::run(&f.ctx(), &session_ref("cfg-1"), None)
         .await
         .unwrap();
     let reason = failed_reason(&outcome);
@@ -730,28 +617,17 @@ async fn a_slow_stream_past_a_three_second_deadline_fails_and_aborts() {
     assert_eq!(st.phase, Some(SessionPhase::Failed));
     assert!(st.conditions.iter().any(|c| c.type_ == "DeadlineExceeded"));
     assert_eq!(
-        f.s3.open_uploads(&f.bucket).await.unwrap(),
+        f.s3().open_uploads(f.bucket()).await.unwrap(),
         0,
         "incomplete multipart upload left"
     );
-    assert!(f.s3.keys(&f.bucket, "").await.unwrap().is_empty());
+    assert!(f.s3().keys(f.bucket(), "").await.unwrap().is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn out_of_order_events_are_harmless() {
-    init_logs();
-    let (s3, bucket) = s3_bucket("order").await;
-    let bao = OpenBao::start().await.unwrap();
-    let cluster = Cluster::start().await.unwrap();
-    cluster
-        .vault_binding("vault", &bao.addr, &bao.root_token)
-        .await
-        .unwrap();
-    cluster.repository("repo", &s3, &bucket, "").await.unwrap();
-    cluster
-        .backup_config(ConfigBuilder::new("cfg"))
-        .await
-        .unwrap();
+    let w = World::standard("order", "").await;
+    let (cluster, s3, bucket) = (&w.cluster, w.s3(), w.bucket());
     cluster.new_session("cfg", "cfg-1").await.unwrap();
     let envelope = |change: &str, name: &str| {
         json!({"version": "0", "id": "1", "detail-type": format!("BackupSession {change}"), "source": "stashless.bridge",
@@ -777,26 +653,15 @@ async fn out_of_order_events_are_harmless() {
         backup::run(&ctx, &gone, None).await.unwrap(),
         Outcome::NotClaimed { .. }
     ));
-    assert_eq!(s3.keys(&bucket, "snapshots/").await.unwrap().len(), 2);
+    assert_eq!(s3.keys(bucket, "snapshots/").await.unwrap().len(), 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backup_during_a_restore_of_the_same_vault_is_skipped() {
-    init_logs();
-    let (s3, bucket) = s3_bucket("duringrestore").await;
-    let bao = OpenBao::start().await.unwrap();
-    let cluster = Cluster::start().await.unwrap();
-    cluster
-        .vault_binding("vault", &bao.addr, &bao.root_token)
-        .await
-        .unwrap();
+    let w = World::standard("duringrestore", "").await;
+    let (cluster, s3, bucket, bao) = (&w.cluster, w.s3(), w.bucket(), w.bao());
     cluster
         .vault_binding("other", &bao.addr, &bao.root_token)
-        .await
-        .unwrap();
-    cluster.repository("repo", &s3, &bucket, "").await.unwrap();
-    cluster
-        .backup_config(ConfigBuilder::new("cfg"))
         .await
         .unwrap();
     // A restore of another AppBinding does not block the backup …
@@ -851,7 +716,7 @@ async fn a_backup_during_a_restore_of_the_same_vault_is_skipped() {
         Some(SessionPhase::Skipped)
     );
     assert_eq!(
-        s3.keys(&bucket, "snapshots/").await.unwrap().len(),
+        s3.keys(bucket, "snapshots/").await.unwrap().len(),
         2,
         "only cfg-1's snapshot and manifest"
     );
@@ -864,36 +729,19 @@ async fn a_backup_during_a_restore_of_the_same_vault_is_skipped() {
 /// EndpointSlices as v1beta1, EKS (1.21+) as the v1 read here.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_service_reference_is_reached_through_its_endpointslice() {
-    init_logs();
-    let (s3, bucket) = s3_bucket("svc").await;
     let bao = OpenBao::start().await.unwrap();
-    let cluster = Cluster::memory().await.unwrap();
     let port: u16 = bao.addr.rsplit(':').next().unwrap().parse().unwrap();
-    cluster
-        .secret("vault-token", &[("token", &bao.root_token)])
-        .await
-        .unwrap();
-    cluster
-        .create::<stashless::api::AppBinding>(json!({
-            "apiVersion": "appcatalog.appscode.com/v1alpha1", "kind": "AppBinding",
-            "metadata": {"name": "vault"},
-            "spec": {
-                "type": "vault", "version": "2.7.2",
-                "clientConfig": {"service": {"scheme": "http", "name": "vault", "port": port}},
-                "secret": {"kind": "Secret", "name": "vault-token"},
-            }
-        }))
-        .await
-        .unwrap();
-    cluster
-        .repository("repo", &s3, &bucket, "svc")
-        .await
-        .unwrap();
-    cluster
-        .backup_config(ConfigBuilder::new("cfg"))
-        .await
-        .unwrap();
-    let ctx = cluster.backup_context(None);
+    let w = World::builder("svc")
+        .memory()
+        .app_binding_with(
+            json!({"service": {"scheme": "http", "name": "vault", "port": port}}),
+            &bao.root_token,
+        )
+        .backup_to("svc")
+        .build()
+        .await;
+    let (cluster, s3, bucket) = (&w.cluster, w.s3(), w.bucket());
+    let ctx = w.ctx();
 
     cluster.new_session("cfg", "cfg-1").await.unwrap();
     let reason = failed_reason(
@@ -922,5 +770,5 @@ async fn a_service_reference_is_reached_through_its_endpointslice() {
         .await
         .unwrap();
     assert!(matches!(outcome, Outcome::Succeeded { .. }), "{outcome:?}");
-    assert_clean(&cluster, &s3, &bucket).await;
+    assert_clean(cluster, s3, bucket).await;
 }

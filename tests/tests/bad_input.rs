@@ -9,6 +9,7 @@
 //! asserted as refused there; everything else is accepted by Stash's CRD schema and must
 //! be refused by stashless.
 
+use std::ops::Deref;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,7 +27,7 @@ use stashless::events::{MAX_EVENT_BYTES, SessionRef, Tick};
 use stashless::scheduler::{SchedulerSettings, tick};
 use stashless::session::Outcome;
 use stashless_tests::procs::openbao::OpenBao;
-use stashless_tests::{Cluster, ConfigBuilder, NS, S3Target, init_logs};
+use stashless_tests::{Cluster, ConfigBuilder, NS, World, session_ref};
 
 /// Part of every secret value planted by these tests: it must never show up in a reason.
 const MARK: &str = "sEcReT-9f2c";
@@ -41,21 +42,20 @@ fn b64(v: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(v)
 }
 
-fn session_ref(ns: &str, name: &str) -> SessionRef {
-    SessionRef {
-        kind: None,
-        namespace: ns.into(),
-        name: name.into(),
-    }
+/// One world (a bucket, a token-holding AppBinding `vault` that points nowhere unless
+/// given a Vault), shared S3 keys in Secret `s3`, one function context: each case adds its
+/// own objects under its own names.
+struct Bench {
+    w: World,
+    ctx: Arc<Context>,
 }
 
-/// One cluster, one bucket, shared S3 keys, and a token-holding AppBinding `vault` that
-/// points nowhere: each case adds its own objects under its own names.
-struct Bench {
-    cluster: Cluster,
-    s3: S3Target,
-    bucket: String,
-    ctx: Arc<Context>,
+impl Deref for Bench {
+    type Target = World;
+
+    fn deref(&self) -> &World {
+        &self.w
+    }
 }
 
 impl Bench {
@@ -64,31 +64,25 @@ impl Bench {
     }
 
     async fn with_vault(tag: &str, addr: &str, token: &str) -> Bench {
-        init_logs();
-        let (s3, bucket) = S3Target::garage_bucket(tag)
-            .await
-            .expect("garage starts (run bash tests/setup.sh)");
-        let cluster = Cluster::start().await.unwrap();
-        cluster.vault_binding("vault", addr, token).await.unwrap();
+        let w = World::builder(tag)
+            .s3()
+            .app_binding_to(addr, token)
+            .build()
+            .await;
         let keys = [
-            ("AWS_ACCESS_KEY_ID", s3.access_key.as_bytes()),
-            ("AWS_SECRET_ACCESS_KEY", s3.secret_key.as_bytes()),
+            ("AWS_ACCESS_KEY_ID", w.s3().access_key.as_bytes()),
+            ("AWS_SECRET_ACCESS_KEY", w.s3().secret_key.as_bytes()),
         ];
-        secret(&cluster, NS, "s3", &keys).await;
-        let ctx = cluster.backup_context(None);
-        Bench {
-            cluster,
-            s3,
-            bucket,
-            ctx,
-        }
+        secret(&w.cluster, NS, "s3", &keys).await;
+        let ctx = w.ctx();
+        Bench { w, ctx }
     }
 
     /// A Repository on this test's Garage bucket with the shared keys; `s3` overrides
     /// fields of `spec.backend.s3`, `spec` fields of `spec`.
     fn repository_json(&self, name: &str, s3: Value, spec: Value) -> Value {
         let mut backend_s3 = json!({
-            "endpoint": self.s3.endpoint, "bucket": self.bucket, "prefix": name, "region": self.s3.region,
+            "endpoint": self.s3().endpoint, "bucket": self.bucket(), "prefix": name, "region": self.s3().region,
         });
         merge(&mut backend_s3, s3);
         let mut spec_json = json!({"backend": {"s3": backend_s3, "storageSecretName": "s3"}});
@@ -124,7 +118,7 @@ impl Bench {
         self.cluster.new_session(cfg, &name).await.unwrap();
         let outcome = tokio::time::timeout(
             Duration::from_secs(60),
-            backup::run(&self.ctx, &session_ref(NS, &name), None),
+            backup::run(&self.ctx, &session_ref(&name), None),
         )
         .await
         .expect("the backup function answers within a minute")
@@ -160,7 +154,7 @@ impl Bench {
         self.cluster.create::<RestoreSession>(rs).await.unwrap();
         let outcome = tokio::time::timeout(
             Duration::from_secs(60),
-            stashless::restore::run(ctx, &session_ref(NS, &name), None),
+            stashless::restore::run(ctx, &session_ref(&name), None),
         )
         .await
         .expect("the restore function answers within a minute")
@@ -183,7 +177,7 @@ impl Bench {
                 "{case}: reason {reason:?} lacks {e:?}"
             );
         }
-        for secret in [MARK, "hvs.", self.s3.secret_key.as_str()] {
+        for secret in [MARK, "hvs.", self.s3().secret_key.as_str()] {
             assert!(
                 !reason.contains(secret),
                 "{case}: a secret leaked into the reason: {reason}"
@@ -198,7 +192,7 @@ impl Bench {
     /// Every object in the bucket is under one of `prefixes` (none at all when empty), no
     /// upload is open, no session is left Running.
     async fn assert_contained(&self, prefixes: &[&str]) {
-        let keys = self.s3.keys(&self.bucket, "").await.unwrap();
+        let keys = self.s3().keys(self.bucket(), "").await.unwrap();
         for k in &keys {
             assert!(
                 prefixes.iter().any(|p| k.starts_with(&format!("{p}/"))),
@@ -206,7 +200,7 @@ impl Bench {
             );
         }
         assert_eq!(
-            self.s3.open_uploads(&self.bucket).await.unwrap(),
+            self.s3().open_uploads(self.bucket()).await.unwrap(),
             0,
             "incomplete multipart uploads left behind"
         );
@@ -595,14 +589,14 @@ async fn prefixes_that_would_leave_the_repository_are_refused() {
             .new_session(&cfg, &format!("{cfg}-1"))
             .await
             .unwrap();
-        let outcome = backup::run(&b.ctx, &session_ref(NS, &format!("{cfg}-1")), None)
+        let outcome = backup::run(&b.ctx, &session_ref(&format!("{cfg}-1")), None)
             .await
             .unwrap();
         assert!(
             matches!(outcome, Outcome::Succeeded { .. }),
             "{prefix}: {outcome:?}"
         );
-        let keys = b.s3.keys(&b.bucket, lands).await.unwrap();
+        let keys = b.s3().keys(b.bucket(), lands).await.unwrap();
         assert_eq!(keys.len(), 2, "{prefix}: {keys:?}");
     }
     b.assert_contained(&["a/b", "lead"]).await;
@@ -756,7 +750,7 @@ async fn secrets_missing_keys_or_holding_garbage_are_refused_without_echoing_the
         .await;
 
     // Storage Secrets of a Repository: `s3-<i>`.
-    let (ak, sk) = (b.s3.access_key.as_bytes(), b.s3.secret_key.as_bytes());
+    let (ak, sk) = (b.s3().access_key.as_bytes(), b.s3().secret_key.as_bytes());
     let mut bad_sk = sk.to_vec();
     bad_sk.extend_from_slice(b"\nsecond-line");
     let storage: Vec<(SecretData, Vec<&str>)> = vec![
@@ -835,8 +829,8 @@ async fn cross_namespace_repositories_follow_their_usage_policy() {
         .await
         .unwrap();
     let keys = [
-        ("AWS_ACCESS_KEY_ID", b.s3.access_key.as_bytes()),
-        ("AWS_SECRET_ACCESS_KEY", b.s3.secret_key.as_bytes()),
+        ("AWS_ACCESS_KEY_ID", b.s3().access_key.as_bytes()),
+        ("AWS_SECRET_ACCESS_KEY", b.s3().secret_key.as_bytes()),
     ];
     secret(&b.cluster, shared, "s3", &keys).await;
     let repos: Api<Repository> = Api::namespaced(b.cluster.client.clone(), shared);
@@ -919,7 +913,7 @@ async fn cross_namespace_repositories_follow_their_usage_policy() {
     )
     .await;
     b.cluster.new_session("use-all", "use-all-1").await.unwrap();
-    let outcome = backup::run(&b.ctx, &session_ref(NS, "use-all-1"), None)
+    let outcome = backup::run(&b.ctx, &session_ref("use-all-1"), None)
         .await
         .unwrap();
     assert!(matches!(outcome, Outcome::Succeeded { .. }), "{outcome:?}");
@@ -946,14 +940,14 @@ async fn sessions_outside_stashless_namespaces_are_left_alone() {
         )
     };
     let elsewhere = scoped(&["prod", "staging"]);
-    let outcome = backup::run(&elsewhere, &session_ref(NS, "cfg-1"), None)
+    let outcome = backup::run(&elsewhere, &session_ref("cfg-1"), None)
         .await
         .unwrap();
     let Outcome::NotClaimed { why } = outcome else {
         panic!("{outcome:?}")
     };
     assert!(why.contains("STASHLESS_NAMESPACES"), "{why}");
-    let restored = stashless::restore::run(&elsewhere, &session_ref(NS, "rs-1"), None)
+    let restored = stashless::restore::run(&elsewhere, &session_ref("rs-1"), None)
         .await
         .unwrap();
     assert!(
@@ -972,7 +966,7 @@ async fn sessions_outside_stashless_namespaces_are_left_alone() {
     );
     // Listed, the namespace is served (here: fails on the Vault that is not there).
     let served = scoped(&["prod", NS]);
-    let outcome = backup::run(&served, &session_ref(NS, "cfg-1"), None)
+    let outcome = backup::run(&served, &session_ref("cfg-1"), None)
         .await
         .unwrap();
     assert!(matches!(outcome, Outcome::Failed { .. }), "{outcome:?}");

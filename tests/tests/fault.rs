@@ -1,7 +1,7 @@
 //! The fault suite: faults injected on purpose between the functions and Vault, S3 and the
 //! Kubernetes API (an HTTP fault proxy in front of each: `stashless_tests::faults`), each
 //! scenario a `fault_…` test. Every test ends with the same invariants
-//! ([`World::assert_invariants`]):
+//! ([`Scenario::assert_invariants`]):
 //! - no session is left Running;
 //! - a Succeeded BackupSession has its manifest and a complete object whose bytes match the
 //!   manifest's size and sha256 and verify as an OpenBao snapshot;
@@ -27,31 +27,17 @@ use stashless::archive::SnapshotVerifier;
 use stashless::backup;
 use stashless::cluster::ClusterSource;
 use stashless::context::{Context, NamespaceScope, Settings};
-use stashless::events::SessionRef;
 use stashless::repository::Manifest;
-use stashless::restore;
 use stashless::session::Outcome;
 use stashless::sweep::{SweepSettings, sweep};
 use stashless_tests::faults::{Action, Fault, HttpProxy, Proxy, Rule};
 use stashless_tests::procs::openbao::{BaoCluster, OpenBao};
 use stashless_tests::procs::poll_until;
-use stashless_tests::{Cluster, ConfigBuilder, NS, S3Target, context_for, init_logs};
+use stashless_tests::{
+    ConfigBuilder, NS, World, context_for, failed_reason, init_logs, session_ref,
+};
 
 const PREFIX: &str = "vault";
-
-/// One scenario's world: in-memory API server, a fresh bucket on the shared Garage, an
-/// OpenBao, and a pass-through fault proxy in front of Vault and of S3 (rules added per test).
-struct World {
-    cluster: Cluster,
-    /// Garage itself (for assertions, never through the proxy).
-    s3: S3Target,
-    bucket: String,
-    bao: OpenBao,
-    vault: HttpProxy,
-    store: HttpProxy,
-    /// The Vault token and S3 secret key: must never appear in status or Event text.
-    secrets: Vec<String>,
-}
 
 /// Seed sizes: `Small` fits one 5 MiB part; `Parts` needs at least two.
 #[derive(Clone, Copy)]
@@ -60,72 +46,42 @@ enum Seed {
     Parts,
 }
 
-impl World {
-    async fn new(tag: &str, seed: Seed) -> World {
-        let bao = OpenBao::start().await.unwrap();
-        Self::with_bao(tag, seed, bao).await
+/// One scenario's world: in-memory API server, a fresh bucket on the shared Garage, a seeded
+/// OpenBao with secret `marker` = "before", and a pass-through fault proxy in front of Vault
+/// and of S3 (rules added per test).
+async fn world(tag: &str, seed: Seed) -> World {
+    let bao = OpenBao::start().await.unwrap();
+    match seed {
+        Seed::Small => bao.seed(50, 1024).await.unwrap(),
+        // Pseudo-random values: the gzip'd snapshot stays above two 5 MiB parts.
+        Seed::Parts => bao.seed(160, 64 * 1024).await.unwrap(),
     }
+    bao.kv_put("marker", json!({"v": "before"})).await.unwrap();
+    World::builder(&format!("f-{tag}"))
+        .with_openbao(bao)
+        .memory()
+        .fault_proxies()
+        .app_binding()
+        .repository(PREFIX)
+        .build()
+        .await
+}
 
-    async fn with_bao(tag: &str, seed: Seed, bao: OpenBao) -> World {
-        init_logs();
-        let (s3, bucket) = S3Target::garage_bucket(&format!("f-{tag}")).await.unwrap();
-        match seed {
-            Seed::Small => bao.seed(50, 1024).await.unwrap(),
-            // Pseudo-random values: the gzip'd snapshot stays above two 5 MiB parts.
-            Seed::Parts => bao.seed(160, 64 * 1024).await.unwrap(),
-        }
-        bao.kv_put("marker", json!({"v": "before"})).await.unwrap();
-        let cluster = Cluster::memory().await.unwrap();
-        let vault = HttpProxy::start(&bao.addr).await.unwrap();
-        let store = HttpProxy::start(&s3.endpoint).await.unwrap();
-        cluster
-            .vault_binding("vault", &vault.addr, &bao.root_token)
-            .await
-            .unwrap();
-        let via_proxy = S3Target {
-            endpoint: store.addr.clone(),
-            ..s3.clone()
-        };
-        cluster
-            .repository("repo", &via_proxy, &bucket, PREFIX)
-            .await
-            .unwrap();
-        let secrets = vec![bao.root_token.clone(), s3.secret_key.clone()];
-        World {
-            cluster,
-            s3,
-            bucket,
-            bao,
-            vault,
-            store,
-            secrets,
-        }
-    }
+/// What the fault scenarios do with their world.
+trait Scenario {
+    async fn config(&self, b: ConfigBuilder);
+    async fn backed_up(&self) -> String;
+    async fn restore(&self, name: &str) -> Outcome;
+    async fn marker(&self) -> String;
+    async fn manifests(&self) -> Vec<Manifest>;
+    /// The Vault token and S3 secret key: must never appear in status or Event text.
+    fn secrets(&self) -> Vec<String>;
+    async fn assert_invariants(&self);
+}
 
-    fn ctx(&self) -> Arc<Context> {
-        self.cluster.backup_context(None)
-    }
-
+impl Scenario for World {
     async fn config(&self, b: ConfigBuilder) {
         self.cluster.backup_config(b).await.unwrap();
-    }
-
-    /// Create a BackupSession of `cfg` and deliver its event once.
-    async fn backup(&self, session: &str) -> Outcome {
-        self.backup_with(&self.ctx(), "cfg", session, None).await
-    }
-
-    async fn backup_with(
-        &self,
-        ctx: &Context,
-        config: &str,
-        session: &str,
-        lambda_deadline: Option<Instant>,
-    ) -> Outcome {
-        self.cluster.new_session(config, session).await.unwrap();
-        backup::run(ctx, &r(session), lambda_deadline)
-            .await
-            .unwrap()
     }
 
     /// A good backup `cfg-0`, then the marker changed to "after": the state restores start from.
@@ -134,7 +90,7 @@ impl World {
         let Outcome::Succeeded { snapshot, .. } = self.backup("cfg-0").await else {
             panic!("the first backup failed")
         };
-        self.bao
+        self.bao()
             .kv_put("marker", json!({"v": "after"}))
             .await
             .unwrap();
@@ -146,48 +102,32 @@ impl World {
             .new_restore(name, "repo", "vault", None, false)
             .await
             .unwrap();
-        restore::run(&self.ctx(), &r(name), None).await.unwrap()
+        self.run_restore(name).await
     }
 
     async fn marker(&self) -> String {
-        self.bao.wait_serving().await.unwrap();
-        let v = self.bao.kv_get("marker").await.unwrap().unwrap();
+        self.bao().wait_serving().await.unwrap();
+        let v = self.bao().kv_get("marker").await.unwrap().unwrap();
         v["v"].as_str().unwrap().to_string()
     }
 
-    /// Move a session's `sessionDeadline` into the past (the functions read their own clock).
-    async fn deadline_passed(&self, session: &str) {
-        let past = stashless::api::timestamp(Utc::now() - chrono::Duration::seconds(1));
-        self.cluster
-            .api::<BackupSession>()
-            .patch_status(
-                session,
-                &kube::api::PatchParams::default(),
-                &kube::api::Patch::Merge(json!({"status": {"sessionDeadline": past}})),
-            )
-            .await
-            .unwrap();
+    async fn manifests(&self) -> Vec<Manifest> {
+        manifests_in(self).await
     }
 
-    async fn manifests(&self) -> Vec<Manifest> {
-        manifests_in(&self.s3, &self.bucket).await
+    fn secrets(&self) -> Vec<String> {
+        vec![self.bao().root_token.clone(), self.s3().secret_key.clone()]
     }
 
     /// The invariants every fault scenario ends with (see the module docs).
     async fn assert_invariants(&self) {
-        invariants(
-            &self.cluster,
-            &self.s3,
-            &self.bucket,
-            &self.secrets,
-            Objects::AsStored,
-        )
-        .await;
+        invariants(self, &self.secrets(), Objects::AsStored).await;
     }
 }
 
-/// Stored manifests in a bucket (read from Garage directly).
-async fn manifests_in(s3: &S3Target, bucket: &str) -> Vec<Manifest> {
+/// Stored manifests in the world's bucket (read from Garage directly).
+async fn manifests_in(w: &World) -> Vec<Manifest> {
+    let (s3, bucket) = (w.s3(), w.bucket());
     let mut out = Vec::new();
     for k in s3.keys(bucket, "").await.unwrap() {
         if k.ends_with(".json") {
@@ -207,13 +147,8 @@ enum Objects {
 }
 
 /// See the module docs.
-async fn invariants(
-    cluster: &Cluster,
-    s3: &S3Target,
-    bucket: &str,
-    secrets: &[String],
-    objects: Objects,
-) {
+async fn invariants(w: &World, secrets: &[String], objects: Objects) {
+    let (cluster, s3, bucket) = (&w.cluster, w.s3(), w.bucket());
     let keys = s3.keys(bucket, "").await.unwrap();
     for k in &keys {
         assert!(
@@ -234,7 +169,7 @@ async fn invariants(
         0,
         "incomplete multipart uploads left"
     );
-    let manifests = manifests_in(s3, bucket).await;
+    let manifests = manifests_in(w).await;
     let mut texts = Vec::new();
     let sessions: Vec<BackupSession> = cluster.sessions().await.unwrap();
     for s in &sessions {
@@ -320,28 +255,6 @@ fn failed_reason_in(st: &stashless::api::BackupSessionStatus) -> String {
         .unwrap_or_default()
 }
 
-fn r(name: &str) -> SessionRef {
-    SessionRef {
-        kind: None,
-        namespace: NS.into(),
-        name: name.into(),
-    }
-}
-
-fn failed(o: &Outcome) -> String {
-    match o {
-        Outcome::Failed { reason } => reason.clone(),
-        other => panic!("expected Failed, got {other:?}"),
-    }
-}
-
-fn restore_failed(o: &Outcome) -> String {
-    match o {
-        Outcome::Failed { reason } => reason.clone(),
-        other => panic!("expected Failed, got {other:?}"),
-    }
-}
-
 fn has_any(reason: &str, words: &[&str]) -> bool {
     let l = reason.to_lowercase();
     words.iter().any(|w| l.contains(&w.to_lowercase()))
@@ -389,12 +302,12 @@ fn part_attempts(p: &HttpProxy, n: u32) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fault_vault_sealed() {
-    let w = World::new("sealed", Seed::Small).await;
+    let w = world("sealed", Seed::Small).await;
     w.config(ConfigBuilder::new("cfg")).await;
-    w.bao.seal().await.unwrap();
-    let reason = failed(&w.backup("cfg-1").await);
+    w.bao().seal().await.unwrap();
+    let reason = failed_reason(&w.backup("cfg-1").await);
     assert!(has_any(&reason, &["sealed"]), "{reason}");
-    assert!(w.s3.keys(&w.bucket, "").await.unwrap().is_empty());
+    assert!(w.s3().keys(w.bucket(), "").await.unwrap().is_empty());
     w.assert_invariants().await;
 }
 
@@ -403,7 +316,7 @@ async fn fault_vault_standby_whose_active_node_is_unreachable_or_unknown() {
     // The AppBinding names a standby (sys/leader says so); its active node is out of reach,
     // then unknown (an election). A real standby that can reach its leader is covered in
     // backup.rs (backup_through_a_standby_reads_from_the_active_node).
-    let w = World::new("standby", Seed::Small).await;
+    let w = world("standby", Seed::Small).await;
     w.config(ConfigBuilder::new("cfg")).await;
     let closed = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -420,15 +333,15 @@ async fn fault_vault_standby_whose_active_node_is_unreachable_or_unknown() {
         )
     };
     let gone = format!("http://127.0.0.1:{closed}");
-    w.vault
+    w.vault_proxy()
         .rule(Rule::new(leader(&gone)).path("/sys/leader").times(1))
         .rule(Rule::new(leader("")).path("/sys/leader").times(1));
-    let reason = failed(&w.backup("cfg-1").await);
+    let reason = failed_reason(&w.backup("cfg-1").await);
     assert!(reason.contains(&gone), "{reason}");
     assert!(has_any(&reason, &["cannot connect"]), "{reason}");
-    let reason = failed(&w.backup("cfg-2").await);
+    let reason = failed_reason(&w.backup("cfg-2").await);
     assert!(has_any(&reason, &["no active node"]), "{reason}");
-    assert_eq!(w.vault.faults(), 2);
+    assert_eq!(w.vault_proxy().faults(), 2);
     w.assert_invariants().await;
 }
 
@@ -463,16 +376,19 @@ async fn fault_vault_leader_change_mid_snapshot() {
         .path("/sys/storage/raft/snapshot")
         .times(1),
     );
-    let (s3, bucket) = S3Target::garage_bucket("f-leader").await.unwrap();
-    let k = Cluster::memory().await.unwrap();
-    k.vault_binding("vault", &proxy.addr, &leader.root_token)
+    let w = World::builder("f-leader")
+        .memory()
+        .app_binding_to(&proxy.addr, &leader.root_token)
+        .repository(PREFIX)
+        .backup_configuration(ConfigBuilder::new("cfg"))
+        .build()
+        .await;
+    let k = &w.cluster;
+    let ctx = w.ctx();
+    k.new_session("cfg", "cfg-1").await.unwrap();
+    let o = backup::run(&ctx, &session_ref("cfg-1"), None)
         .await
         .unwrap();
-    k.repository("repo", &s3, &bucket, PREFIX).await.unwrap();
-    k.backup_config(ConfigBuilder::new("cfg")).await.unwrap();
-    let ctx = k.backup_context(None);
-    k.new_session("cfg", "cfg-1").await.unwrap();
-    let o = backup::run(&ctx, &r("cfg-1"), None).await.unwrap();
     assert!(stepped_rx.await.unwrap(), "the leader did not step down");
     // Either outcome is honest: the old leader finished a complete snapshot (verified by the
     // invariants below), or the stream broke and the session failed with a reason.
@@ -480,8 +396,8 @@ async fn fault_vault_leader_change_mid_snapshot() {
         Outcome::Succeeded { .. } | Outcome::Failed { .. } => {}
         other => panic!("{other:?}"),
     }
-    let secrets = vec![leader.root_token.clone(), s3.secret_key.clone()];
-    invariants(&k, &s3, &bucket, &secrets, Objects::AsStored).await;
+    let secrets = vec![leader.root_token.clone(), w.s3().secret_key.clone()];
+    invariants(&w, &secrets, Objects::AsStored).await;
     // The next backup, through a node that is now a standby, finds the new leader.
     k.api::<stashless::api::AppBinding>()
         .patch(
@@ -492,36 +408,38 @@ async fn fault_vault_leader_change_mid_snapshot() {
         .await
         .unwrap();
     k.new_session("cfg", "cfg-2").await.unwrap();
-    let o = backup::run(&ctx, &r("cfg-2"), None).await.unwrap();
+    let o = backup::run(&ctx, &session_ref("cfg-2"), None)
+        .await
+        .unwrap();
     assert!(matches!(o, Outcome::Succeeded { .. }), "{o:?}");
-    invariants(&k, &s3, &bucket, &secrets, Objects::AsStored).await;
+    invariants(&w, &secrets, Objects::AsStored).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fault_vault_stream_cut_mid_snapshot() {
-    let w = World::new("vcut", Seed::Parts).await;
+    let w = world("vcut", Seed::Parts).await;
     w.config(ConfigBuilder::new("cfg")).await;
-    w.vault.rule(
+    w.vault_proxy().rule(
         Rule::new(Action::CutResponseAfter(3 * 1024 * 1024)).path("/sys/storage/raft/snapshot"),
     );
-    let reason = failed(&w.backup("cfg-1").await);
-    assert_eq!(w.vault.faults(), 1);
+    let reason = failed_reason(&w.backup("cfg-1").await);
+    assert_eq!(w.vault_proxy().faults(), 1);
     assert!(
         has_any(&reason, &["truncated", "stream broke", "ended early"]),
         "{reason}"
     );
-    assert!(w.s3.keys(&w.bucket, "").await.unwrap().is_empty());
+    assert!(w.s3().keys(w.bucket(), "").await.unwrap().is_empty());
     w.assert_invariants().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fault_vault_stalls_beyond_the_deadline() {
-    let w = World::new("vstall", Seed::Small).await;
+    let w = world("vstall", Seed::Small).await;
     w.config(ConfigBuilder::new("cfg").time_out("3s")).await;
-    w.vault
+    w.vault_proxy()
         .rule(Rule::new(Action::Stall).path("/sys/storage/raft/snapshot"));
     let started = Instant::now();
-    let reason = failed(&w.backup("cfg-1").await);
+    let reason = failed_reason(&w.backup("cfg-1").await);
     assert!(reason.starts_with("deadline exceeded"), "{reason}");
     assert!(started.elapsed() < Duration::from_secs(30));
     let st = w.cluster.session("cfg-1").await.unwrap().status.unwrap();
@@ -531,10 +449,10 @@ async fn fault_vault_stalls_beyond_the_deadline() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fault_vault_refuses_connections() {
-    let w = World::new("vdown", Seed::Small).await;
+    let w = world("vdown", Seed::Small).await;
     w.config(ConfigBuilder::new("cfg")).await;
-    w.vault.set_down(true);
-    let reason = failed(&w.backup("cfg-1").await);
+    w.vault_proxy().set_down(true);
+    let reason = failed_reason(&w.backup("cfg-1").await);
     assert!(
         has_any(&reason, &["cannot connect", "connection", "closed"]),
         "{reason}"
@@ -544,29 +462,29 @@ async fn fault_vault_refuses_connections() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fault_vault_500_on_the_snapshot() {
-    let w = World::new("v500", Seed::Small).await;
+    let w = world("v500", Seed::Small).await;
     w.config(ConfigBuilder::new("cfg")).await;
-    w.vault.rule(
+    w.vault_proxy().rule(
         Rule::new(respond(
             500,
             r#"{"errors":["raft: failed to open snapshot"]}"#.into(),
         ))
         .path("/sys/storage/raft/snapshot"),
     );
-    let reason = failed(&w.backup("cfg-1").await);
+    let reason = failed_reason(&w.backup("cfg-1").await);
     assert!(has_any(&reason, &["500"]), "{reason}");
     w.assert_invariants().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fault_vault_token_revoked_before_the_snapshot() {
-    let w = World::new("v403", Seed::Small).await;
+    let w = world("v403", Seed::Small).await;
     w.config(ConfigBuilder::new("cfg")).await;
-    w.vault.rule(
+    w.vault_proxy().rule(
         Rule::new(respond(403, r#"{"errors":["permission denied"]}"#.into()))
             .path("/sys/storage/raft/snapshot"),
     );
-    let reason = failed(&w.backup("cfg-1").await);
+    let reason = failed_reason(&w.backup("cfg-1").await);
     assert!(has_any(&reason, &["permission denied", "403"]), "{reason}");
     w.assert_invariants().await;
 }
@@ -575,18 +493,18 @@ async fn fault_vault_token_revoked_before_the_snapshot() {
 async fn fault_vault_error_page_echoing_the_token_is_not_carried_into_status() {
     // A misconfigured proxy in front of Vault answers with a page that echoes the request,
     // token header included.
-    let w = World::new("echo", Seed::Small).await;
+    let w = world("echo", Seed::Small).await;
     w.config(ConfigBuilder::new("cfg")).await;
     let page = format!(
         "<html>502 Bad Gateway\nGET /v1/sys/storage/raft/snapshot\nX-Vault-Token: {}\n</html>",
-        w.bao.root_token
+        w.bao().root_token
     );
-    w.vault
+    w.vault_proxy()
         .rule(Rule::new(respond(502, page)).path("/sys/storage/raft/snapshot"));
-    let reason = failed(&w.backup("cfg-1").await);
+    let reason = failed_reason(&w.backup("cfg-1").await);
     assert!(has_any(&reason, &["502"]), "{reason}");
     assert!(reason.contains("<token>"), "{reason}");
-    assert!(!reason.contains(&w.bao.root_token));
+    assert!(!reason.contains(&w.bao().root_token));
     w.assert_invariants().await;
 }
 
@@ -595,9 +513,9 @@ async fn fault_vault_error_page_echoing_the_token_is_not_carried_into_status() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fault_s3_500_on_a_part_is_retried() {
-    let w = World::new("p500", Seed::Parts).await;
+    let w = world("p500", Seed::Parts).await;
     w.config(ConfigBuilder::new("cfg")).await;
-    w.store.rule(
+    w.s3_proxy().rule(
         Rule::new(s3_internal_error())
             .method(Method::PUT)
             .query("partNumber=2&")
@@ -605,16 +523,19 @@ async fn fault_s3_500_on_a_part_is_retried() {
     );
     let o = w.backup("cfg-1").await;
     assert!(matches!(o, Outcome::Succeeded { .. }), "{o:?}");
-    assert_eq!(w.store.faults(), 1, "the fault never fired");
-    assert!(part_attempts(&w.store, 2) >= 2, "part 2 was not retried");
+    assert_eq!(w.s3_proxy().faults(), 1, "the fault never fired");
+    assert!(
+        part_attempts(w.s3_proxy(), 2) >= 2,
+        "part 2 was not retried"
+    );
     w.assert_invariants().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fault_s3_slowdown_on_a_part_is_retried() {
-    let w = World::new("slowdown", Seed::Parts).await;
+    let w = world("slowdown", Seed::Parts).await;
     w.config(ConfigBuilder::new("cfg")).await;
-    w.store.rule(
+    w.s3_proxy().rule(
         Rule::new(respond(
             503,
             s3_error("SlowDown", "Please reduce your request rate."),
@@ -625,16 +546,16 @@ async fn fault_s3_slowdown_on_a_part_is_retried() {
     );
     let o = w.backup("cfg-1").await;
     assert!(matches!(o, Outcome::Succeeded { .. }), "{o:?}");
-    assert_eq!(w.store.faults(), 2);
-    assert!(part_attempts(&w.store, 1) >= 3);
+    assert_eq!(w.s3_proxy().faults(), 2);
+    assert!(part_attempts(w.s3_proxy(), 1) >= 3);
     w.assert_invariants().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fault_s3_connection_reset_mid_part_is_retried() {
-    let w = World::new("reset", Seed::Parts).await;
+    let w = world("reset", Seed::Parts).await;
     w.config(ConfigBuilder::new("cfg")).await;
-    w.store.rule(
+    w.s3_proxy().rule(
         Rule::new(Action::ResetRequestAfter(1024 * 1024))
             .method(Method::PUT)
             .query("partNumber=2&")
@@ -642,31 +563,31 @@ async fn fault_s3_connection_reset_mid_part_is_retried() {
     );
     let o = w.backup("cfg-1").await;
     assert!(matches!(o, Outcome::Succeeded { .. }), "{o:?}");
-    assert_eq!(w.store.faults(), 1);
-    assert!(part_attempts(&w.store, 2) >= 2);
+    assert_eq!(w.s3_proxy().faults(), 1);
+    assert!(part_attempts(w.s3_proxy(), 2) >= 2);
     w.assert_invariants().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fault_s3_complete_multipart_upload_fails() {
-    let w = World::new("complete", Seed::Small).await;
+    let w = world("complete", Seed::Small).await;
     w.config(ConfigBuilder::new("cfg")).await;
     // CompleteMultipartUpload is the POST that carries the uploadId.
-    w.store.rule(
+    w.s3_proxy().rule(
         Rule::new(s3_internal_error())
             .method(Method::POST)
             .query("uploadId="),
     );
-    let reason = failed(&w.backup("cfg-1").await);
+    let reason = failed_reason(&w.backup("cfg-1").await);
     assert!(has_any(&reason, &["complet"]), "{reason}");
-    assert!(w.store.faults() >= 1);
-    assert!(w.s3.keys(&w.bucket, "").await.unwrap().is_empty());
+    assert!(w.s3_proxy().faults() >= 1);
+    assert!(w.s3().keys(w.bucket(), "").await.unwrap().is_empty());
     w.assert_invariants().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fault_s3_bucket_deleted_mid_backup() {
-    let w = World::new("nobucket", Seed::Parts).await;
+    let w = world("nobucket", Seed::Parts).await;
     w.config(ConfigBuilder::new("cfg")).await;
     // After the first part, the bucket is gone for every request but the abort (which the
     // real S3 would also refuse; the bucket's lifecycle rule cleans up there).
@@ -676,24 +597,24 @@ async fn fault_s3_bucket_deleted_mid_backup() {
             s3_error("NoSuchBucket", "The specified bucket does not exist"),
         )
     };
-    w.store
+    w.s3_proxy()
         .rule(Rule::new(gone()).method(Method::PUT).from_nth(2))
         .rule(Rule::new(gone()).method(Method::POST).query("uploadId="))
         .rule(Rule::new(gone()).method(Method::GET));
-    let reason = failed(&w.backup("cfg-1").await);
+    let reason = failed_reason(&w.backup("cfg-1").await);
     assert!(
         has_any(&reason, &["does not exist", "NoSuchBucket"]),
         "{reason}"
     );
-    assert!(reason.contains(&w.bucket), "{reason}");
+    assert!(reason.contains(w.bucket()), "{reason}");
     w.assert_invariants().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fault_s3_credentials_expire_mid_backup() {
-    let w = World::new("expired", Seed::Parts).await;
+    let w = world("expired", Seed::Parts).await;
     w.config(ConfigBuilder::new("cfg")).await;
-    w.store.rule(
+    w.s3_proxy().rule(
         Rule::new(respond(
             400,
             s3_error("ExpiredToken", "The provided token has expired."),
@@ -701,37 +622,37 @@ async fn fault_s3_credentials_expire_mid_backup() {
         .method(Method::PUT)
         .from_nth(2),
     );
-    let reason = failed(&w.backup("cfg-1").await);
+    let reason = failed_reason(&w.backup("cfg-1").await);
     assert!(has_any(&reason, &["expired"]), "{reason}");
     w.assert_invariants().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fault_s3_manifest_write_fails() {
-    let w = World::new("manifest", Seed::Small).await;
+    let w = world("manifest", Seed::Small).await;
     w.config(ConfigBuilder::new("cfg")).await;
-    w.store.rule(
+    w.s3_proxy().rule(
         Rule::new(s3_internal_error())
             .method(Method::PUT)
             .path(".json"),
     );
-    let reason = failed(&w.backup("cfg-1").await);
+    let reason = failed_reason(&w.backup("cfg-1").await);
     assert!(has_any(&reason, &["manifest", ".json"]), "{reason}");
     // The snapshot object was removed with it: nothing invisible left behind.
-    assert!(w.s3.keys(&w.bucket, "").await.unwrap().is_empty());
+    assert!(w.s3().keys(w.bucket(), "").await.unwrap().is_empty());
     w.assert_invariants().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fault_s3_stalls_on_a_part_past_the_deadline() {
-    let w = World::new("sstall", Seed::Parts).await;
+    let w = world("sstall", Seed::Parts).await;
     w.config(ConfigBuilder::new("cfg").time_out("5s")).await;
-    w.store.rule(
+    w.s3_proxy().rule(
         Rule::new(Action::Stall)
             .method(Method::PUT)
             .query("partNumber=1&"),
     );
-    let reason = failed(&w.backup("cfg-1").await);
+    let reason = failed_reason(&w.backup("cfg-1").await);
     assert!(reason.starts_with("deadline exceeded"), "{reason}");
     w.assert_invariants().await;
 }
@@ -754,7 +675,7 @@ async fn ctx_via(proxy: &HttpProxy) -> Arc<Context> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fault_kube_409_on_the_final_status_write_is_retried() {
-    let w = World::new("k409", Seed::Small).await;
+    let w = world("k409", Seed::Small).await;
     w.config(ConfigBuilder::new("cfg")).await;
     let kube = HttpProxy::start(&w.cluster.url()).await.unwrap();
     // The claim is the first status PATCH; the final write is the second.
@@ -780,7 +701,7 @@ async fn fault_kube_409_on_the_final_status_write_is_retried() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fault_kube_403_on_the_token_secret() {
-    let w = World::new("k403", Seed::Small).await;
+    let w = world("k403", Seed::Small).await;
     w.config(ConfigBuilder::new("cfg")).await;
     let kube = HttpProxy::start(&w.cluster.url()).await.unwrap();
     kube.rule(
@@ -793,7 +714,7 @@ async fn fault_kube_403_on_the_token_secret() {
         .path("/secrets/"),
     );
     let ctx = ctx_via(&kube).await;
-    let reason = failed(&w.backup_with(&ctx, "cfg", "cfg-1", None).await);
+    let reason = failed_reason(&w.backup_with(&ctx, "cfg", "cfg-1", None).await);
     assert!(
         reason.contains("not allowed to read Secret vault/vault-token"),
         "{reason}"
@@ -804,7 +725,7 @@ async fn fault_kube_403_on_the_token_secret() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fault_kube_down_during_the_status_write_is_settled_by_the_sweep() {
-    let w = World::new("kdown", Seed::Small).await;
+    let w = world("kdown", Seed::Small).await;
     w.config(ConfigBuilder::new("cfg").time_out("1m")).await;
     let kube = HttpProxy::start(&w.cluster.url()).await.unwrap();
     // Every status write after the claim finds the API server gone.
@@ -816,14 +737,18 @@ async fn fault_kube_down_during_the_status_write_is_settled_by_the_sweep() {
     );
     let ctx = ctx_via(&kube).await;
     w.cluster.new_session("cfg", "cfg-1").await.unwrap();
-    let e = backup::run(&ctx, &r("cfg-1"), None).await.unwrap_err();
+    let e = backup::run(&ctx, &session_ref("cfg-1"), None)
+        .await
+        .unwrap_err();
     assert!(e.is_retryable(), "{e}");
     // The snapshot and its manifest are stored; the session still says Running.
     let st = w.cluster.session("cfg-1").await.unwrap().status.unwrap();
     assert_eq!(st.phase, Some(SessionPhase::Running));
     assert_eq!(w.manifests().await.len(), 1);
     // A redelivery before the deadline leaves it alone (its function may still be alive).
-    let o = backup::run(&w.ctx(), &r("cfg-1"), None).await.unwrap();
+    let o = backup::run(&w.ctx(), &session_ref("cfg-1"), None)
+        .await
+        .unwrap();
     assert!(matches!(o, Outcome::NotClaimed { .. }), "{o:?}");
     // The next sweep after the deadline hands it back; the backup function settles it from
     // the repository.
@@ -856,12 +781,12 @@ async fn fault_kube_down_during_the_status_write_is_settled_by_the_sweep() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fault_lambda_killed_mid_upload_is_settled_failed_and_its_upload_aborted() {
-    let w = World::new("killed", Seed::Parts).await;
+    let w = world("killed", Seed::Parts).await;
     w.config(ConfigBuilder::new("cfg")).await;
     // Hold part 2 so the function is mid-upload. A Lambda timeout kills the process and no
     // cleanup runs: model that by cancelling the invocation with its abort held (the first
     // AbortMultipartUpload never answers).
-    w.store
+    w.s3_proxy()
         .rule(
             Rule::new(Action::Stall)
                 .method(Method::PUT)
@@ -875,16 +800,19 @@ async fn fault_lambda_killed_mid_upload_is_settled_failed_and_its_upload_aborted
         );
     w.cluster.new_session("cfg", "cfg-1").await.unwrap();
     let ctx = w.ctx();
-    let run = tokio::spawn(async move { backup::run(&ctx, &r("cfg-1"), None).await });
-    wait_for("part 2 to be sent", || part_attempts(&w.store, 2) > 0).await;
+    let run = tokio::spawn(async move { backup::run(&ctx, &session_ref("cfg-1"), None).await });
+    wait_for("part 2 to be sent", || part_attempts(w.s3_proxy(), 2) > 0).await;
     run.abort();
     let _ = run.await;
     wait_for("the held abort", || {
-        w.store.seen().iter().any(|s| s.method == Method::DELETE)
+        w.s3_proxy()
+            .seen()
+            .iter()
+            .any(|s| s.method == Method::DELETE)
     })
     .await;
     assert_eq!(
-        w.s3.open_uploads(&w.bucket).await.unwrap(),
+        w.s3().open_uploads(w.bucket()).await.unwrap(),
         1,
         "the killed function left its upload"
     );
@@ -904,7 +832,7 @@ async fn fault_lambda_killed_mid_upload_is_settled_failed_and_its_upload_aborted
         .iter()
         .find(|s| s.name == "cfg-1")
         .expect("handed back");
-    let reason = failed(&backup::run(&w.ctx(), back, None).await.unwrap());
+    let reason = failed_reason(&backup::run(&w.ctx(), back, None).await.unwrap());
     assert!(reason.contains("partial upload was aborted"), "{reason}");
     w.assert_invariants().await;
 }
@@ -914,14 +842,18 @@ async fn fault_lambda_killed_mid_upload_is_settled_failed_and_its_upload_aborted
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fault_duplicate_concurrent_deliveries() {
-    let w = World::new("dup", Seed::Small).await;
+    let w = world("dup", Seed::Small).await;
     w.config(ConfigBuilder::new("cfg")).await;
     w.cluster.new_session("cfg", "cfg-1").await.unwrap();
     let ctx = w.ctx();
     let runs: Vec<_> = (0..3)
         .map(|_| {
             let ctx = ctx.clone();
-            tokio::spawn(async move { backup::run(&ctx, &r("cfg-1"), None).await.unwrap() })
+            tokio::spawn(async move {
+                backup::run(&ctx, &session_ref("cfg-1"), None)
+                    .await
+                    .unwrap()
+            })
         })
         .collect();
     let mut succeeded = 0;
@@ -939,21 +871,25 @@ async fn fault_duplicate_concurrent_deliveries() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fault_out_of_order_and_late_deliveries() {
-    let w = World::new("order", Seed::Small).await;
+    let w = world("order", Seed::Small).await;
     w.config(ConfigBuilder::new("cfg")).await;
     w.cluster.new_session("cfg", "cfg-1").await.unwrap();
     w.cluster.new_session("cfg", "cfg-2").await.unwrap();
     // The newer session's event arrives first, then the older one's, then both again.
     let ctx = w.ctx();
-    let o2 = backup::run(&ctx, &r("cfg-2"), None).await.unwrap();
-    let o1 = backup::run(&ctx, &r("cfg-1"), None).await.unwrap();
+    let o2 = backup::run(&ctx, &session_ref("cfg-2"), None)
+        .await
+        .unwrap();
+    let o1 = backup::run(&ctx, &session_ref("cfg-1"), None)
+        .await
+        .unwrap();
     assert!(matches!(o2, Outcome::Succeeded { .. }), "{o2:?}");
     assert!(
         matches!(o1, Outcome::Succeeded { .. } | Outcome::Skipped { .. }),
         "{o1:?}"
     );
     for n in ["cfg-1", "cfg-2"] {
-        let again = backup::run(&ctx, &r(n), None).await.unwrap();
+        let again = backup::run(&ctx, &session_ref(n), None).await.unwrap();
         assert!(matches!(again, Outcome::NotClaimed { .. }), "{again:?}");
     }
     w.assert_invariants().await;
@@ -961,9 +897,9 @@ async fn fault_out_of_order_and_late_deliveries() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fault_lambda_deadline_reached_mid_snapshot() {
-    let w = World::new("lambda", Seed::Parts).await;
+    let w = world("lambda", Seed::Parts).await;
     w.config(ConfigBuilder::new("cfg")).await;
-    w.vault
+    w.vault_proxy()
         .rule(Rule::new(Action::Stall).path("/sys/storage/raft/snapshot"));
     // The Lambda runtime's deadline, not the configuration's timeOut, is the limit here.
     let lambda_deadline = Instant::now() + Duration::from_secs(8);
@@ -981,14 +917,14 @@ async fn fault_lambda_deadline_reached_mid_snapshot() {
         Instant::now() < lambda_deadline,
         "stopped after the Lambda deadline"
     );
-    let reason = failed(&o);
+    let reason = failed_reason(&o);
     assert!(reason.starts_with("deadline exceeded"), "{reason}");
     w.assert_invariants().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fault_retention_fails_halfway() {
-    let w = World::new("retention", Seed::Small).await;
+    let w = world("retention", Seed::Small).await;
     w.config(
         ConfigBuilder::new("cfg")
             .retention(json!({"name": "keep-last-1", "keepLast": 1, "prune": true})),
@@ -1027,7 +963,7 @@ async fn fault_retention_fails_halfway() {
         .unwrap();
     // Deletes: snapshot 1's manifest and object go; the next delete (snapshot 2's manifest)
     // fails for good.
-    w.store.rule(
+    w.s3_proxy().rule(
         Rule::new(s3_internal_error())
             .method(Method::DELETE)
             .from_nth(3),
@@ -1059,7 +995,7 @@ async fn fault_retention_fails_halfway() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fault_restore_of_an_object_modified_after_upload() {
-    let w = World::new("modified", Seed::Small).await;
+    let w = world("modified", Seed::Small).await;
     let snapshot = w.backed_up().await;
     // Someone rewrites the object in place with a valid-looking but different snapshot.
     let key = w
@@ -1069,16 +1005,17 @@ async fn fault_restore_of_an_object_modified_after_upload() {
         .find(|m| m.name == snapshot)
         .unwrap()
         .key;
-    let other = w.bao.snapshot().await.unwrap();
-    w.s3.client()
+    let other = w.bao().snapshot().await.unwrap();
+    w.s3()
+        .client()
         .put_object()
-        .bucket(&w.bucket)
+        .bucket(w.bucket())
         .key(&key)
         .body(other.into())
         .send()
         .await
         .unwrap();
-    let reason = restore_failed(&w.restore("rs-1").await);
+    let reason = failed_reason(&w.restore("rs-1").await);
     assert!(
         has_any(
             &reason,
@@ -1091,20 +1028,20 @@ async fn fault_restore_of_an_object_modified_after_upload() {
         "after",
         "an unverified snapshot was applied"
     );
-    invariants(&w.cluster, &w.s3, &w.bucket, &w.secrets, Objects::Tampered).await;
+    invariants(&w, &w.secrets(), Objects::Tampered).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fault_restore_s3_stream_cut() {
-    let w = World::new("rcut", Seed::Parts).await;
+    let w = world("rcut", Seed::Parts).await;
     w.backed_up().await;
-    w.store.rule(
+    w.s3_proxy().rule(
         Rule::new(Action::CutResponseAfter(2 * 1024 * 1024))
             .method(Method::GET)
             .path(".snap"),
     );
-    let reason = restore_failed(&w.restore("rs-1").await);
-    assert!(w.store.faults() >= 1);
+    let reason = failed_reason(&w.restore("rs-1").await);
+    assert!(w.s3_proxy().faults() >= 1);
     assert!(
         has_any(&reason, &["truncated", "ended early", "broke", "stream"]),
         "{reason}"
@@ -1115,27 +1052,27 @@ async fn fault_restore_s3_stream_cut() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fault_restore_vault_connection_dropped_mid_upload() {
-    let w = World::new("rdrop", Seed::Parts).await;
+    let w = world("rdrop", Seed::Parts).await;
     w.backed_up().await;
-    w.vault.rule(
+    w.vault_proxy().rule(
         Rule::new(Action::ResetRequestAfter(1024 * 1024))
             .method(Method::POST)
             .path("/sys/storage/raft/snapshot"),
     );
-    let reason = restore_failed(&w.restore("rs-1").await);
-    assert_eq!(w.vault.faults(), 1);
+    let reason = failed_reason(&w.restore("rs-1").await);
+    assert_eq!(w.vault_proxy().faults(), 1);
     assert!(reason.len() > 10);
     assert_eq!(w.marker().await, "after", "a partial snapshot was applied");
-    let h = w.bao.health().await.unwrap();
+    let h = w.bao().health().await.unwrap();
     assert_eq!(h["sealed"], Value::Bool(false), "Vault sealed itself");
     w.assert_invariants().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fault_restore_vault_500_on_apply() {
-    let w = World::new("r500", Seed::Small).await;
+    let w = world("r500", Seed::Small).await;
     w.backed_up().await;
-    w.vault.rule(
+    w.vault_proxy().rule(
         Rule::new(respond(
             500,
             r#"{"errors":["failed to apply snapshot"]}"#.into(),
@@ -1143,7 +1080,7 @@ async fn fault_restore_vault_500_on_apply() {
         .method(Method::POST)
         .path("/sys/storage/raft/snapshot"),
     );
-    let reason = restore_failed(&w.restore("rs-1").await);
+    let reason = failed_reason(&w.restore("rs-1").await);
     assert!(has_any(&reason, &["500"]), "{reason}");
     assert_eq!(w.marker().await, "after");
     w.assert_invariants().await;

@@ -7,11 +7,9 @@ use std::time::Instant;
 
 use serde_json::json;
 use sha2::Digest;
-use stashless::events::SessionRef;
 use stashless::restore;
 use stashless::session::Outcome;
-use stashless_tests::procs::openbao::OpenBao;
-use stashless_tests::{Cluster, ConfigBuilder, NS, S3Target, init_logs};
+use stashless_tests::{World, session_ref};
 
 fn peak_rss_mib() -> f64 {
     stashless_tests::procs::peak_rss_mib(std::process::id()).unwrap_or(0.0)
@@ -19,37 +17,20 @@ fn peak_rss_mib() -> f64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_large_snapshot_spans_many_parts_and_round_trips() {
-    init_logs();
-    let (s3, bucket) = S3Target::garage_bucket("large").await.unwrap();
-    let bao = OpenBao::start().await.unwrap();
+    let w = World::standard("large", "big").await;
+    let (cluster, s3, bucket, bao) = (&w.cluster, w.s3(), w.bucket(), w.bao());
     bao.seed(128, 512 * 1024).await.unwrap();
     bao.kv_put("app/x", json!({"v": "backed-up"}))
-        .await
-        .unwrap();
-    let cluster = Cluster::start().await.unwrap();
-    cluster
-        .vault_binding("vault", &bao.addr, &bao.root_token)
-        .await
-        .unwrap();
-    cluster
-        .repository("repo", &s3, &bucket, "big")
-        .await
-        .unwrap();
-    cluster
-        .backup_config(ConfigBuilder::new("cfg"))
         .await
         .unwrap();
     cluster.new_session("cfg", "cfg-1").await.unwrap();
 
     let rss_before = peak_rss_mib();
-    let ctx = cluster.backup_context(None);
-    let r = SessionRef {
-        kind: None,
-        namespace: NS.into(),
-        name: "cfg-1".into(),
-    };
+    let ctx = w.ctx();
     let t = Instant::now();
-    let outcome = stashless::backup::run(&ctx, &r, None).await.unwrap();
+    let outcome = stashless::backup::run(&ctx, &session_ref("cfg-1"), None)
+        .await
+        .unwrap();
     let backup_secs = t.elapsed().as_secs_f64();
     let rss_after_backup = peak_rss_mib();
     let Outcome::Succeeded { snapshot, size, .. } = outcome else {
@@ -59,18 +40,18 @@ async fn a_large_snapshot_spans_many_parts_and_round_trips() {
 
     // Byte-exact: the object's sha256 (computed here, independently) is the manifest's.
     let body = s3
-        .get(&bucket, &format!("big/snapshots/{snapshot}.snap"))
+        .get(bucket, &format!("big/snapshots/{snapshot}.snap"))
         .await
         .unwrap();
     assert_eq!(body.len() as u64, size);
     let manifest: serde_json::Value = serde_json::from_slice(
-        &s3.get(&bucket, &format!("big/snapshots/{snapshot}.json"))
+        &s3.get(bucket, &format!("big/snapshots/{snapshot}.json"))
             .await
             .unwrap(),
     )
     .unwrap();
     assert_eq!(manifest["sha256"], hex::encode(sha2::Sha256::digest(&body)));
-    assert_eq!(s3.open_uploads(&bucket).await.unwrap(), 0);
+    assert_eq!(s3.open_uploads(bucket).await.unwrap(), 0);
 
     // Baseline: a plain POST of the same file with curl.
     let file = std::env::temp_dir().join(format!("stashless-large-{}.snap", std::process::id()));
@@ -113,17 +94,7 @@ async fn a_large_snapshot_spans_many_parts_and_round_trips() {
         .await
         .unwrap();
     let t = Instant::now();
-    let o = restore::run(
-        &ctx,
-        &SessionRef {
-            kind: None,
-            namespace: NS.into(),
-            name: "rs".into(),
-        },
-        None,
-    )
-    .await
-    .unwrap();
+    let o = restore::run(&ctx, &session_ref("rs"), None).await.unwrap();
     let restore_secs = t.elapsed().as_secs_f64();
     assert!(matches!(o, Outcome::Succeeded { .. }), "{o:?}");
     assert_eq!(

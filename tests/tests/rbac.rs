@@ -29,13 +29,14 @@ use stashless::api::{
 };
 use stashless::backup;
 use stashless::context::{Context, NamespaceScope};
-use stashless::events::{SessionRef, Tick};
+use stashless::events::Tick;
 use stashless::scheduler::{SchedulerSettings, tick};
 use stashless::session::Outcome;
 use stashless::session::{self, Claim};
 use stashless::sweep::{SweepSettings, sweep};
-use stashless_tests::procs::openbao::OpenBao;
-use stashless_tests::{ApiServer, Cluster, ConfigBuilder, CrdSet, NS, S3Target, init_logs};
+use stashless_tests::{
+    ApiServer, Cluster, ConfigBuilder, CrdSet, NS, World, init_logs, session_ref,
+};
 
 type Grant = (String, String, String);
 
@@ -117,19 +118,28 @@ fn granted(function: &str) -> BTreeSet<Grant> {
     grants_of(&rules(function))
 }
 
-fn r(name: &str) -> SessionRef {
-    SessionRef {
-        kind: None,
-        namespace: NS.into(),
-        name: name.into(),
-    }
-}
-
 /// The client each function runs with.
 struct Identities {
     scheduler: Client,
     backup: Client,
     restore: Client,
+}
+
+/// The cycle's world on `cluster`: an OpenBao behind AppBinding `vault`, Repository `repo`
+/// under `rbac` on a fresh bucket, BackupConfiguration `cfg` hourly with history limit 1.
+async fn world(tag: &str, cluster: Cluster) -> World {
+    World::builder(tag)
+        .cluster(cluster)
+        .openbao()
+        .app_binding()
+        .repository("rbac")
+        .backup_configuration(
+            ConfigBuilder::new("cfg")
+                .schedule("0 * * * *")
+                .history_limit(1),
+        )
+        .build()
+        .await
 }
 
 /// A full cycle, each function with its own client: two scheduled backups (the second
@@ -142,29 +152,11 @@ struct Identities {
 /// shows on the real server too. Returns what each function did as spans of `position()`
 /// (the in-memory server's request log length).
 async fn cycle(
-    cluster: &Cluster,
+    w: &World,
     ids: &Identities,
-    tag: &str,
     position: &dyn Fn() -> usize,
 ) -> Vec<(&'static str, Range<usize>)> {
-    let (s3, bucket) = S3Target::garage_bucket(tag).await.unwrap();
-    let bao = OpenBao::start().await.unwrap();
-    cluster
-        .vault_binding("vault", &bao.addr, &bao.root_token)
-        .await
-        .unwrap();
-    cluster
-        .repository("repo", &s3, &bucket, "rbac")
-        .await
-        .unwrap();
-    cluster
-        .backup_config(
-            ConfigBuilder::new("cfg")
-                .schedule("0 * * * *")
-                .history_limit(1),
-        )
-        .await
-        .unwrap();
+    let cluster = &w.cluster;
     let settings = cluster.backup_context(None).settings.clone();
     let backup_ctx = Context::new(ids.backup.clone(), settings.clone());
     let restore_ctx = Context::new(ids.restore.clone(), settings);
@@ -182,7 +174,9 @@ async fn cycle(
         assert!(report.errors.is_empty(), "{report:?}");
         let name = report.created[0].split('/').nth(1).unwrap().to_string();
         let start = position();
-        let outcome = backup::run(&backup_ctx, &r(&name), None).await.unwrap();
+        let outcome = backup::run(&backup_ctx, &session_ref(&name), None)
+            .await
+            .unwrap();
         spans.push(("backup", start..position()));
         assert!(matches!(outcome, Outcome::Succeeded { .. }), "{outcome:?}");
     }
@@ -219,7 +213,7 @@ async fn cycle(
         .await
         .unwrap();
     let start = position();
-    let outcome = stashless::restore::run(&restore_ctx, &r("restore-0"), None)
+    let outcome = stashless::restore::run(&restore_ctx, &session_ref("restore-0"), None)
         .await
         .unwrap();
     spans.push(("restore", start..position()));
@@ -246,7 +240,7 @@ async fn cycle(
         .await
         .unwrap();
     let start = position();
-    let outcome = stashless::restore::run(&restore_ctx, &r("restore-1"), None)
+    let outcome = stashless::restore::run(&restore_ctx, &session_ref("restore-1"), None)
         .await
         .unwrap();
     spans.push(("restore", start..position()));
@@ -326,16 +320,16 @@ async fn cycle(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_function_file_grants_exactly_the_calls_that_function_makes() {
-    init_logs();
     // The request log needs the in-memory server; all functions use its one client.
-    let cluster = Cluster::memory().await.unwrap();
+    let w = world("rbac-mem", Cluster::memory().await.unwrap()).await;
+    let cluster = &w.cluster;
     let ids = Identities {
         scheduler: cluster.client.clone(),
         backup: cluster.client.clone(),
         restore: cluster.client.clone(),
     };
     let position = || cluster.mem().request_log().len();
-    let spans = cycle(&cluster, &ids, "rbac-mem", &position).await;
+    let spans = cycle(&w, &ids, &position).await;
 
     let log = cluster.mem().request_log();
     let mut used: BTreeMap<&str, BTreeSet<Grant>> = BTreeMap::new();
@@ -471,6 +465,8 @@ fn api_code(e: &kube::Error) -> Option<u16> {
 async fn each_function_works_with_only_its_own_role_on_a_real_api_server() {
     init_logs();
     let cluster = Cluster::apiserver(CrdSet::from_env()).await.unwrap();
+    let w = world("rbac-real", cluster).await;
+    let cluster = &w.cluster;
     let admin = cluster.client.clone();
     let real = cluster.real().unwrap();
     install_roles(&admin).await;
@@ -484,7 +480,7 @@ async fn each_function_works_with_only_its_own_role_on_a_real_api_server() {
     // would only be logged (checked by their effects in `cycle`). kube-apiserver 1.20 serves
     // EndpointSlices as v1beta1 only, so the functions' v1 list is a 404 here whatever RBAC
     // says: the review below covers it.
-    cycle(&cluster, &ids, "rbac-real", &|| 0).await;
+    cycle(&w, &ids, &|| 0).await;
 
     // Each group may do exactly what its file says, of everything any function may do.
     let mut universe: BTreeSet<Grant> = FUNCTIONS.iter().flat_map(|f| granted(f)).collect();

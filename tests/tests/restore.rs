@@ -3,65 +3,25 @@
 
 use serde_json::json;
 use stashless::api::SessionPhase;
-use stashless::events::SessionRef;
 use stashless::restore;
 use stashless::session::Outcome;
 use stashless_tests::procs::openbao::{BaoCluster, OpenBao};
 use stashless_tests::procs::pushgateway::Pushgateway;
-use stashless_tests::{Cluster, ConfigBuilder, NS, S3Target, init_logs};
+use stashless_tests::{ConfigBuilder, World, failed_reason, session_ref};
 
-struct World {
-    cluster: Cluster,
-    s3: S3Target,
-    bucket: String,
-}
-
+/// Repository `repo` under `vault` on a fresh bucket, BackupConfiguration `cfg`, AppBinding
+/// `vault` on this Vault.
 async fn world(tag: &str, vault_addr: &str, token: &str) -> World {
-    init_logs();
-    let (s3, bucket) = S3Target::garage_bucket(tag).await.unwrap();
-    let cluster = Cluster::start().await.unwrap();
-    cluster
-        .vault_binding("vault", vault_addr, token)
+    World::builder(tag)
+        .app_binding_to(vault_addr, token)
+        .repository("vault")
+        .backup_configuration(ConfigBuilder::new("cfg"))
+        .build()
         .await
-        .unwrap();
-    cluster
-        .repository("repo", &s3, &bucket, "vault")
-        .await
-        .unwrap();
-    cluster
-        .backup_config(ConfigBuilder::new("cfg"))
-        .await
-        .unwrap();
-    World {
-        cluster,
-        s3,
-        bucket,
-    }
-}
-
-fn r(name: &str) -> SessionRef {
-    SessionRef {
-        kind: None,
-        namespace: NS.into(),
-        name: name.into(),
-    }
-}
-
-async fn restore_outcome(w: &World, name: &str) -> Outcome {
-    restore::run(&w.cluster.backup_context(None), &r(name), None)
-        .await
-        .unwrap()
-}
-
-fn reason(o: &Outcome) -> String {
-    match o {
-        Outcome::Failed { reason } => reason.clone(),
-        other => panic!("expected Failed, got {other:?}"),
-    }
 }
 
 async fn assert_failed_cleanly(w: &World, name: &str, o: &Outcome, expect: &str) {
-    let why = reason(o);
+    let why = failed_reason(o);
     assert!(
         why.to_lowercase().contains(&expect.to_lowercase()),
         "reason {why:?} lacks {expect:?}"
@@ -113,7 +73,7 @@ async fn restore_latest_brings_back_changed_and_deleted_secrets() {
         .new_restore("restore-latest", "repo", "vault", None, false)
         .await
         .unwrap();
-    let o = restore::run(&ctx, &r("restore-latest"), None)
+    let o = restore::run(&ctx, &session_ref("restore-latest"), None)
         .await
         .unwrap();
     let Outcome::Succeeded { sealed_after, .. } = o else {
@@ -177,7 +137,7 @@ async fn restore_a_named_older_snapshot() {
         .new_restore("restore-old", "repo", "vault", Some(&first), false)
         .await
         .unwrap();
-    let o = restore_outcome(&w, "restore-old").await;
+    let o = w.run_restore("restore-old").await;
     assert!(
         matches!(o, Outcome::Succeeded { ref snapshot, .. } if *snapshot == first),
         "{o:?}"
@@ -190,7 +150,7 @@ async fn restore_a_named_older_snapshot() {
         .await
         .unwrap();
     assert!(matches!(
-        restore_outcome(&w, "restore-latest").await,
+        w.run_restore("restore-latest").await,
         Outcome::Succeeded { .. }
     ));
     assert_eq!(bao.kv_get("app/cfg").await.unwrap().unwrap()["gen"], "two");
@@ -199,7 +159,7 @@ async fn restore_a_named_older_snapshot() {
         .await
         .unwrap();
     assert!(matches!(
-        restore_outcome(&w, "restore-bare").await,
+        w.run_restore("restore-bare").await,
         Outcome::Succeeded { .. }
     ));
     assert_eq!(bao.kv_get("app/cfg").await.unwrap().unwrap()["gen"], "one");
@@ -226,7 +186,7 @@ async fn restore_through_a_standby_goes_to_the_active_node() {
         .new_restore("rs", "repo", "vault", None, false)
         .await
         .unwrap();
-    let o = restore_outcome(&w, "rs").await;
+    let o = w.run_restore("rs").await;
     assert!(matches!(o, Outcome::Succeeded { .. }), "{o:?}");
     let leader = bao.leader_index().await.unwrap();
     assert_eq!(
@@ -257,7 +217,7 @@ async fn force_restore_into_a_fresh_server_reports_its_seal_state() {
         .new_restore("rs", "repo", "fresh", Some(&snapshot), true)
         .await
         .unwrap();
-    let o = restore_outcome(&w, "rs").await;
+    let o = w.run_restore("rs").await;
     let Outcome::Succeeded { sealed_after, .. } = o else {
         panic!("{o:?}")
     };
@@ -315,23 +275,25 @@ async fn tampered(
         format!("vault/snapshots/{snap}.snap"),
         format!("vault/snapshots/{snap}.json"),
     );
-    let mut body = w.s3.get(&w.bucket, &obj_key).await.unwrap();
+    let mut body = w.s3().get(w.bucket(), &obj_key).await.unwrap();
     tamper(&mut body);
-    let put =
-        w.s3.client()
-            .put_object()
-            .bucket(&w.bucket)
-            .key(&obj_key)
-            .body(body.clone().into())
-            .send()
-            .await
-            .unwrap();
-    let mut manifest: serde_json::Value =
-        serde_json::from_slice(&w.s3.get(&w.bucket, &man_key).await.unwrap()).unwrap();
-    fix_manifest(&mut manifest, &body, put.e_tag);
-    w.s3.client()
+    let put = w
+        .s3()
+        .client()
         .put_object()
-        .bucket(&w.bucket)
+        .bucket(w.bucket())
+        .key(&obj_key)
+        .body(body.clone().into())
+        .send()
+        .await
+        .unwrap();
+    let mut manifest: serde_json::Value =
+        serde_json::from_slice(&w.s3().get(w.bucket(), &man_key).await.unwrap()).unwrap();
+    fix_manifest(&mut manifest, &body, put.e_tag);
+    w.s3()
+        .client()
+        .put_object()
+        .bucket(w.bucket())
         .key(&man_key)
         .body(serde_json::to_vec(&manifest).unwrap().into())
         .send()
@@ -342,7 +304,7 @@ async fn tampered(
         .new_restore("rs", "repo", "vault", None, false)
         .await
         .unwrap();
-    let o = restore_outcome(&w, "rs").await;
+    let o = w.run_restore("rs").await;
     assert_failed_cleanly(&w, "rs", &o, expect).await;
     assert_eq!(
         bao.kv_get("app/x").await.unwrap().unwrap()["v"],
@@ -424,7 +386,7 @@ async fn wrong_names_empty_repositories_and_overlaps_fail_with_reasons() {
         .new_restore("rs-empty", "repo", "vault", None, false)
         .await
         .unwrap();
-    let o = restore_outcome(&w, "rs-empty").await;
+    let o = w.run_restore("rs-empty").await;
     assert_failed_cleanly(&w, "rs-empty", &o, "holds no snapshots").await;
 
     let ctx = w.cluster.backup_context(None);
@@ -437,7 +399,7 @@ async fn wrong_names_empty_repositories_and_overlaps_fail_with_reasons() {
         .new_restore("rs-missing", "repo", "vault", Some("vault/nope-123"), false)
         .await
         .unwrap();
-    let o = restore_outcome(&w, "rs-missing").await;
+    let o = w.run_restore("rs-missing").await;
     assert_failed_cleanly(
         &w,
         "rs-missing",
@@ -461,7 +423,7 @@ async fn wrong_names_empty_repositories_and_overlaps_fail_with_reasons() {
         .new_restore("rs-during-backup", "repo", "vault", None, false)
         .await
         .unwrap();
-    let o = restore_outcome(&w, "rs-during-backup").await;
+    let o = w.run_restore("rs-during-backup").await;
     assert_failed_cleanly(
         &w,
         "rs-during-backup",
@@ -484,7 +446,7 @@ async fn wrong_names_empty_repositories_and_overlaps_fail_with_reasons() {
         .await
         .unwrap();
     let ctx2 = w.cluster.backup_context(None);
-    let rr = r("rs-dup");
+    let rr = session_ref("rs-dup");
     let (a, b, c) = tokio::join!(
         restore::run(&ctx2, &rr, None),
         restore::run(&ctx2, &rr, None),

@@ -7,13 +7,11 @@ use serde_json::json;
 use stashless::api::Repository;
 use stashless::archive::SnapshotMeta;
 use stashless::backup;
-use stashless::events::SessionRef;
 use stashless::repository::{
     Invoker, Location, Manifest, ObjectId, StaticCredentials, Store, TargetId, Tuning,
 };
 use stashless::session::Outcome;
-use stashless_tests::procs::openbao::OpenBao;
-use stashless_tests::{Cluster, ConfigBuilder, NS, S3Target, init_logs};
+use stashless_tests::{ConfigBuilder, NS, S3Target, World, failed_reason, session_ref};
 
 async fn history(store: &Store, s3: &S3Target, config: &str, days: &[i64]) -> Vec<String> {
     let mut names = Vec::new();
@@ -63,14 +61,22 @@ async fn history(store: &Store, s3: &S3Target, config: &str, days: &[i64]) -> Ve
     names
 }
 
-async fn setup(tag: &str, policy: serde_json::Value) -> (Cluster, S3Target, Store, OpenBao) {
-    init_logs();
-    let (s3, bucket) = S3Target::garage_bucket(tag).await.unwrap();
+/// A world whose BackupConfiguration `cfg` has this retention policy, its Store, and a
+/// Pending session `cfg-now`.
+async fn setup(tag: &str, policy: serde_json::Value) -> (World, Store) {
+    let w = World::builder(tag)
+        .openbao()
+        .app_binding()
+        .repository("r")
+        .backup_configuration(ConfigBuilder::new("cfg").retention(policy))
+        .build()
+        .await;
+    let s3 = w.s3();
     let store = Store::open(
         Location {
             endpoint: Some(s3.endpoint.clone()),
             region: s3.region.clone(),
-            bucket: bucket.clone(),
+            bucket: w.bucket().into(),
             prefix: "r".into(),
         },
         Some(StaticCredentials {
@@ -83,19 +89,8 @@ async fn setup(tag: &str, policy: serde_json::Value) -> (Cluster, S3Target, Stor
     )
     .await
     .unwrap();
-    let bao = OpenBao::start().await.unwrap();
-    let cluster = Cluster::start().await.unwrap();
-    cluster
-        .vault_binding("vault", &bao.addr, &bao.root_token)
-        .await
-        .unwrap();
-    cluster.repository("repo", &s3, &bucket, "r").await.unwrap();
-    cluster
-        .backup_config(ConfigBuilder::new("cfg").retention(policy))
-        .await
-        .unwrap();
-    cluster.new_session("cfg", "cfg-now").await.unwrap();
-    (cluster, s3, store, bao)
+    w.cluster.new_session("cfg", "cfg-now").await.unwrap();
+    (w, store)
 }
 
 fn names(ms: &[Manifest]) -> Vec<String> {
@@ -106,19 +101,16 @@ fn names(ms: &[Manifest]) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retention_keeps_exactly_what_the_rules_keep() {
-    let (cluster, s3, store, _bao) = setup(
+    let (w, store) = setup(
         "ret",
         json!({"name": "p", "keepLast": 2, "keepDaily": 4, "prune": true}),
     )
     .await;
-    let mine = history(&store, &s3, "cfg", &[1, 2, 3, 4, 5, 6, 7, 8, 9, 10]).await;
-    let other = history(&store, &s3, "other", &[20, 30]).await;
+    let (cluster, s3) = (&w.cluster, w.s3());
+    let mine = history(&store, s3, "cfg", &[1, 2, 3, 4, 5, 6, 7, 8, 9, 10]).await;
+    let other = history(&store, s3, "other", &[20, 30]).await;
     let ctx = cluster.backup_context(None);
-    let r = SessionRef {
-        kind: None,
-        namespace: NS.into(),
-        name: "cfg-now".into(),
-    };
+    let r = session_ref("cfg-now");
     let outcome = backup::run(&ctx, &r, None).await.unwrap();
     let Outcome::Succeeded { snapshot, .. } = outcome else {
         panic!("{outcome:?}")
@@ -150,18 +142,15 @@ async fn retention_keeps_exactly_what_the_rules_keep() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dry_run_removes_nothing() {
-    let (cluster, s3, store, _bao) = setup(
+    let (w, store) = setup(
         "dry",
         json!({"name": "p", "keepLast": 1, "dryRun": true, "prune": true}),
     )
     .await;
-    history(&store, &s3, "cfg", &[1, 2, 3]).await;
+    let (cluster, s3) = (&w.cluster, w.s3());
+    history(&store, s3, "cfg", &[1, 2, 3]).await;
     let ctx = cluster.backup_context(None);
-    let r = SessionRef {
-        kind: None,
-        namespace: NS.into(),
-        name: "cfg-now".into(),
-    };
+    let r = session_ref("cfg-now");
     assert!(matches!(
         backup::run(&ctx, &r, None).await.unwrap(),
         Outcome::Succeeded { .. }
@@ -181,18 +170,12 @@ async fn dry_run_removes_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_retention_fails_before_anything_is_uploaded() {
-    let (cluster, s3, store, _bao) =
-        setup("neg", json!({"name": "p", "keepDaily": -3, "prune": true})).await;
+    let (w, store) = setup("neg", json!({"name": "p", "keepDaily": -3, "prune": true})).await;
+    let (cluster, s3) = (&w.cluster, w.s3());
     let ctx = cluster.backup_context(None);
-    let r = SessionRef {
-        kind: None,
-        namespace: NS.into(),
-        name: "cfg-now".into(),
-    };
+    let r = session_ref("cfg-now");
     let outcome = backup::run(&ctx, &r, None).await.unwrap();
-    let Outcome::Failed { reason } = outcome else {
-        panic!("{outcome:?}")
-    };
+    let reason = failed_reason(&outcome);
     assert!(reason.contains("keepDaily"), "{reason}");
     assert!(
         s3.keys(&store.location.bucket, "")

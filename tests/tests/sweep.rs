@@ -7,8 +7,7 @@ use stashless::api::{BackupConfiguration, SessionPhase};
 use stashless::context::NamespaceScope;
 use stashless::session::{self, Claim};
 use stashless::sweep::{SweepSettings, sweep};
-use stashless_tests::procs::openbao::OpenBao;
-use stashless_tests::{Cluster, ConfigBuilder, NS, S3Target, init_logs};
+use stashless_tests::{Cluster, ConfigBuilder, NS, World, init_logs};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lost_running_sessions_and_orphans_end_failed_and_live_ones_are_left_alone() {
@@ -138,20 +137,9 @@ async fn lost_running_sessions_and_orphans_end_failed_and_live_ones_are_left_alo
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_whose_event_was_lost_is_found_and_run() {
-    init_logs();
-    let (s3, bucket) = S3Target::garage_bucket("sweep").await.unwrap();
-    let bao = OpenBao::start().await.unwrap();
-    bao.kv_put("app/x", json!({"v": "1"})).await.unwrap();
-    let cluster = Cluster::start().await.unwrap();
-    cluster
-        .vault_binding("vault", &bao.addr, &bao.root_token)
-        .await
-        .unwrap();
-    cluster.repository("repo", &s3, &bucket, "").await.unwrap();
-    cluster
-        .backup_config(ConfigBuilder::new("cfg"))
-        .await
-        .unwrap();
+    let w = World::standard("sweep", "").await;
+    let cluster = &w.cluster;
+    w.bao().kv_put("app/x", json!({"v": "1"})).await.unwrap();
     cluster.new_session("cfg", "cfg-1").await.unwrap();
     // Within the grace period: not redispatched (its event may still be on the way).
     let early = sweep(
@@ -174,8 +162,7 @@ async fn a_session_whose_event_was_lost_is_found_and_run() {
     .unwrap();
     assert_eq!(later.redispatch.len(), 1, "{later:?}");
     assert_eq!(later.redispatch[0].name, "cfg-1");
-    let ctx = cluster.backup_context(None);
-    let outcome = stashless::backup::run(&ctx, &later.redispatch[0], None)
+    let outcome = stashless::backup::run(&w.ctx(), &later.redispatch[0], None)
         .await
         .unwrap();
     assert!(

@@ -7,68 +7,25 @@
 use base64::Engine;
 use serde_json::{Value, json};
 use stashless::api::SessionPhase;
-use stashless::backup;
-use stashless::events::SessionRef;
-use stashless::restore;
 use stashless::session::Outcome;
 use stashless_tests::procs::openbao::{OpenBao, TlsMaterial};
-use stashless_tests::{Cluster, ConfigBuilder, NS, S3Target, init_logs};
+use stashless_tests::{ConfigBuilder, NS, World, failed_reason};
 
-/// One test's world: an in-memory cluster with Repository `repo` on a fresh Garage bucket
-/// and BackupConfiguration `cfg` targeting AppBinding `vault` (created by [`binding`]).
-struct World {
-    cluster: Cluster,
-    s3: S3Target,
-    bucket: String,
-}
-
-async fn world(tag: &str) -> World {
-    init_logs();
-    let (s3, bucket) = S3Target::garage_bucket(tag)
+/// One test's world: an in-memory cluster with Repository `repo` on a fresh Garage bucket,
+/// BackupConfiguration `cfg`, and AppBinding `vault` with this `clientConfig` and token.
+async fn world(tag: &str, token: &str, client_config: Value) -> World {
+    World::builder(tag)
+        .memory()
+        .app_binding_with(client_config, token)
+        .repository("vault")
+        .backup_configuration(ConfigBuilder::new("cfg"))
+        .build()
         .await
-        .expect("garage starts (run bash tests/setup.sh)");
-    let cluster = Cluster::memory().await.unwrap();
-    cluster
-        .repository("repo", &s3, &bucket, "vault")
-        .await
-        .unwrap();
-    cluster
-        .backup_config(ConfigBuilder::new("cfg"))
-        .await
-        .unwrap();
-    World {
-        cluster,
-        s3,
-        bucket,
-    }
-}
-
-/// AppBinding `vault` with this `clientConfig` and its token Secret.
-async fn binding(w: &World, token: &str, client_config: Value) {
-    w.cluster
-        .vault_binding_with("vault", client_config, token)
-        .await
-        .unwrap();
 }
 
 /// `caBundle` as the CRD holds it (base64 of the PEM).
 fn ca_bundle(pem: &str) -> String {
     base64::engine::general_purpose::STANDARD.encode(pem)
-}
-
-fn session_ref(name: &str) -> SessionRef {
-    SessionRef {
-        kind: None,
-        namespace: NS.into(),
-        name: name.into(),
-    }
-}
-
-async fn backup_once(w: &World, session: &str) -> Outcome {
-    w.cluster.new_session("cfg", session).await.unwrap();
-    backup::run(&w.cluster.backup_context(None), &session_ref(session), None)
-        .await
-        .unwrap()
 }
 
 /// The backup failed with a reason mentioning each of `expect` (case-insensitive) and not
@@ -80,9 +37,7 @@ async fn assert_failed_cleanly(
     token: &str,
     expect: &[&str],
 ) {
-    let Outcome::Failed { reason } = outcome else {
-        panic!("expected Failed, got {outcome:?}")
-    };
+    let reason = failed_reason(outcome);
     let lower = reason.to_lowercase();
     for e in expect {
         assert!(lower.contains(e), "reason {reason:?} lacks {e:?}");
@@ -95,8 +50,8 @@ async fn assert_failed_cleanly(
         !recorded.contains(token),
         "the token leaked into the status"
     );
-    assert_eq!(w.s3.open_uploads(&w.bucket).await.unwrap(), 0);
-    let keys = w.s3.keys(&w.bucket, "").await.unwrap();
+    assert_eq!(w.s3().open_uploads(w.bucket()).await.unwrap(), 0);
+    let keys = w.s3().keys(w.bucket(), "").await.unwrap();
     assert!(keys.is_empty(), "{keys:?}");
 }
 
@@ -104,10 +59,10 @@ async fn assert_succeeded(w: &World, outcome: &Outcome) -> String {
     let Outcome::Succeeded { snapshot, .. } = outcome else {
         panic!("expected Succeeded, got {outcome:?}")
     };
-    let keys = w.s3.keys(&w.bucket, "vault/snapshots/").await.unwrap();
+    let keys = w.s3().keys(w.bucket(), "vault/snapshots/").await.unwrap();
     let object = format!("vault/snapshots/{snapshot}.snap");
     assert!(keys.contains(&object), "{object} not in {keys:?}");
-    assert_eq!(w.s3.open_uploads(&w.bucket).await.unwrap(), 0);
+    assert_eq!(w.s3().open_uploads(w.bucket()).await.unwrap(), 0);
     snapshot.clone()
 }
 
@@ -119,9 +74,8 @@ async fn tls_bao() -> (OpenBao, TlsMaterial) {
 async fn https_with_the_appbindings_ca_bundle_backs_up_and_restores() {
     let (bao, tls) = tls_bao().await;
     assert!(bao.addr.starts_with("https://127.0.0.1:"), "{}", bao.addr);
-    let w = world("tls-ok").await;
-    binding(
-        &w,
+    let w = world(
+        "tls-ok",
         &bao.root_token,
         json!({"url": bao.addr, "caBundle": ca_bundle(&tls.ca_pem)}),
     )
@@ -130,7 +84,7 @@ async fn https_with_the_appbindings_ca_bundle_backs_up_and_restores() {
         .await
         .unwrap();
 
-    let outcome = backup_once(&w, "cfg-1").await;
+    let outcome = w.backup("cfg-1").await;
     assert_succeeded(&w, &outcome).await;
     let st = w.cluster.session("cfg-1").await.unwrap().status.unwrap();
     assert_eq!(st.phase, Some(SessionPhase::Succeeded));
@@ -142,13 +96,7 @@ async fn https_with_the_appbindings_ca_bundle_backs_up_and_restores() {
         .new_restore("restore-1", "repo", "vault", None, false)
         .await
         .unwrap();
-    let o = restore::run(
-        &w.cluster.backup_context(None),
-        &session_ref("restore-1"),
-        None,
-    )
-    .await
-    .unwrap();
+    let o = w.run_restore("restore-1").await;
     assert!(matches!(o, Outcome::Succeeded { .. }), "{o:?}");
     bao.wait_serving().await.unwrap();
     let v = bao.kv_get("app/db").await.unwrap().unwrap();
@@ -158,9 +106,8 @@ async fn https_with_the_appbindings_ca_bundle_backs_up_and_restores() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn https_without_ca_bundle_fails_on_the_certificate() {
     let (bao, _tls) = tls_bao().await;
-    let w = world("tls-noca").await;
-    binding(&w, &bao.root_token, json!({"url": bao.addr})).await;
-    let outcome = backup_once(&w, "cfg-1").await;
+    let w = world("tls-noca", &bao.root_token, json!({"url": bao.addr})).await;
+    let outcome = w.backup("cfg-1").await;
     assert_failed_cleanly(
         &w,
         "cfg-1",
@@ -175,14 +122,13 @@ async fn https_without_ca_bundle_fails_on_the_certificate() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_ca_bundle_of_another_ca_fails_on_the_certificate() {
     let (bao, tls) = tls_bao().await;
-    let w = world("tls-otherca").await;
-    binding(
-        &w,
+    let w = world(
+        "tls-otherca",
         &bao.root_token,
         json!({"url": bao.addr, "caBundle": ca_bundle(&tls.other_ca_pem)}),
     )
     .await;
-    let outcome = backup_once(&w, "cfg-1").await;
+    let outcome = w.backup("cfg-1").await;
     assert_failed_cleanly(
         &w,
         "cfg-1",
@@ -196,14 +142,13 @@ async fn a_ca_bundle_of_another_ca_fails_on_the_certificate() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn insecure_skip_tls_verify_without_ca_bundle_succeeds() {
     let (bao, _tls) = tls_bao().await;
-    let w = world("tls-insecure").await;
-    binding(
-        &w,
+    let w = world(
+        "tls-insecure",
         &bao.root_token,
         json!({"url": bao.addr, "insecureSkipTLSVerify": true}),
     )
     .await;
-    let outcome = backup_once(&w, "cfg-1").await;
+    let outcome = w.backup("cfg-1").await;
     assert_succeeded(&w, &outcome).await;
 }
 
@@ -211,15 +156,14 @@ async fn insecure_skip_tls_verify_without_ca_bundle_succeeds() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_ca_bundle_with_an_http_url_is_refused() {
     let tls = TlsMaterial::generate().unwrap();
-    let w = world("tls-http").await;
     let token = "s.never-sent-anywhere";
-    binding(
-        &w,
+    let w = world(
+        "tls-http",
         token,
         json!({"url": "http://127.0.0.1:1", "caBundle": ca_bundle(&tls.ca_pem)}),
     )
     .await;
-    let outcome = backup_once(&w, "cfg-1").await;
+    let outcome = w.backup("cfg-1").await;
     assert_failed_cleanly(&w, "cfg-1", &outcome, token, &["cabundle", "http"]).await;
 }
 
@@ -230,9 +174,8 @@ async fn a_ca_bundle_with_an_http_url_is_refused() {
 async fn a_service_reference_without_scheme_uses_https() {
     let (bao, tls) = tls_bao().await;
     let port: u16 = bao.addr.rsplit(':').next().unwrap().parse().unwrap();
-    let w = world("tls-svc").await;
-    binding(
-        &w,
+    let w = world(
+        "tls-svc",
         &bao.root_token,
         json!({
             "service": {"scheme": "", "name": "vault", "port": port},
@@ -251,6 +194,6 @@ async fn a_service_reference_without_scheme_uses_https() {
         .mem()
         .insert("discovery.k8s.io", "endpointslices", slice)
         .unwrap();
-    let outcome = backup_once(&w, "cfg-1").await;
+    let outcome = w.backup("cfg-1").await;
     assert_succeeded(&w, &outcome).await;
 }

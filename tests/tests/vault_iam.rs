@@ -10,12 +10,10 @@ use serde_json::json;
 use stashless::api::SessionPhase;
 use stashless::backup;
 use stashless::context::{Context, Settings};
-use stashless::events::SessionRef;
 use stashless::repository::Tuning;
 use stashless::session::Outcome;
 use stashless_tests::moto::Moto;
-use stashless_tests::procs::openbao::OpenBao;
-use stashless_tests::{Cluster, ConfigBuilder, NS, S3Target, init_logs};
+use stashless_tests::{Cluster, World, session_ref};
 
 /// The ARN moto's STS reports for `creds`.
 async fn caller_arn(moto: &Moto, creds: &Credentials) -> String {
@@ -146,35 +144,21 @@ async fn the_signed_login_request_is_botocore_s_and_sts_answers_it_with_our_iden
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_iam_login_fails_the_session_with_a_reason() {
-    init_logs();
-    let bao = OpenBao::start().await.unwrap();
-    let (s3, bucket) = S3Target::garage_bucket("iam").await.unwrap();
-    let cluster = Cluster::start().await.unwrap();
-    cluster
-        .repository("repo", &s3, &bucket, "iam")
-        .await
-        .unwrap();
-    aws_binding(&cluster, "vault", &bao.addr, "stashless-backup").await;
-    cluster
-        .backup_config(ConfigBuilder::new("cfg"))
-        .await
-        .unwrap();
+    let w = World::builder("iam")
+        .openbao()
+        .backup_to("iam")
+        .build()
+        .await;
+    let (cluster, s3, bucket) = (&w.cluster, w.s3(), w.bucket());
+    aws_binding(cluster, "vault", &w.bao().addr, "stashless-backup").await;
     cluster.new_session("cfg", "cfg-1").await.unwrap();
     let ctx = context(
-        &cluster,
+        cluster,
         Credentials::new("AKID", "SECRET", None, None, "test"),
     );
-    let outcome = backup::run(
-        &ctx,
-        &SessionRef {
-            kind: None,
-            namespace: NS.into(),
-            name: "cfg-1".into(),
-        },
-        None,
-    )
-    .await
-    .unwrap();
+    let outcome = backup::run(&ctx, &session_ref("cfg-1"), None)
+        .await
+        .unwrap();
     let Outcome::Failed { reason } = &outcome else {
         panic!("{outcome:?}")
     };
@@ -190,7 +174,7 @@ async fn a_refused_iam_login_fails_the_session_with_a_reason() {
         .unwrap()
         .phase;
     assert_eq!(phase, Some(SessionPhase::Failed));
-    assert_eq!(s3.open_uploads(&bucket).await.unwrap(), 0);
+    assert_eq!(s3.open_uploads(bucket).await.unwrap(), 0);
     // The reason carries no credential.
     assert!(
         !reason.contains("SECRET") && !reason.contains("Signature="),

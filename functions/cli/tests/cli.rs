@@ -3,11 +3,9 @@
 //! error paths.
 
 use std::process::Output;
-use std::sync::Arc;
 
 use serde_json::{Value, json};
-use stashless_tests::procs::openbao::OpenBao;
-use stashless_tests::{Cluster, ConfigBuilder, NS, S3Target, init_logs};
+use stashless_tests::{NS, World};
 
 /// Run the binary with `kube_env` (how to reach the test's API server) added.
 fn stashless(args: &[&str], kube_env: &[(&'static str, String)]) -> Output {
@@ -100,34 +98,10 @@ fn every_subcommand_has_help() {
 
 /// Cluster + Garage + OpenBao with one BackupConfiguration and the in-process router, so
 /// sessions the CLI creates are run by the real functions.
-async fn world(
-    tag: &str,
-) -> (
-    Cluster,
-    S3Target,
-    String,
-    OpenBao,
-    tokio::task::JoinHandle<()>,
-) {
-    init_logs();
-    let (s3, bucket) = S3Target::garage_bucket(tag).await.unwrap();
-    let bao = OpenBao::start().await.unwrap();
-    let cluster = Cluster::start().await.unwrap();
-    cluster
-        .vault_binding("vault", &bao.addr, &bao.root_token)
-        .await
-        .unwrap();
-    cluster
-        .repository("repo", &s3, &bucket, "cli")
-        .await
-        .unwrap();
-    cluster
-        .backup_config(ConfigBuilder::new("cfg"))
-        .await
-        .unwrap();
-    let ctx: Arc<stashless::context::Context> = cluster.backup_context(None);
-    let router = tokio::spawn(stashless::dispatch::route_in_process(ctx));
-    (cluster, s3, bucket, bao, router)
+async fn world(tag: &str) -> (World, tokio::task::JoinHandle<()>) {
+    let w = World::standard(tag, "cli").await;
+    let router = tokio::spawn(stashless::dispatch::route_in_process(w.ctx()));
+    (w, router)
 }
 
 async fn run(args: Vec<String>, env: Vec<(&'static str, String)>) -> Output {
@@ -145,7 +119,8 @@ fn args(a: &[&str]) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backup_now_snapshots_list_verify_and_restore() {
-    let (cluster, s3, bucket, bao, router) = world("cli").await;
+    let (w, router) = world("cli").await;
+    let (cluster, s3, bucket, bao) = (&w.cluster, w.s3(), w.bucket(), w.bao());
     let env = cluster.env();
     bao.kv_put("app/x", json!({"v": "backed-up"}))
         .await
@@ -247,12 +222,12 @@ async fn backup_now_snapshots_list_verify_and_restore() {
     );
 
     let key = format!("cli/snapshots/{name}.snap");
-    let mut body = s3.get(&bucket, &key).await.unwrap();
+    let mut body = s3.get(bucket, &key).await.unwrap();
     let mid = body.len() / 2;
     body[mid] ^= 0xff;
     s3.client()
         .put_object()
-        .bucket(&bucket)
+        .bucket(bucket)
         .key(&key)
         .body(body.into())
         .send()

@@ -34,7 +34,7 @@ use stashless_tests::procs::garage::Garage;
 use stashless_tests::procs::openbao::OpenBao;
 use stashless_tests::procs::{TempDir, bao_binary, cache_dir, peak_rss_mib, poll_until};
 use stashless_tests::runtime_api::LambdaProcess;
-use stashless_tests::{Cluster, ConfigBuilder, NS, S3Target};
+use stashless_tests::{Cluster, ConfigBuilder, NS, World};
 
 /// Seed secrets are this big; a snapshot of N MiB holds 2N of them.
 const SEED_VALUE_BYTES: usize = 512 * 1024;
@@ -264,19 +264,17 @@ fn sibling_binary(name: &str) -> Result<PathBuf> {
 
 // ------------------------------------------------------------------ the world
 
-/// Everything one size needs: OpenBao seeded to that size, the S3 server, the API server.
-struct World {
-    bao: OpenBao,
-    s3: S3Target,
+/// Everything one size needs: the world (OpenBao seeded to that size, a bucket on the S3
+/// server, the in-memory API server), the S3 server itself and a scratch directory.
+struct Rig {
+    world: World,
     garage: &'static Garage,
-    bucket: String,
-    cluster: Cluster,
     work: TempDir,
     size_mib: usize,
 }
 
-impl World {
-    async fn start(size_mib: usize) -> Result<World> {
+impl Rig {
+    async fn start(size_mib: usize) -> Result<Rig> {
         let cache = cache_dir().join("bench");
         std::fs::create_dir_all(&cache)?;
         let seeded = Instant::now();
@@ -286,26 +284,20 @@ impl World {
             seeded.elapsed().as_secs_f64()
         );
         let garage = Garage::shared().await?;
-        let (s3, bucket) = S3Target::garage_bucket(&format!("bench{size_mib}")).await?;
-        let cluster = Cluster::memory().await?;
-        cluster
-            .vault_binding("vault", &bao.addr, &bao.root_token)
-            .await?;
-        cluster
-            .repository("repo", &s3, &bucket, "stashless")
-            .await?;
-        cluster
-            .backup_config(
+        let world = World::builder(&format!("bench{size_mib}"))
+            .with_openbao(bao)
+            .memory()
+            .app_binding()
+            .repository("stashless")
+            .backup_configuration(
                 ConfigBuilder::new("cfg")
                     .retention(json!({"name": "keep-last-1", "keepLast": 1, "prune": true})),
             )
+            .try_build()
             .await?;
-        Ok(World {
-            bao,
-            s3,
+        Ok(Rig {
+            world,
             garage,
-            bucket,
-            cluster,
             work: TempDir::new("bench")?,
             size_mib,
         })
@@ -314,7 +306,9 @@ impl World {
     fn restic_repo(&self, run: usize) -> String {
         format!(
             "s3:{}/{}/restic/{}-{run}",
-            self.s3.endpoint, self.bucket, self.size_mib
+            self.world.s3().endpoint,
+            self.world.bucket(),
+            self.size_mib
         )
     }
 
@@ -323,9 +317,9 @@ impl World {
         cmd.args(args)
             .env("RESTIC_PASSWORD", "bench-only-password")
             .env("RESTIC_CACHE_DIR", self.work.path().join("restic-cache"))
-            .env("AWS_ACCESS_KEY_ID", &self.s3.access_key)
-            .env("AWS_SECRET_ACCESS_KEY", &self.s3.secret_key)
-            .env("AWS_DEFAULT_REGION", &self.s3.region)
+            .env("AWS_ACCESS_KEY_ID", &self.world.s3().access_key)
+            .env("AWS_SECRET_ACCESS_KEY", &self.world.s3().secret_key)
+            .env("AWS_DEFAULT_REGION", &self.world.s3().region)
             .env_remove("AWS_CA_BUNDLE");
         cmd
     }
@@ -335,10 +329,16 @@ impl World {
         cmd.args(args)
             .env("RCLONE_CONFIG_BENCH_TYPE", "s3")
             .env("RCLONE_CONFIG_BENCH_PROVIDER", "Other")
-            .env("RCLONE_CONFIG_BENCH_ENDPOINT", &self.s3.endpoint)
-            .env("RCLONE_CONFIG_BENCH_REGION", &self.s3.region)
-            .env("RCLONE_CONFIG_BENCH_ACCESS_KEY_ID", &self.s3.access_key)
-            .env("RCLONE_CONFIG_BENCH_SECRET_ACCESS_KEY", &self.s3.secret_key)
+            .env("RCLONE_CONFIG_BENCH_ENDPOINT", &self.world.s3().endpoint)
+            .env("RCLONE_CONFIG_BENCH_REGION", &self.world.s3().region)
+            .env(
+                "RCLONE_CONFIG_BENCH_ACCESS_KEY_ID",
+                &self.world.s3().access_key,
+            )
+            .env(
+                "RCLONE_CONFIG_BENCH_SECRET_ACCESS_KEY",
+                &self.world.s3().secret_key,
+            )
             .env("RCLONE_CONFIG", "/dev/null")
             // A machine-wide AWS_CA_BUNDLE makes rclone's S3 backend fail on plain HTTP.
             .env_remove("AWS_CA_BUNDLE");
@@ -348,8 +348,8 @@ impl World {
     fn bao_cli(&self, args: &[&str]) -> Result<std::process::Command> {
         let mut cmd = std::process::Command::new(bao_binary()?);
         cmd.args(args)
-            .env("BAO_ADDR", &self.bao.addr)
-            .env("BAO_TOKEN", &self.bao.root_token);
+            .env("BAO_ADDR", &self.world.bao().addr)
+            .env("BAO_TOKEN", &self.world.bao().root_token);
         Ok(cmd)
     }
 
@@ -357,14 +357,20 @@ impl World {
         let mut cmd = std::process::Command::new("curl");
         cmd.args(["-sS", "-f", "-o", "/dev/null", "-X", method])
             .args(["-w", "%{size_download} %{size_upload}"])
-            .args(["-H", &format!("X-Vault-Token: {}", self.bao.root_token)])
-            .arg(format!("{}/v1/{path}", self.bao.addr));
+            .args([
+                "-H",
+                &format!("X-Vault-Token: {}", self.world.bao().root_token),
+            ])
+            .arg(format!("{}/v1/{path}", self.world.bao().addr));
         cmd
     }
 
     /// CPU seconds OpenBao and the S3 server have used so far.
     fn servers_cpu(&self) -> (f64, f64) {
-        (cpu_secs(self.bao.pid()), cpu_secs(self.garage.pid()))
+        (
+            cpu_secs(self.world.bao().pid()),
+            cpu_secs(self.garage.pid()),
+        )
     }
 
     /// Server CPU since `since` plus `own` for the client side.
@@ -378,11 +384,14 @@ impl World {
     }
 
     async fn set_marker(&self, v: &str) -> Result<()> {
-        self.bao.kv_put("bench/marker", json!({"v": v})).await
+        self.world
+            .bao()
+            .kv_put("bench/marker", json!({"v": v}))
+            .await
     }
 
     async fn check_marker(&self, after: &str) -> Result<()> {
-        let got = self.bao.kv_get("bench/marker").await?;
+        let got = self.world.bao().kv_get("bench/marker").await?;
         let v = got.as_ref().and_then(|d| d["v"].as_str()).unwrap_or("");
         ensure!(
             v == "backed-up",
@@ -418,11 +427,11 @@ const POST_ONLY: &str = "curl POST answered";
 
 async fn bench_size(size_mib: usize, runs: usize) -> Result<SizeResult> {
     eprintln!("== {size_mib} MiB");
-    let w = World::start(size_mib).await?;
+    let w = Rig::start(size_mib).await?;
     let logs = w.work.path().to_path_buf();
     let backup_bin = sibling_binary("backup")?;
     let restore_bin = sibling_binary("restore")?;
-    let env = w.cluster.env();
+    let env = w.world.cluster.env();
     let mut result = SizeResult {
         size_mib,
         ..Default::default()
@@ -453,7 +462,7 @@ async fn bench_size(size_mib: usize, runs: usize) -> Result<SizeResult> {
 
         // stashless: the release backup binary, one fresh process.
         let session = format!("cfg-{run}");
-        w.cluster.new_session("cfg", &session).await?;
+        w.world.cluster.new_session("cfg", &session).await?;
         let f = LambdaProcess::start(&backup_bin, "backup", &env).await?;
         let c0 = w.servers_cpu();
         let t = Instant::now();
@@ -469,7 +478,7 @@ async fn bench_size(size_mib: usize, runs: usize) -> Result<SizeResult> {
         let cpu = w.cpu_since(c0, cpu_secs(f.pid()));
         let logs_of = f.logs_handle();
         f.terminate().await?;
-        let bs: BackupSession = w.cluster.session(&session).await?;
+        let bs: BackupSession = w.world.cluster.session(&session).await?;
         let phase = bs.status.as_ref().and_then(|s| s.phase);
         if phase != Some(SessionPhase::Succeeded) {
             bail!(
@@ -479,7 +488,7 @@ async fn bench_size(size_mib: usize, runs: usize) -> Result<SizeResult> {
         }
         logs_of();
         record(BACKUP, secs, Some(rss), Some(disk), Some(cpu));
-        let objects = w.garage.list_objects(&w.bucket).await?;
+        let objects = w.garage.list_objects(w.world.bucket()).await?;
         let snap_bytes = objects
             .iter()
             .filter(|(k, _)| k.starts_with("stashless/") && k.ends_with(".snap"))
@@ -530,7 +539,7 @@ async fn bench_size(size_mib: usize, runs: usize) -> Result<SizeResult> {
         );
 
         // By hand: the same file, one rclone upload.
-        let key = format!("bench:{}/rclone/{size_mib}-{run}.snap", w.bucket);
+        let key = format!("bench:{}/rclone/{size_mib}-{run}.snap", w.world.bucket());
         let c0 = w.servers_cpu();
         let rclone = run_measured(
             "rclone copyto",
@@ -568,7 +577,7 @@ async fn bench_size(size_mib: usize, runs: usize) -> Result<SizeResult> {
         )
         .await?;
         let t = Instant::now();
-        w.bao.wait_serving().await?;
+        w.world.bao().wait_serving().await?;
         let cpu = w.cpu_since(c0, post.cpu);
         record(
             POST_ONLY,
@@ -619,7 +628,7 @@ async fn bench_size(size_mib: usize, runs: usize) -> Result<SizeResult> {
         )
         .await?;
         let t = Instant::now();
-        w.bao.wait_serving().await?;
+        w.world.bao().wait_serving().await?;
         let cache_mib = dir_mib(&w.work.path().join("restic-cache"));
         record(
             RESTIC_RESTORE,
@@ -633,7 +642,8 @@ async fn bench_size(size_mib: usize, runs: usize) -> Result<SizeResult> {
 
         w.set_marker("changed-before-stashless").await?;
         let rs = format!("rs-{run}");
-        w.cluster
+        w.world
+            .cluster
             .new_restore(&rs, "repo", "vault", None, false)
             .await?;
         let f = LambdaProcess::start(&restore_bin, "restore", &env).await?;
@@ -646,13 +656,14 @@ async fn bench_size(size_mib: usize, runs: usize) -> Result<SizeResult> {
                 Duration::from_secs(900),
             )
             .await?;
-        w.bao.wait_serving().await?;
+        w.world.bao().wait_serving().await?;
         let secs = t.elapsed().as_secs_f64();
         let (rss, disk) = proc_peak_and_disk(f.pid().context("restore exited")?)?;
         let cpu = w.cpu_since(c0, cpu_secs(f.pid()));
         let logs_of = f.logs_handle();
         f.terminate().await?;
         let st = w
+            .world
             .cluster
             .api::<RestoreSession>()
             .get(&rs)
@@ -685,7 +696,7 @@ async fn bench_size(size_mib: usize, runs: usize) -> Result<SizeResult> {
             "cleanup",
             w.rclone(&[
                 "purge",
-                &format!("bench:{}/restic/{size_mib}-{run}", w.bucket),
+                &format!("bench:{}/restic/{size_mib}-{run}", w.world.bucket()),
             ]),
             &logs,
         )
