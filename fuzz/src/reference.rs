@@ -1,6 +1,7 @@
 //! A reference check of a snapshot, written separately from the streaming verifier: the
-//! whole stream is decompressed with flate2's `MultiGzDecoder` (its own gzip framing and
-//! checksums), the tar is walked as one buffer, and the content rules of
+//! whole stream is decompressed with zlib-rs (gzip framing, inflate and checksums of its
+//! own: the verifier decodes with flate2 on miniz_oxide, so one inflate or gzip bug cannot
+//! hide in both), the tar is walked as one buffer, and the content rules of
 //! `stashless::archive` (module docs) are applied to the files found. Used only on streams
 //! the verifier accepted: if it says "fine", this must say "fine" and see the same files.
 //!
@@ -13,7 +14,6 @@
 //! zero padding is allowed.
 
 use std::collections::BTreeMap;
-use std::io::Read;
 
 use sha2::{Digest, Sha256};
 use stashless::archive::{
@@ -64,14 +64,49 @@ pub fn check(stream: &[u8]) -> Result<Vec<RefFile>, String> {
     if stream.is_empty() {
         return Err("empty".into());
     }
-    let mut tar = Vec::new();
-    flate2::read::MultiGzDecoder::new(stream)
-        .take(MAX_TAR)
-        .read_to_end(&mut tar)
-        .map_err(|e| format!("gzip: {e}"))?;
+    let tar = gunzip(stream).map_err(|e| format!("gzip: {e}"))?;
     let files = read_tar(&tar)?;
     check_content(&files)?;
     Ok(files)
+}
+
+/// Decompresses every member of a gzip stream with zlib-rs (not flate2: flate2 is what the
+/// verifier decodes with, and a flate2 feature here would switch the verifier's backend
+/// too, the fuzz build having one flate2). A member must end with its trailer, and
+/// another member or nothing must follow it.
+fn gunzip(mut stream: &[u8]) -> Result<Vec<u8>, String> {
+    use zlib_rs::{Inflate, InflateFlush, Status};
+    let mut tar = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    while !stream.is_empty() {
+        // 16 + 15: a gzip header, a 32 KiB window; the trailer is checked too.
+        let mut inflate = Inflate::new(true, 16 + 15);
+        loop {
+            let (in_before, out_before) = (inflate.total_in(), inflate.total_out());
+            let status = inflate
+                .decompress(stream, &mut buf, InflateFlush::NoFlush)
+                .map_err(|e| {
+                    format!(
+                        "{} ({})",
+                        e.as_str(),
+                        inflate.error_message().unwrap_or("no detail")
+                    )
+                })?;
+            let consumed = (inflate.total_in() - in_before) as usize;
+            let produced = (inflate.total_out() - out_before) as usize;
+            stream = &stream[consumed..];
+            tar.extend_from_slice(&buf[..produced]);
+            if tar.len() as u64 > MAX_TAR {
+                return Err("more than the reference checks".into());
+            }
+            match status {
+                Status::StreamEnd => break,
+                _ if consumed == 0 && produced == 0 => return Err("truncated".into()),
+                _ => {}
+            }
+        }
+    }
+    Ok(tar)
 }
 
 fn check_content(files: &[RefFile]) -> Result<(), String> {
