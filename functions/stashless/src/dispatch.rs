@@ -433,7 +433,7 @@ where
 pub struct TickResponse {
     pub tick: TickReport,
     pub sweep: SweepReport,
-    /// Sessions that need a function: created by the tick or found by the sweep.
+    /// Sessions that need a function: created by the tick or found by the sweep (each once).
     pub to_dispatch: usize,
     /// Of those, how many were put on the bus (0 without one).
     pub dispatched: usize,
@@ -464,12 +464,17 @@ pub async fn scheduled_tick(
             Change::from_ref(&r, "Added")
         })
         .collect();
-    changes.extend(
-        swept
-            .redispatch
+    // A session this tick created can be one the sweep finds Pending too (a tick for a
+    // time ahead of the session's creation): it is handed on once.
+    for r in &swept.redispatch {
+        let kind = r.kind.as_deref().unwrap_or_default();
+        let again = changes
             .iter()
-            .map(|r| Change::from_ref(r, "Sweep")),
-    );
+            .any(|c| c.kind == kind && c.namespace == r.namespace && c.name == r.name);
+        if !again {
+            changes.push(Change::from_ref(r, "Sweep"));
+        }
+    }
     let dispatched = match to {
         Some(to) => {
             to.dispatch(&changes).await?;
