@@ -370,14 +370,19 @@ def test_backup_age_alarm_matches_the_emf_the_code_emits():
     loc = tf.module_locals()
     namespace, metric, dim = (tf.unquote(loc[k]) for k in ("emf_namespace", "emf_backup_metric", "emf_backup_dim_key"))
     metrics_rs = (tf.FUNCTIONS / "stashless" / "src" / "metrics.rs").read_text()
-    backup_rs = (tf.FUNCTIONS / "stashless" / "src" / "backup.rs").read_text()
     assert re.search(rf'"Namespace"\s*:\s*"{re.escape(namespace)}"', metrics_rs), "EMF namespace differs from metrics.rs"
-    assert re.search(rf'Some\(\(\s*"{re.escape(metric)}"', backup_rs), f"backup.rs does not emit {metric}"
-    dims = re.search(r"emf_line\(\s*&\[(.*?)\]\s*,", backup_rs, re.S)
-    assert dims, "backup.rs no longer calls emf_line"
+    # The backup's EMF line is built by metrics::backup_emf (what backup.rs prints).
+    emf = re.search(r"pub fn backup_emf\(.*?\n}\n", metrics_rs, re.S)
+    assert emf, "metrics.rs no longer has backup_emf"
+    body = emf.group(0)
+    backup_rs = (tf.FUNCTIONS / "stashless" / "src" / "backup.rs").read_text()
+    assert "metrics::backup_emf(" in backup_rs, "backup.rs no longer prints the backup EMF line"
+    assert re.search(rf'Some\(\(\s*"{re.escape(metric)}"', body), f"backup_emf does not emit {metric}"
+    dims = re.search(r"emf_line\(\s*&\[(.*?)\]\s*,", body, re.S)
+    assert dims, "backup_emf no longer calls emf_line"
     keys = re.findall(r'\(\s*"(\w+)"\s*,', dims.group(1))
-    assert keys == [dim], f"backup.rs emits dimensions {keys}, the alarm uses [{dim}]"
-    assert 'format!("{ns}/{name}")' in dims.group(1), "the dimension value is no longer <namespace>/<name>"
+    assert keys == [dim], f"backup_emf emits dimensions {keys}, the alarm uses [{dim}]"
+    assert 'format!("{namespace}/{config}")' in dims.group(1), "the dimension value is no longer <namespace>/<name>"
     alarm = tf.resources("aws_cloudwatch_metric_alarm")["backup_age"]
     assert alarm["namespace"] == "${local.emf_namespace}"
     assert alarm["metric_name"] == "${local.emf_backup_metric}"
