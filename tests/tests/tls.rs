@@ -10,7 +10,7 @@ use stashless::api::SessionPhase;
 use stashless::backup::Outcome;
 use stashless::restore;
 use stashless_tests::procs::openbao::{OpenBao, TlsMaterial};
-use stashless_tests::{ConfigBuilder, NS, World, failed_reason};
+use stashless_tests::{NS, World, failed_reason};
 
 /// One test's world: an in-memory cluster with Repository `repo` on a fresh Garage bucket,
 /// BackupConfiguration `cfg`, and AppBinding `vault` with this `clientConfig` and token.
@@ -18,8 +18,7 @@ async fn world(tag: &str, token: &str, client_config: Value) -> World {
     World::builder(tag)
         .memory()
         .app_binding_with(client_config, token)
-        .repository("vault")
-        .backup_configuration(ConfigBuilder::new("cfg"))
+        .backup_to("vault")
         .build()
         .await
 }
