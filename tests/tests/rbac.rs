@@ -142,15 +142,15 @@ async fn world(tag: &str, cluster: Cluster) -> World {
         .await
 }
 
-/// A full cycle, each function with its own client: two scheduled backups (the second
-/// prunes the first: history limit 1); a restore refused because a backup of its target is
-/// Running (restore reads that backup's configuration); a restore that succeeds while a
-/// BackupSession of a deleted configuration is Running; then the sweep, which fails that
-/// orphan and a RestoreSession Running past its deadline. Setup and checks use the cluster's
-/// admin client; the checks include the effects of the calls whose failure the functions
-/// only log (validity on the configuration, Repository totals, Events), so a refused call
-/// shows on the real server too. Returns what each function did as spans of `position()`
-/// (the in-memory server's request log length).
+/// A full cycle in `w` ([`world`]), each function with its own client: two scheduled
+/// backups (the second prunes the first: history limit 1); a restore refused because a
+/// backup of its target is Running (restore reads that backup's configuration); a restore
+/// that succeeds while a BackupSession of a deleted configuration is Running; then the
+/// sweep, which fails that orphan and a RestoreSession Running past its deadline. Setup
+/// (the world) and checks use the cluster's admin client; the checks include the effects of
+/// the calls whose failure the functions only log (validity on the configuration,
+/// Repository totals, Events), so a refused call shows on the real server too. Returns what
+/// each function did as spans of `position()` (the in-memory server's request log length).
 async fn cycle(
     w: &World,
     ids: &Identities,

@@ -7,15 +7,14 @@ use stashless::restore;
 use stashless::session::Outcome;
 use stashless_tests::procs::openbao::{BaoCluster, OpenBao};
 use stashless_tests::procs::pushgateway::Pushgateway;
-use stashless_tests::{ConfigBuilder, World, failed_reason, session_ref};
+use stashless_tests::{World, failed_reason, session_ref};
 
 /// Repository `repo` under `vault` on a fresh bucket, BackupConfiguration `cfg`, AppBinding
 /// `vault` on this Vault.
 async fn world(tag: &str, vault_addr: &str, token: &str) -> World {
     World::builder(tag)
         .app_binding_to(vault_addr, token)
-        .repository("vault")
-        .backup_configuration(ConfigBuilder::new("cfg"))
+        .backup_to("vault")
         .build()
         .await
 }

@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 use stashless::api::SessionPhase;
 use stashless::session::Outcome;
 use stashless_tests::procs::openbao::{OpenBao, TlsMaterial};
-use stashless_tests::{ConfigBuilder, NS, World, failed_reason};
+use stashless_tests::{NS, World, failed_reason};
 
 /// One test's world: an in-memory cluster with Repository `repo` on a fresh Garage bucket,
 /// BackupConfiguration `cfg`, and AppBinding `vault` with this `clientConfig` and token.
@@ -17,8 +17,7 @@ async fn world(tag: &str, token: &str, client_config: Value) -> World {
     World::builder(tag)
         .memory()
         .app_binding_with(client_config, token)
-        .repository("vault")
-        .backup_configuration(ConfigBuilder::new("cfg"))
+        .backup_to("vault")
         .build()
         .await
 }
