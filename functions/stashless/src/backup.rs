@@ -27,7 +27,7 @@ use crate::events::SessionRef;
 use crate::metrics::{self, BackupMeasure};
 use crate::repository::{Invoker, Manifest, MultipartUpload, ObjectId, Store, TargetId};
 use crate::retention::{self, Candidate};
-use crate::session::{self, Claim, Outcome};
+use crate::session::{self, Claim, HasPhase, Outcome};
 use crate::status::{self, FailedTarget, RepositoryTotals};
 use crate::vault::Vault;
 
@@ -124,8 +124,7 @@ pub async fn run(
         }),
     };
     if let Some(reason) = skip {
-        let status =
-            status::backup_skipped(current_conditions(&session), &reason, started.elapsed());
+        let status = status::backup_skipped(session.conditions(), &reason, started.elapsed());
         session::patch_status(&api, &session.name_any(), &status).await?;
         record_event(
             &ctx.kube,
@@ -410,13 +409,6 @@ async fn stream_into(
     Ok(())
 }
 
-fn current_conditions(s: &BackupSession) -> Vec<Condition> {
-    s.status
-        .as_ref()
-        .map(|st| st.conditions.clone())
-        .unwrap_or_default()
-}
-
 struct RetentionResult {
     removed: Vec<String>,
     kept: usize,
@@ -488,7 +480,7 @@ async fn finish_succeeded(
     done: Done,
 ) -> Result<Outcome> {
     let ns = session.namespace().unwrap_or_default();
-    let mut conditions = current_conditions(session);
+    let mut conditions = session.conditions();
     set_condition(
         &mut conditions,
         Condition::new(
@@ -648,7 +640,7 @@ async fn finish_failed(
 ) -> Result<Outcome> {
     let ns = session.namespace().unwrap_or_default();
     let duration = started.elapsed();
-    let mut conditions = current_conditions(session);
+    let mut conditions = session.conditions();
     let target = match config {
         Some(config) => {
             let target_ref = config.target_ref().cloned().unwrap_or_default();
@@ -692,10 +684,8 @@ async fn push_metrics(
 ) {
     let (ns, name) = (config.namespace().unwrap_or_default(), config.name_any());
     let gauges = metrics::backup_gauges(measure);
-    metrics::emit_emf(&metrics::backup_emf(&ns, &name, &gauges));
+    let emf = metrics::backup_emf(&ns, &name, &gauges);
     let group = metrics::backup_group(&ns, &name, repository, target, gauges);
     let gateway = ctx.settings.pushgateway.as_deref();
-    if let Some(c) = metrics::publish(&ctx.http, gateway, &group).await {
-        set_condition(conditions, c);
-    }
+    metrics::report(&ctx.http, gateway, &emf, &group, conditions).await;
 }

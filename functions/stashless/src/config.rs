@@ -26,7 +26,7 @@ pub fn validate(config: &BackupConfiguration) -> Result<Schedule> {
         .unwrap_or("")
         .parse::<Schedule>()
         .map_err(Error::invalid_from)?;
-    check_config(config)?;
+    check_limits(config)?;
     Ok(schedule)
 }
 
@@ -34,6 +34,11 @@ pub fn validate(config: &BackupConfiguration) -> Result<Schedule> {
 /// would fail every session of the configuration).
 pub fn check_config(config: &BackupConfiguration) -> Result<()> {
     check_driver(config.spec.driver.as_deref(), "streams")?;
+    check_limits(config)
+}
+
+/// Retention counts and `timeOut`.
+fn check_limits(config: &BackupConfiguration) -> Result<()> {
     keep_policy(config)?;
     backup_time_limit(config, Duration::ZERO)?;
     Ok(())

@@ -47,11 +47,6 @@ impl NamespaceScope {
         self.0.is_empty()
     }
 
-    /// The namespaces named; empty when all are served.
-    pub fn list(&self) -> &[String] {
-        &self.0
-    }
-
     pub fn serves(&self, namespace: &str) -> bool {
         self.is_all() || self.0.iter().any(|n| n == namespace)
     }
@@ -261,7 +256,6 @@ mod tests {
         assert_eq!(all.refuse("anything"), None);
 
         let some = NamespaceScope::parse(" vault , team-a,,vault");
-        assert_eq!(some.list(), ["vault", "team-a"]);
         assert!(some.serves("team-a"));
         assert!(!some.serves("team-b"));
         assert_eq!(

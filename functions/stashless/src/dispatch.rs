@@ -466,15 +466,18 @@ pub async fn scheduled_tick(
         .collect();
     // A session this tick created can be one the sweep finds Pending too (a tick for a
     // time ahead of the session's creation): it is handed on once.
-    for r in &swept.redispatch {
-        let kind = r.kind.as_deref().unwrap_or_default();
-        let again = changes
+    let created: std::collections::HashSet<&str> =
+        report.created.iter().map(String::as_str).collect();
+    changes.extend(
+        swept
+            .redispatch
             .iter()
-            .any(|c| c.kind == kind && c.namespace == r.namespace && c.name == r.name);
-        if !again {
-            changes.push(Change::from_ref(r, "Sweep"));
-        }
-    }
+            .filter(|r| {
+                r.kind.as_deref() != Some("BackupSession")
+                    || !created.contains(format!("{}/{}", r.namespace, r.name).as_str())
+            })
+            .map(|r| Change::from_ref(r, "Sweep")),
+    );
     let dispatched = match to {
         Some(to) => {
             to.dispatch(&changes).await?;

@@ -27,6 +27,18 @@ pub enum ErrorKind {
     Deadline,
 }
 
+impl ErrorKind {
+    /// `Unavailable` when a retry may help, else `Invalid`: how an answer's status code
+    /// (5xx and 429 against the rest) is classified.
+    pub fn retry_helps(retryable: bool) -> Self {
+        if retryable {
+            ErrorKind::Unavailable
+        } else {
+            ErrorKind::Invalid
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// A Kubernetes API call failed.
@@ -117,6 +129,16 @@ impl Error {
         }
     }
 
+    /// Invalid input exactly as another parser's error says it (the pure policy modules'
+    /// errors read as complete reasons), kept as the source.
+    pub fn invalid_from(source: impl Into<BoxError>) -> Self {
+        let source = source.into();
+        Error::Invalid {
+            message: source.to_string(),
+            source: Some(source),
+        }
+    }
+
     /// A failure a retry may fix, with what failed underneath.
     pub fn unavailable(message: impl Into<String>, source: Option<BoxError>) -> Self {
         Error::Unavailable {
@@ -189,18 +211,6 @@ fn cause_unless_said(message: &str, source: &Option<BoxError>) -> String {
             }
         }
         None => String::new(),
-    }
-}
-
-impl Error {
-    /// Invalid input exactly as another parser's error says it (the pure policy modules'
-    /// errors read as complete reasons), kept as the source.
-    pub fn invalid_from(source: impl Into<BoxError>) -> Self {
-        let source = source.into();
-        Error::Invalid {
-            message: source.to_string(),
-            source: Some(source),
-        }
     }
 }
 

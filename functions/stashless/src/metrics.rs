@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use chrono::Utc;
 
-use crate::api::{APPBINDING_KIND, Condition, DEFAULT_HOST, TargetRef, condition};
+use crate::api::{APPBINDING_KIND, Condition, DEFAULT_HOST, TargetRef, condition, set_condition};
 use crate::error::{Error, Result};
 
 /// One gauge.
@@ -113,15 +113,31 @@ pub async fn publish(
             "metrics pushed to the Pushgateway",
         ),
         Err(e) => {
-            tracing::warn!(error = %e.reason(), "pushing metrics failed");
+            let reason = e.reason();
+            tracing::warn!(error = %reason, "pushing metrics failed");
             Condition::new(
                 condition::METRICS_PUSHED,
                 false,
                 "FailedToPushMetrics",
-                e.reason(),
+                reason,
             )
         }
     })
+}
+
+/// What a session reports as it ends: its EMF line printed, its group pushed (when a
+/// Pushgateway is configured), and how the push went as `MetricsPushed` in `conditions`.
+pub async fn report(
+    http: &reqwest::Client,
+    gateway: Option<&str>,
+    emf: &str,
+    group: &MetricGroup,
+    conditions: &mut Vec<Condition>,
+) {
+    emit_emf(emf);
+    if let Some(c) = publish(http, gateway, group).await {
+        set_condition(conditions, c);
+    }
 }
 
 fn flag(v: bool) -> f64 {

@@ -327,11 +327,7 @@ impl Store {
         Error::Storage {
             bucket: self.location.bucket.clone(),
             message: message.into(),
-            kind: if retryable {
-                ErrorKind::Unavailable
-            } else {
-                ErrorKind::Invalid
-            },
+            kind: ErrorKind::retry_helps(retryable),
             source: None,
         }
     }
@@ -553,11 +549,7 @@ where
     Error::Storage {
         bucket: location.bucket.clone(),
         message,
-        kind: if retryable {
-            ErrorKind::Unavailable
-        } else {
-            ErrorKind::Invalid
-        },
+        kind: ErrorKind::retry_helps(retryable),
         source: Some(Box::new(e)),
     }
 }

@@ -24,7 +24,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::events::SessionRef;
 use crate::metrics;
 use crate::repository::{Manifest, Store};
-use crate::session::{self, Claim, Outcome};
+use crate::session::{self, Claim, HasPhase, Outcome};
 use crate::status;
 use crate::vault::Vault;
 
@@ -338,25 +338,14 @@ async fn finish(
 ) -> Result<Outcome> {
     let duration = started.elapsed();
     let ns = rs.namespace().unwrap_or_default();
-    let mut conditions = rs
-        .status
-        .as_ref()
-        .map(|s| s.conditions.clone())
-        .unwrap_or_default();
+    let mut conditions = rs.conditions();
     // Metrics first: their condition goes into the one status write.
+    let (name, success) = (rs.name_any(), result.is_ok());
     let target = rs.target_ref().cloned().unwrap_or_default();
-    let success = result.is_ok();
-    metrics::emit_emf(&metrics::restore_emf(
-        &ns,
-        &rs.name_any(),
-        success,
-        duration,
-    ));
-    let group = metrics::restore_group(&ns, &rs.name_any(), &target, success, duration);
+    let emf = metrics::restore_emf(&ns, &name, success, duration);
+    let group = metrics::restore_group(&ns, &name, &target, success, duration);
     let gateway = ctx.settings.pushgateway.as_deref();
-    if let Some(c) = metrics::publish(&ctx.http, gateway, &group).await {
-        crate::api::set_condition(&mut conditions, c);
-    }
+    metrics::report(&ctx.http, gateway, &emf, &group, &mut conditions).await;
     let (status, outcome, event) = match result {
         Ok(done) => {
             let sealed_note = done.sealed_after.then_some(

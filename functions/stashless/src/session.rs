@@ -14,8 +14,8 @@ use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
 use crate::api::{
-    BackupConfiguration, BackupSession, LABEL_INVOKER_NAME, LABEL_INVOKER_TYPE, RestoreSession,
-    SessionPhase, timestamp,
+    BackupConfiguration, BackupSession, Condition, LABEL_INVOKER_NAME, LABEL_INVOKER_TYPE,
+    RestoreSession, SessionPhase, timestamp,
 };
 use crate::error::{Error, Result, api_code};
 
@@ -58,13 +58,9 @@ impl Outcome {
     /// The function's response: JSON with named fields (`outcome`, `phase`, `reason` and,
     /// for a success, the snapshot, its size and the session's duration).
     pub fn to_response(&self) -> Value {
-        let outcome = match self {
-            Outcome::Succeeded { .. } => "Succeeded",
-            Outcome::Failed { .. } => "Failed",
-            Outcome::Skipped { .. } => "Skipped",
-            Outcome::NotClaimed { .. } => "NotClaimed",
-        };
         let phase = self.phase().map(SessionPhase::as_str);
+        // The phase written, or NotClaimed when none was.
+        let outcome = phase.unwrap_or("NotClaimed");
         match self {
             Outcome::Succeeded {
                 snapshot,
@@ -88,20 +84,36 @@ impl Outcome {
     }
 }
 
-/// The phase of a Stash session object.
+/// The phase and conditions of a Stash session object.
 pub trait HasPhase {
     fn phase(&self) -> Option<SessionPhase>;
+    /// Its current conditions, the base of the next status write.
+    fn conditions(&self) -> Vec<Condition>;
 }
 
 impl HasPhase for BackupSession {
     fn phase(&self) -> Option<SessionPhase> {
         self.status.as_ref().and_then(|s| s.phase)
     }
+
+    fn conditions(&self) -> Vec<Condition> {
+        self.status
+            .as_ref()
+            .map(|s| s.conditions.clone())
+            .unwrap_or_default()
+    }
 }
 
 impl HasPhase for RestoreSession {
     fn phase(&self) -> Option<SessionPhase> {
         self.status.as_ref().and_then(|s| s.phase)
+    }
+
+    fn conditions(&self) -> Vec<Condition> {
+        self.status
+            .as_ref()
+            .map(|s| s.conditions.clone())
+            .unwrap_or_default()
     }
 }
 

@@ -101,28 +101,13 @@ pub async fn sweep(
     s: &SweepSettings,
 ) -> Result<SweepReport> {
     let mut report = SweepReport::default();
-    let scopes: Vec<Option<&str>> = if namespaces.is_all() {
-        vec![None]
-    } else {
-        namespaces.list().iter().map(|n| Some(n.as_str())).collect()
-    };
-    for scope in scopes {
-        let (backups, restores, configs): (
-            Api<BackupSession>,
-            Api<RestoreSession>,
-            Api<BackupConfiguration>,
-        ) = match scope {
-            None => (
-                Api::all(client.clone()),
-                Api::all(client.clone()),
-                Api::all(client.clone()),
-            ),
-            Some(ns) => (
-                Api::namespaced(client.clone(), ns),
-                Api::namespaced(client.clone(), ns),
-                Api::namespaced(client.clone(), ns),
-            ),
-        };
+    // One scope at a time (all namespaces, or each one served): the three kinds of it.
+    let scopes = namespaces
+        .apis::<BackupSession>(client)
+        .into_iter()
+        .zip(namespaces.apis::<RestoreSession>(client))
+        .zip(namespaces.apis::<BackupConfiguration>(client));
+    for ((backups, restores), configs) in scopes {
         let lp = ListParams::default();
         let existing: BTreeSet<(String, String)> = configs
             .list(&lp)
@@ -148,11 +133,6 @@ pub async fn sweep(
             );
             let owner_gone = bs.spec.invoker.kind == "BackupConfiguration"
                 && !existing.contains(&(ns.clone(), bs.spec.invoker.name.clone()));
-            let conditions = bs
-                .status
-                .as_ref()
-                .map(|s| s.conditions.clone())
-                .unwrap_or_default();
             let deadline = bs
                 .status
                 .as_ref()
@@ -176,7 +156,7 @@ pub async fn sweep(
             };
             if let Some(reason) = reason {
                 let status =
-                    status::backup_failed(conditions, &reason, None, FailedTarget::Unnamed);
+                    status::backup_failed(bs.conditions(), &reason, None, FailedTarget::Unnamed);
                 if session::patch_status_if_unchanged(&api, &bs, &status).await? {
                     report.failed.insert(key, reason);
                 }
@@ -206,12 +186,7 @@ pub async fn sweep(
                     .as_ref()
                     .and_then(|s| s.session_deadline.as_deref());
                 if let Some(reason) = lost(deadline, created(&rs.metadata), now, s) {
-                    let conditions = rs
-                        .status
-                        .as_ref()
-                        .map(|s| s.conditions.clone())
-                        .unwrap_or_default();
-                    let status = status::restore_failed(conditions, &reason, None);
+                    let status = status::restore_failed(rs.conditions(), &reason, None);
                     if session::patch_status_if_unchanged(&api, &rs, &status).await? {
                         report
                             .failed

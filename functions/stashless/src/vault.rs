@@ -215,11 +215,7 @@ impl Vault {
         Error::Vault {
             addr: addr.to_string(),
             message: message.into(),
-            kind: if retryable {
-                ErrorKind::Unavailable
-            } else {
-                ErrorKind::Invalid
-            },
+            kind: ErrorKind::retry_helps(retryable),
             source: None,
         }
     }
