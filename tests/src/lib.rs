@@ -321,6 +321,21 @@ impl Cluster {
         .await
     }
 
+    /// A BackupSession as stashless's scheduler creates it (labelled
+    /// `app.kubernetes.io/managed-by: stashless`): ours even when its configuration is gone.
+    pub async fn new_stashless_session(&self, config: &str, name: &str) -> Result<BackupSession> {
+        self.create(json!({
+            "apiVersion": "stash.appscode.com/v1beta1", "kind": "BackupSession",
+            "metadata": {"name": name, "labels": {
+                "stash.appscode.com/invoker-type": "BackupConfiguration",
+                "stash.appscode.com/invoker-name": config,
+                "app.kubernetes.io/managed-by": "stashless",
+            }},
+            "spec": {"invoker": {"apiGroup": "stash.appscode.com", "kind": "BackupConfiguration", "name": config}}
+        }))
+        .await
+    }
+
     /// Backup function context against this cluster.
     pub fn backup_context(&self, pushgateway: Option<String>) -> Arc<Context> {
         context_for(self.client.clone(), pushgateway)

@@ -573,8 +573,24 @@ async fn malformed_and_stale_events_are_refused_quietly() {
     .await
     .unwrap();
     assert!(matches!(outcome, Outcome::NotClaimed { .. }));
-    // A session whose BackupConfiguration is gone fails with that reason.
-    cluster.new_session("vanished", "vanished-1").await.unwrap();
+    // A session Stash created whose BackupConfiguration is gone is not ours: untouched.
+    let stash = cluster.new_session("vanished", "stash-1").await.unwrap();
+    let outcome = backup::run(&cluster.backup_context(None), &session_ref("stash-1"), None)
+        .await
+        .unwrap();
+    assert!(
+        matches!(&outcome, Outcome::NotClaimed { why } if why.contains("not one stashless created")),
+        "{outcome:?}"
+    );
+    assert_eq!(
+        cluster.session("stash-1").await.unwrap().resource_version(),
+        stash.resource_version()
+    );
+    // One stashless created whose BackupConfiguration is gone fails with that reason.
+    cluster
+        .new_stashless_session("vanished", "vanished-1")
+        .await
+        .unwrap();
     let outcome = backup::run(
         &cluster.backup_context(None),
         &session_ref("vanished-1"),

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use base64::Engine;
 use chrono::{TimeZone, Utc};
-use k8s_openapi::api::core::v1::{Namespace, Secret};
+use k8s_openapi::api::core::v1::{Event, Namespace, Secret};
 use kube::Api;
 use kube::api::PostParams;
 use serde_json::{Value, json};
@@ -404,13 +404,14 @@ async fn invalid_cron_schedules_mark_the_configuration_invalid() {
         ("* * *", "3 fields"),
         ("* * * * * *", "6 fields"),
         ("0 0 1 1 * 2000", "6 fields"),
-        ("61 * * * *", "not a valid cron expression"),
-        ("0 24 * * *", "not a valid cron expression"),
-        ("*/0 * * * *", "not a valid cron expression"),
-        ("1-60 * * * *", "not a valid cron expression"),
-        ("0 0 * * 8", "not a valid cron expression"),
-        ("a b c d e", "not a valid cron expression"),
-        ("0 0 * * *\u{7}", "not a valid cron expression"),
+        // A field out of range or malformed is named, with the values it takes.
+        ("61 * * * *", "the minute field \"61\" is not valid"),
+        ("0 24 * * *", "hour takes 0-23"),
+        ("*/0 * * * *", "the minute field \"*/0\""),
+        ("1-60 * * * *", "minute takes 0-59"),
+        ("0 0 * * 8", "day-of-week takes 0-7"),
+        ("a b c d e", "the minute field \"a\""),
+        ("0 0 * * *\u{7}", "the day-of-week field \"*\\u{7}\""),
         ("@every 5m", "not a valid cron expression"),
         ("@reboot", "not a valid cron expression"),
         ("CRON_TZ=Mars/Olympus 0 * * * *", "unknown time zone"),
@@ -437,6 +438,25 @@ async fn invalid_cron_schedules_mark_the_configuration_invalid() {
         let msg = c.status.unwrap().conditions[0].message.clone().unwrap();
         assert!(msg.len() < 500, "{cfg}: {} bytes of message", msg.len());
     }
+    // Each Invalid configuration also gets a Warning Event with the reason, as Stash
+    // records one; the valid one gets none.
+    let events: Api<Event> = Api::namespaced(b.cluster.client.clone(), NS);
+    let events = events.list(&Default::default()).await.unwrap().items;
+    for (cfg, _) in &cases {
+        assert!(
+            events
+                .iter()
+                .any(|e| e.involved_object.name.as_deref() == Some(cfg)
+                    && e.reason.as_deref() == Some("ResourceValidationFailed")
+                    && e.type_.as_deref() == Some("Warning")),
+            "{cfg}: no Event"
+        );
+    }
+    assert!(
+        !events
+            .iter()
+            .any(|e| e.involved_object.name.as_deref() == Some("good"))
+    );
     let sessions: Vec<String> = b
         .cluster
         .sessions()
@@ -448,6 +468,71 @@ async fn invalid_cron_schedules_mark_the_configuration_invalid() {
     assert_eq!(sessions.len(), 1, "{sessions:?}");
     assert!(sessions[0].starts_with("good-"), "{sessions:?}");
     b.assert_contained(&[]).await;
+}
+
+/// Stash fields stashless does not act on make the configuration Invalid with a reason that
+/// names them, instead of being ignored; the other configurations run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stash_fields_stashless_does_not_act_on_are_refused_aloud() {
+    let b = Bench::new("refused").await;
+    b.repository("repo", json!({})).await;
+    let refused: Vec<(&str, Value, &str)> = vec![
+        (
+            "exec-hook",
+            json!({"hooks": {"preBackup": {"exec": {"command": ["sh", "-c", "sync"]}, "containerName": "vault"}}}),
+            "spec.hooks is set",
+        ),
+        (
+            "http-hook",
+            json!({"hooks": {"postBackup": {"httpPost": {"host": "hooks.example", "port": 8080, "path": "/done"}}}}),
+            "spec.hooks is set",
+        ),
+        (
+            "retry",
+            json!({"retryConfig": {"maxRetry": -1, "delay": "1m"}}),
+            "spec.retryConfig is set",
+        ),
+        (
+            "tags",
+            json!({"retentionPolicy": {"keepTags": ["gold"]}}),
+            "keepTags is set",
+        ),
+        (
+            "pg-task",
+            json!({"task": {"name": "postgres-backup-14.0"}}),
+            "spec.task.name is \"postgres-backup-14.0\"",
+        ),
+        (
+            "params",
+            json!({"task": {"params": [{"name": "x", "value": "y"}]}}),
+            "spec.task.params is set",
+        ),
+        (
+            "alias",
+            json!({"target": {"alias": "db"}}),
+            "spec.target.alias is set",
+        ),
+    ];
+    let mut cases = Vec::new();
+    for (cfg, spec, expect) in &refused {
+        b.config(cfg, "repo", "vault", spec.clone()).await;
+        cases.push((cfg.to_string(), vec![*expect]));
+    }
+    b.config("good", "repo", "vault", json!({})).await;
+    b.tick_marks_invalid(&cases).await;
+    let sessions: Vec<String> = b
+        .cluster
+        .sessions()
+        .await
+        .unwrap()
+        .iter()
+        .filter_map(|s| s.metadata.name.clone())
+        .collect();
+    assert_eq!(sessions.len(), 1, "{sessions:?}");
+    assert!(sessions[0].starts_with("good-"), "{sessions:?}");
+    // A session of a refused configuration, delivered anyway, fails with the same reason
+    // before Vault or S3 is touched.
+    b.backup_fails("exec-hook", &["spec.hooks is set"]).await;
 }
 
 // ------------------------------------------------------------------------ retention

@@ -218,7 +218,8 @@ impl Recorder {
 fn session(name: &str) -> Value {
     serde_json::json!({
         "apiVersion": "stash.appscode.com/v1beta1", "kind": "BackupSession",
-        "metadata": {"name": name, "namespace": "vault"},
+        "metadata": {"name": name, "namespace": "vault",
+                     "labels": {"app.kubernetes.io/managed-by": "stashless"}},
         "spec": {"invoker": {"apiGroup": "stash.appscode.com", "kind": "BackupConfiguration", "name": "cfg"}}
     })
 }

@@ -2,6 +2,7 @@
 //! configuration is gone end Failed, and a session whose event was lost is found and run.
 
 use chrono::{Duration, Utc};
+use kube::ResourceExt;
 use serde_json::json;
 use stashless::api::{BackupConfiguration, SessionPhase};
 use stashless::context::NamespaceScope;
@@ -34,8 +35,13 @@ async fn lost_running_sessions_and_orphans_end_failed_and_live_ones_are_left_alo
     else {
         panic!()
     };
-    // A Pending session of a configuration that was deleted.
-    cluster.new_session("gone", "gone-1").await.unwrap();
+    // A Pending session stashless created, of a configuration that was deleted; and one
+    // that Stash's CronJob created (not ours: left exactly as it is).
+    cluster
+        .new_stashless_session("gone", "gone-1")
+        .await
+        .unwrap();
+    let stash_orphan = cluster.new_session("gone", "gone-stash").await.unwrap();
     // A restore that lost its function.
     let rs = cluster
         .new_restore("rs-lost", "repo", "vault", None, false)
@@ -95,6 +101,14 @@ async fn lost_running_sessions_and_orphans_end_failed_and_live_ones_are_left_alo
             .schema_violations("backupsessions", "cfg-lost")
             .await
             .is_empty()
+    );
+    assert_eq!(
+        cluster
+            .session("gone-stash")
+            .await
+            .unwrap()
+            .resource_version(),
+        stash_orphan.resource_version()
     );
     let g = cluster.session("gone-1").await.unwrap().status.unwrap();
     assert_eq!(g.phase, Some(SessionPhase::Failed));

@@ -1,9 +1,12 @@
 //! The Stash and AppBinding kinds, as Stash defines them (`reference/stash-crds/`).
 //!
-//! Only the fields stashless reads or writes are modelled; everything else a user's
-//! manifest carries (hooks, runtimeSettings, interimVolumeTemplate, …) is ignored on read
-//! and never written back, because stashless only ever writes `status` (via the status
-//! subresource) and creates BackupSessions. Every field path here is checked against the
+//! Only the fields stashless reads or writes are modelled. Fields a Stash user sets
+//! expecting an effect stashless does not have (hooks, retryConfig, keepTags, …) are read
+//! only to be refused with a reason (`config::check_refused` and friends; they are skipped
+//! in the generated schemas and never written); fields with no meaning without a pod
+//! (runtimeSettings, interimVolumeTemplate, …) are not read. `docs/stash-fields.md` lists
+//! every field with its verdict. Nothing but `status` (via the status subresource) and new
+//! BackupSessions is ever written. Every field path here is checked against the
 //! reference CRD schemas by `tests/crd_paths.rs` in this crate.
 
 use std::collections::BTreeMap;
@@ -254,6 +257,14 @@ pub struct BackupTarget {
     pub r#ref: Option<TargetRef>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub alias: Option<String>,
+    /// Read only to refuse it with a reason (`config::refused`); never written back.
+    #[serde(default, skip_serializing)]
+    #[schemars(skip)]
+    pub args: Option<serde_json::Value>,
+    /// Read only to refuse it with a reason (`config::refused`); never written back.
+    #[serde(default, skip_serializing)]
+    #[schemars(skip)]
+    pub exclude: Option<serde_json::Value>,
 }
 
 /// Stash `v1alpha1.RetentionPolicy`: restic's forget flags.
@@ -276,6 +287,10 @@ pub struct RetentionPolicy {
     pub prune: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dry_run: Option<bool>,
+    /// Read only to refuse it with a reason (`config::refused`); never written back.
+    #[serde(default, skip_serializing)]
+    #[schemars(skip)]
+    pub keep_tags: Option<serde_json::Value>,
 }
 
 // ---------------------------------------------------------------- BackupConfiguration
@@ -310,6 +325,14 @@ pub struct BackupConfigurationSpec {
     pub backup_history_limit: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub time_out: Option<String>,
+    /// Read only to refuse it with a reason (`config::refused`); never written back.
+    #[serde(default, skip_serializing)]
+    #[schemars(skip)]
+    pub hooks: Option<serde_json::Value>,
+    /// Read only to refuse it with a reason (`config::refused`); never written back.
+    #[serde(default, skip_serializing)]
+    #[schemars(skip)]
+    pub retry_config: Option<serde_json::Value>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
@@ -474,6 +497,10 @@ pub struct RestoreSessionSpec {
     pub rules: Vec<RestoreRule>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub time_out: Option<String>,
+    /// Read only to refuse it with a reason (`config::refused`); never written back.
+    #[serde(default, skip_serializing)]
+    #[schemars(skip)]
+    pub hooks: Option<serde_json::Value>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
@@ -483,6 +510,10 @@ pub struct RestoreTarget {
     pub r#ref: Option<TargetRef>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub alias: Option<String>,
+    /// Read only to refuse it with a reason (`config::refused`); never written back.
+    #[serde(default, skip_serializing)]
+    #[schemars(skip)]
+    pub args: Option<serde_json::Value>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub rules: Vec<RestoreRule>,
 }
@@ -494,6 +525,22 @@ pub struct RestoreRule {
     pub source_host: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub snapshots: Vec<String>,
+    /// Read only to refuse it with a reason (`config::refused`); never written back.
+    #[serde(default, skip_serializing)]
+    #[schemars(skip)]
+    pub target_hosts: Option<serde_json::Value>,
+    /// Read only to refuse it with a reason (`config::refused`); never written back.
+    #[serde(default, skip_serializing)]
+    #[schemars(skip)]
+    pub paths: Option<serde_json::Value>,
+    /// Read only to refuse it with a reason (`config::refused`); never written back.
+    #[serde(default, skip_serializing)]
+    #[schemars(skip)]
+    pub include: Option<serde_json::Value>,
+    /// Read only to refuse it with a reason (`config::refused`); never written back.
+    #[serde(default, skip_serializing)]
+    #[schemars(skip)]
+    pub exclude: Option<serde_json::Value>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
@@ -663,6 +710,14 @@ pub struct AppBindingSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(with = "Option<BTreeMap<String, serde_json::Value>>")]
     pub parameters: Option<serde_json::Value>,
+    /// Read only to refuse it with a reason (`config::refused`); never written back.
+    #[serde(default, skip_serializing)]
+    #[schemars(skip)]
+    pub secret_transforms: Option<serde_json::Value>,
+    /// Read only to refuse it with a reason (`config::refused`); never written back.
+    #[serde(default, skip_serializing)]
+    #[schemars(skip)]
+    pub tls_secret: Option<serde_json::Value>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
@@ -695,6 +750,10 @@ pub struct ServiceReference {
     pub port: i32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path: Option<String>,
+    /// Read only to refuse it with a reason (`config::refused`); never written back.
+    #[serde(default, skip_serializing)]
+    #[schemars(skip)]
+    pub query: Option<serde_json::Value>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]

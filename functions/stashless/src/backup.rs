@@ -27,6 +27,7 @@ use crate::events::SessionRef;
 use crate::metrics::{self, BackupMeasure};
 use crate::repository::{Invoker, Manifest, MultipartUpload, ObjectId, Store, TargetId};
 use crate::retention::{self, Candidate};
+use crate::serve::Owners;
 use crate::session::{self, Claim, HasPhase, Outcome};
 use crate::status::{self, FailedTarget, RepositoryTotals};
 use crate::vault::Vault;
@@ -44,35 +45,25 @@ pub async fn run(
     }
     let api: Api<BackupSession> = Api::namespaced(ctx.kube.clone(), &target.namespace);
     let session =
-        match session::fetch_pending(&api, "BackupSession", &target.namespace, &target.name).await?
-        {
+        match session::fetch(&api, "BackupSession", &target.namespace, &target.name).await? {
             Ok(s) => s,
-            Err(why) => {
-                return match settle_lost(ctx, &api, &target.name).await? {
-                    Some(outcome) => Ok(outcome),
-                    None => Ok(Outcome::NotClaimed { why }),
-                };
-            }
+            Err(why) => return Ok(Outcome::NotClaimed { why }),
         };
-
-    // The configuration decides the time limit; read it before claiming so the deadline
-    // written at claim time is the real one. A missing one is reported after the claim.
+    // Another product's session (a database's, a volume's) is left exactly as it is. The
+    // configuration read here also decides the time limit, before the claim, so the
+    // deadline written at claim time is the real one; a missing one is reported after it.
+    let (verdict, config) = Owners::new(&ctx.kube).backup_session(&session).await?;
+    if let Some(why) = verdict.others_reason() {
+        tracing::debug!(session = %target.name, %why, "not a stashless BackupSession");
+        return Ok(Outcome::NotClaimed { why });
+    }
+    if let Some(why) = session::not_pending("BackupSession", &session) {
+        return match settle_lost(ctx, &api, &session, config.as_ref()).await? {
+            Some(outcome) => Ok(outcome),
+            None => Ok(Outcome::NotClaimed { why }),
+        };
+    }
     let invoker = session.spec.invoker.clone();
-    let config = if invoker.kind == "BackupConfiguration" {
-        let cfg_api: Api<BackupConfiguration> =
-            Api::namespaced(ctx.kube.clone(), &target.namespace);
-        match cfg_api.get_opt(&invoker.name).await {
-            Ok(c) => c,
-            Err(e) => {
-                return Err(Error::kube(
-                    format!("reading BackupConfiguration {}", invoker.name),
-                    e,
-                ));
-            }
-        }
-    } else {
-        None
-    };
     // An invalid timeOut fails the session after the claim (check_config); the default
     // bounds it until then.
     let session_limit = config
@@ -156,31 +147,18 @@ pub async fn run(
 async fn settle_lost(
     ctx: &Context,
     api: &Api<BackupSession>,
-    name: &str,
+    session: &BackupSession,
+    config: Option<&BackupConfiguration>,
 ) -> Result<Option<Outcome>> {
-    let Some(session) = api
-        .get_opt(name)
-        .await
-        .map_err(|e| Error::kube(format!("reading BackupSession {name}"), e))?
-    else {
-        return Ok(None);
-    };
     let status = session.status.as_ref();
     let running = status.and_then(|s| s.phase) == Some(api::SessionPhase::Running);
-    if !running || !session::past_deadline(&session, Utc::now()) {
+    if !running || !session::past_deadline(session, Utc::now()) {
         return Ok(None);
     }
     let ns = session.namespace().unwrap_or_default();
     let invoker = &session.spec.invoker;
-    let cfg_api: Api<BackupConfiguration> = Api::namespaced(ctx.kube.clone(), &ns);
-    let config = cfg_api
-        .get_opt(&invoker.name)
-        .await
-        .map_err(|e| Error::kube(format!("reading BackupConfiguration {}", invoker.name), e))?;
-    let (Some(config), Some(repo_ref)) = (
-        config.as_ref(),
-        config.as_ref().and_then(|c| c.spec.repository.as_ref()),
-    ) else {
+    let (Some(config), Some(repo_ref)) = (config, config.and_then(|c| c.spec.repository.as_ref()))
+    else {
         return Ok(None);
     };
     // The session's duration counts from its creation, not from this settling.
@@ -217,7 +195,7 @@ async fn settle_lost(
                 manifest,
                 target_ref: config.target_ref().cloned().unwrap_or_default(),
             };
-            finish_succeeded(ctx, api, &session, config, &siblings, started, done)
+            finish_succeeded(ctx, api, session, config, &siblings, started, done)
                 .await
                 .map(Some)
         }
@@ -234,7 +212,7 @@ async fn settle_lost(
                     ""
                 }
             );
-            finish_failed(ctx, api, &session, Some(config), started, reason)
+            finish_failed(ctx, api, session, Some(config), started, reason)
                 .await
                 .map(Some)
         }
@@ -261,6 +239,7 @@ async fn backup(
     let spec = &config.spec;
     // Validate everything cheap before touching Vault or S3.
     config::check_config(config)?;
+    config::check_session(session)?;
     let repo_ref = spec
         .repository
         .as_ref()

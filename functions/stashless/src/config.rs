@@ -5,10 +5,15 @@
 
 use std::time::Duration;
 
-use crate::api::{BackupConfiguration, RestoreSession, parse_go_duration};
+use serde_json::Value;
+
+use crate::api::{
+    BackupConfiguration, BackupSession, DEFAULT_HOST, RestoreSession, TaskRef, parse_go_duration,
+};
 use crate::error::{Error, Result};
 use crate::retention::KeepPolicy;
 use crate::schedule::Schedule;
+use crate::serve::{SERVE_ANNOTATION, VAULT_BACKUP_TASK};
 
 /// The longest `timeOut` accepted. A session runs inside one function invocation (at most
 /// 15 minutes on Lambda), so anything near this is already capped by that; far beyond it
@@ -19,6 +24,8 @@ pub const MAX_TIME_OUT: Duration = Duration::from_secs(24 * 3600);
 /// why the configuration is Invalid.
 pub fn validate(config: &BackupConfiguration) -> Result<Schedule> {
     check_driver(config.spec.driver.as_deref(), "streams")?;
+    check_task(config.spec.task.as_ref(), VAULT_BACKUP_TASK)?;
+    check_refused(config)?;
     let schedule = config
         .spec
         .schedule
@@ -34,6 +41,8 @@ pub fn validate(config: &BackupConfiguration) -> Result<Schedule> {
 /// would fail every session of the configuration).
 pub fn check_config(config: &BackupConfiguration) -> Result<()> {
     check_driver(config.spec.driver.as_deref(), "streams")?;
+    check_task(config.spec.task.as_ref(), VAULT_BACKUP_TASK)?;
+    check_refused(config)?;
     check_limits(config)
 }
 
@@ -53,6 +62,173 @@ pub fn check_driver(driver: Option<&str>, verb: &str) -> Result<()> {
             "driver {driver:?} is not supported: stashless {verb} Vault raft snapshots (driver Restic, Stash's default); remove spec.driver or set it to Restic"
         ))),
     }
+}
+
+/// `spec.task.name`: absent (Stash picks the task from the AppBinding) or one of Stash's
+/// Vault tasks (`vault-backup-*`, `vault-restore-*`). Another task on an object stashless
+/// serves (annotated `stashless.io/serve: "true"`) is refused with what to do.
+pub fn check_task(task: Option<&TaskRef>, prefix: &str) -> Result<()> {
+    match task.and_then(|t| t.name.as_deref()) {
+        None | Some("") => Ok(()),
+        Some(name) if name.starts_with(prefix) => Ok(()),
+        Some(name) => Err(Error::invalid(format!(
+            "spec.task.name is {:?}: stashless runs only Stash's Vault tasks ({prefix}*); remove spec.task, name a {prefix}* task, or leave this object to Stash ({SERVE_ANNOTATION}: \"false\")",
+            name.chars().take(100).collect::<String>()
+        ))),
+    }
+}
+
+/// Whether a field a user wrote carries something (not absent, null, empty or "").
+fn is_set(v: Option<&Value>) -> bool {
+    match v {
+        None | Some(Value::Null) => false,
+        Some(Value::Object(m)) => !m.is_empty(),
+        Some(Value::Array(a)) => !a.is_empty(),
+        Some(Value::String(s)) => !s.is_empty(),
+        Some(_) => true,
+    }
+}
+
+fn refuse(reason: String) -> Result<()> {
+    Err(Error::invalid(reason))
+}
+
+const LEAVE_TO_STASH: &str = "or leave this object to Stash (stashless.io/serve: \"false\")";
+
+/// BackupConfiguration fields a Stash user sets expecting an effect that stashless does
+/// not have: refused with a reason instead of ignored (`docs/stash-fields.md` lists every
+/// field and what stashless does with it).
+pub fn check_refused(config: &BackupConfiguration) -> Result<()> {
+    let spec = &config.spec;
+    if is_set(spec.hooks.as_ref()) {
+        return refuse(format!(
+            "spec.hooks is set: stashless does not run backup hooks; remove spec.hooks, {LEAVE_TO_STASH}"
+        ));
+    }
+    if is_set(spec.retry_config.as_ref()) {
+        return refuse(
+            "spec.retryConfig is set: stashless does not retry a failed backup (the next scheduled session runs as usual); remove spec.retryConfig".into(),
+        );
+    }
+    if let Some(t) = &spec.target {
+        if t.alias.as_deref().is_some_and(|a| !a.is_empty()) {
+            return refuse("spec.target.alias is set: stashless names snapshots <namespace>/<session> and does not use an alias as the snapshot's host; remove spec.target.alias".into());
+        }
+        if is_set(t.args.as_ref()) {
+            return refuse("spec.target.args is set: stashless takes the raft snapshot through Vault's API and passes no arguments to a backup driver; remove spec.target.args".into());
+        }
+        if is_set(t.exclude.as_ref()) {
+            return refuse("spec.target.exclude is set: a Vault raft snapshot is taken whole, nothing can be left out of it; remove spec.target.exclude".into());
+        }
+    }
+    if spec.task.as_ref().is_some_and(|t| !t.params.is_empty()) {
+        return refuse(
+            "spec.task.params is set: stashless's backup takes no task parameters; remove spec.task.params".into(),
+        );
+    }
+    if is_set(spec.retention_policy.keep_tags.as_ref()) {
+        return refuse("spec.retentionPolicy.keepTags is set: stashless snapshots carry no tags; remove keepTags and keep snapshots by count (keepLast, keepDaily, ...)".into());
+    }
+    Ok(())
+}
+
+/// A BackupSession's own fields: `spec.retryLeft` above 0 asks for retries stashless does
+/// not make.
+pub fn check_session(session: &BackupSession) -> Result<()> {
+    match session.spec.retry_left {
+        Some(n) if n > 0 => refuse(format!(
+            "spec.retryLeft is {n}: stashless does not retry a failed backup; remove spec.retryLeft"
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// RestoreSession fields stashless does not act on (as [`check_refused`]): hooks, alias,
+/// args, per-path rules, another host than Stash's one `host-0`, several snapshots, and
+/// task parameters other than `force`.
+pub fn check_restore_refused(rs: &RestoreSession) -> Result<()> {
+    let spec = &rs.spec;
+    if is_set(spec.hooks.as_ref()) {
+        return refuse(format!(
+            "spec.hooks is set: stashless does not run restore hooks; remove spec.hooks, {LEAVE_TO_STASH}"
+        ));
+    }
+    if let Some(t) = &spec.target {
+        if t.alias.as_deref().is_some_and(|a| !a.is_empty()) {
+            return refuse("spec.target.alias is set: stashless picks a snapshot by name, not by host alias; remove it and name the snapshot in spec.target.rules[].snapshots".into());
+        }
+        if is_set(t.args.as_ref()) {
+            return refuse("spec.target.args is set: stashless restores the raft snapshot through Vault's API and passes no arguments to a restore driver; remove spec.target.args".into());
+        }
+    }
+    let target_rules = spec
+        .target
+        .as_ref()
+        .map(|t| t.rules.as_slice())
+        .unwrap_or(&[]);
+    for (field, rules) in [
+        ("spec.target.rules[]", target_rules),
+        ("spec.rules[]", spec.rules.as_slice()),
+    ] {
+        for rule in rules {
+            if let Some(h) = rule
+                .source_host
+                .as_deref()
+                .filter(|h| !h.is_empty() && *h != DEFAULT_HOST)
+            {
+                return refuse(format!(
+                    "{field}.sourceHost is {:?}: stashless picks a snapshot by name, not by source host; remove sourceHost and name the snapshot in {field}.snapshots",
+                    h.chars().take(100).collect::<String>()
+                ));
+            }
+            let other_host = rule.target_hosts.as_ref().and_then(|v| {
+                v.as_array()?
+                    .iter()
+                    .filter_map(|h| h.as_str())
+                    .find(|h| *h != DEFAULT_HOST)
+                    .map(str::to_string)
+            });
+            if let Some(h) = other_host {
+                return refuse(format!(
+                    "{field}.targetHosts names {:?}: a Vault restore has the one host {DEFAULT_HOST}; remove targetHosts",
+                    h.chars().take(100).collect::<String>()
+                ));
+            }
+            for (name, v) in [
+                ("paths", &rule.paths),
+                ("include", &rule.include),
+                ("exclude", &rule.exclude),
+            ] {
+                if is_set(v.as_ref()) {
+                    return refuse(format!(
+                        "{field}.{name} is set: a Vault raft snapshot is restored whole; remove {name}"
+                    ));
+                }
+            }
+        }
+    }
+    let effective = if target_rules.is_empty() {
+        spec.rules.as_slice()
+    } else {
+        target_rules
+    };
+    let snapshots: usize = effective.iter().map(|r| r.snapshots.len()).sum();
+    if snapshots > 1 {
+        return refuse(format!(
+            "the rules name {snapshots} snapshots: a Vault restore takes exactly one; name only the snapshot to restore"
+        ));
+    }
+    if let Some(p) = spec
+        .task
+        .as_ref()
+        .and_then(|t| t.params.iter().find(|p| p.name != "force"))
+    {
+        return refuse(format!(
+            "spec.task.params names {:?}: stashless's restore reads only the parameter force; remove the others",
+            p.name.chars().take(100).collect::<String>()
+        ));
+    }
+    Ok(())
 }
 
 /// The configuration's retentionPolicy as restic-style keep counts.
@@ -167,7 +343,13 @@ mod tests {
     fn validate_checks_driver_schedule_retention_and_timeout() {
         assert!(validate(&config(|_| {})).is_ok());
         type Edit = fn(&mut BackupConfigurationSpec);
-        let cases: [(&str, Edit); 4] = [
+        let cases: [(&str, Edit); 5] = [
+            ("spec.task.name is \"postgres-backup-14\"", |s| {
+                s.task = Some(TaskRef {
+                    name: Some("postgres-backup-14".into()),
+                    params: vec![],
+                })
+            }),
             ("driver \"VolumeSnapshotter\" is not supported", |s| {
                 s.driver = Some("VolumeSnapshotter".into())
             }),
@@ -183,5 +365,137 @@ mod tests {
         // Backup's own checks do not look at the schedule (a manual session may run).
         assert!(check_config(&config(|s| s.schedule = None)).is_ok());
         assert!(check_config(&config(|s| s.driver = Some("Restic".into()))).is_ok());
+    }
+
+    #[test]
+    fn fields_stashless_does_not_act_on_are_refused_with_their_name() {
+        let base = serde_json::json!({
+            "apiVersion": "stash.appscode.com/v1beta1", "kind": "BackupConfiguration",
+            "metadata": {"name": "c", "namespace": "vault"},
+            "spec": {"schedule": "0 * * * *", "repository": {"name": "repo"},
+                     "target": {"ref": {"kind": "AppBinding", "name": "vault"}},
+                     "retentionPolicy": {"name": "k", "keepLast": 3, "prune": true}}
+        });
+        let with = |path: &[&str], v: Value| {
+            let mut c = base.clone();
+            let mut cur = &mut c["spec"];
+            for p in &path[..path.len() - 1] {
+                cur = &mut cur[*p];
+            }
+            cur[path[path.len() - 1]] = v;
+            serde_json::from_value::<BackupConfiguration>(c).unwrap()
+        };
+        assert!(validate(&with(&["hooks"], Value::Null)).is_ok());
+        assert!(validate(&with(&["hooks"], serde_json::json!({}))).is_ok());
+        for (path, v, want) in [
+            (
+                &["hooks"][..],
+                serde_json::json!({"preBackup": {"httpGet": {"port": 80}}}),
+                "spec.hooks is set",
+            ),
+            (
+                &["retryConfig"],
+                serde_json::json!({"maxRetry": 2}),
+                "spec.retryConfig is set",
+            ),
+            (
+                &["target", "alias"],
+                serde_json::json!("db"),
+                "spec.target.alias is set",
+            ),
+            (
+                &["target", "args"],
+                serde_json::json!(["--x"]),
+                "spec.target.args is set",
+            ),
+            (
+                &["target", "exclude"],
+                serde_json::json!(["/tmp"]),
+                "spec.target.exclude is set",
+            ),
+            (
+                &["task"],
+                serde_json::json!({"params": [{"name": "a", "value": "b"}]}),
+                "spec.task.params is set",
+            ),
+            (
+                &["retentionPolicy", "keepTags"],
+                serde_json::json!(["gold"]),
+                "keepTags is set",
+            ),
+        ] {
+            let c = with(path, v);
+            for e in [validate(&c).unwrap_err(), check_config(&c).unwrap_err()] {
+                assert_eq!(e.kind(), ErrorKind::Invalid, "{want}");
+                assert!(e.to_string().starts_with(want), "{want}: {e}");
+            }
+        }
+        let mut session = BackupSession::new("s", Default::default());
+        assert!(check_session(&session).is_ok());
+        session.spec.retry_left = Some(2);
+        assert!(
+            check_session(&session)
+                .unwrap_err()
+                .to_string()
+                .starts_with("spec.retryLeft is 2")
+        );
+
+        let rs = |spec: Value| {
+            serde_json::from_value::<RestoreSession>(serde_json::json!({
+                "apiVersion": "stash.appscode.com/v1beta1", "kind": "RestoreSession",
+                "metadata": {"name": "r", "namespace": "vault"}, "spec": spec
+            }))
+            .unwrap()
+        };
+        let ok = rs(serde_json::json!({"target": {"ref": {"name": "vault"},
+            "rules": [{"sourceHost": "host-0", "targetHosts": ["host-0"], "snapshots": ["vault/cfg-1"]}]},
+            "task": {"params": [{"name": "force", "value": "true"}]}}));
+        assert!(check_restore_refused(&ok).is_ok());
+        for (spec, want) in [
+            (
+                serde_json::json!({"hooks": {"postRestore": {"httpPost": {"port": 80}}}}),
+                "spec.hooks is set",
+            ),
+            (
+                serde_json::json!({"target": {"alias": "db"}}),
+                "spec.target.alias is set",
+            ),
+            (
+                serde_json::json!({"target": {"args": ["x"]}}),
+                "spec.target.args is set",
+            ),
+            (
+                serde_json::json!({"target": {"rules": [{"sourceHost": "pod-1"}]}}),
+                "spec.target.rules[].sourceHost is \"pod-1\"",
+            ),
+            (
+                serde_json::json!({"rules": [{"targetHosts": ["host-0", "host-1"]}]}),
+                "spec.rules[].targetHosts names \"host-1\"",
+            ),
+            (
+                serde_json::json!({"target": {"rules": [{"paths": ["/data"]}]}}),
+                "spec.target.rules[].paths is set",
+            ),
+            (
+                serde_json::json!({"rules": [{"include": ["a"]}]}),
+                "spec.rules[].include is set",
+            ),
+            (
+                serde_json::json!({"target": {"rules": [{"exclude": ["a"]}]}}),
+                "spec.target.rules[].exclude is set",
+            ),
+            (
+                serde_json::json!({"target": {"rules": [{"snapshots": ["a", "b"]}]}}),
+                "the rules name 2 snapshots",
+            ),
+            (
+                serde_json::json!({"task": {"params": [{"name": "force", "value": "true"}, {"name": "x", "value": "y"}]}}),
+                "spec.task.params names \"x\"",
+            ),
+        ] {
+            let e = check_restore_refused(&rs(spec)).unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::Invalid, "{want}");
+            assert!(e.to_string().starts_with(want), "{want}: {e}");
+        }
     }
 }

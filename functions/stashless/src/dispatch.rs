@@ -28,6 +28,7 @@ use crate::context::{Context, NamespaceScope};
 use crate::error::{Error, Result};
 use crate::events::{SessionRef, Tick};
 use crate::scheduler::{SchedulerSettings, TickReport};
+use crate::serve::{Owners, Verdict};
 use crate::session::HasPhase;
 use crate::sweep::{SweepReport, SweepSettings};
 
@@ -316,16 +317,16 @@ pub async fn bridge(
     // reconnect) replays every object, and an unchanged one must not be dispatched again.
     let mut sent: HashMap<String, String> = HashMap::new();
     loop {
-        let candidates: Vec<Change> = tokio::select! {
+        let candidates: Vec<(Change, Seen)> = tokio::select! {
             Some(ev) = b.next() => match ev {
-                Ok(Event::Apply(s)) | Ok(Event::InitApply(s)) => session_change("BackupSession", &s, &mut sent),
+                Ok(Event::Apply(s)) | Ok(Event::InitApply(s)) => session_change("BackupSession", &s, &mut sent).map(|c| (c, Seen::Backup(s))).into_iter().collect(),
                 Ok(Event::Delete(s)) => { forget(&s, &mut sent); vec![] }
                 Ok(Event::InitDone) => { health.backups.store(true, Ordering::Relaxed); vec![] }
                 Ok(Event::Init) => vec![],
                 Err(e) => { tracing::warn!(error = %e, "BackupSession watch error (retrying)"); vec![] }
             },
             Some(ev) = r.next() => match ev {
-                Ok(Event::Apply(s)) | Ok(Event::InitApply(s)) => session_change("RestoreSession", &s, &mut sent),
+                Ok(Event::Apply(s)) | Ok(Event::InitApply(s)) => session_change("RestoreSession", &s, &mut sent).map(|c| (c, Seen::Restore(s))).into_iter().collect(),
                 Ok(Event::Delete(s)) => { forget(&s, &mut sent); vec![] }
                 Ok(Event::InitDone) => { health.restores.store(true, Ordering::Relaxed); vec![] }
                 Ok(Event::Init) => vec![],
@@ -335,7 +336,7 @@ pub async fn bridge(
                 Ok(Event::Apply(cfg)) | Ok(Event::InitApply(cfg))
                     if cfg.status.as_ref().and_then(|s| s.observed_generation) != cfg.metadata.generation =>
                 {
-                    fresh(Change::of("BackupConfiguration", &cfg, "Modified"), &mut sent).into_iter().collect()
+                    fresh(Change::of("BackupConfiguration", &cfg, "Modified"), &mut sent).map(|c| (c, Seen::Config(cfg))).into_iter().collect()
                 }
                 Ok(Event::Delete(cfg)) => { forget(&cfg, &mut sent); vec![] }
                 Ok(Event::InitDone) => { health.configs.store(true, Ordering::Relaxed); vec![] }
@@ -344,12 +345,44 @@ pub async fn bridge(
             },
             else => return,
         };
-        if !candidates.is_empty()
-            && let Err(e) = to.dispatch(&candidates).await
+        let changes = ours(&Owners::new(&client), candidates).await;
+        if !changes.is_empty()
+            && let Err(e) = to.dispatch(&changes).await
         {
             tracing::error!(error = %e, "dispatching failed; the scheduler's sweep will pick the sessions up");
         }
     }
+}
+
+/// An object the bridge saw change, kept to decide whether it is ours.
+enum Seen {
+    Backup(BackupSession),
+    Restore(RestoreSession),
+    Config(BackupConfiguration),
+}
+
+/// The changes of stashless's own objects ([`crate::serve`]); another product's are never
+/// dispatched. When that cannot be told (the API server did not answer) the change is not
+/// sent either: the sweep hands a still-Pending session on later, after checking again.
+async fn ours(owners: &Owners, candidates: Vec<(Change, Seen)>) -> Vec<Change> {
+    let mut out = Vec::with_capacity(candidates.len());
+    for (change, seen) in candidates {
+        let verdict = match &seen {
+            Seen::Backup(b) => owners.backup_session(b).await.map(|(v, _)| v),
+            Seen::Restore(r) => owners.restore_session(r).await,
+            Seen::Config(c) => owners.config(c).await,
+        };
+        match verdict {
+            Ok(Verdict::Ours) => out.push(change),
+            Ok(Verdict::Others(why)) => {
+                tracing::debug!(kind = %change.kind, name = %change.name, %why, "not dispatched: not stashless's");
+            }
+            Err(e) => {
+                tracing::warn!(kind = %change.kind, name = %change.name, error = %e.reason(), "not dispatched: could not tell whether it is stashless's");
+            }
+        }
+    }
+    out
 }
 
 /// A Pending session not yet dispatched at this resourceVersion → one change. A session
@@ -358,7 +391,7 @@ fn session_change<K: Resource + HasPhase>(
     kind: &str,
     s: &K,
     sent: &mut HashMap<String, String>,
-) -> Vec<Change> {
+) -> Option<Change> {
     if pending(s) {
         let added = if s.meta().generation.unwrap_or(1) <= 1 {
             "Added"
@@ -366,11 +399,9 @@ fn session_change<K: Resource + HasPhase>(
             "Modified"
         };
         fresh(Change::of(kind, s, added), sent)
-            .into_iter()
-            .collect()
     } else {
         forget(s, sent);
-        vec![]
+        None
     }
 }
 

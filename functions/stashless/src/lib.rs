@@ -8,7 +8,7 @@
 //! |---|---|---|
 //! | types and pure policy | `api`, `error`, `schedule`, `retention`, `archive`, `events`, `crds` | Stash's objects, error kinds, cron, keep policy, the snapshot verifier, event parsing |
 //! | one outside system each | `cluster`, `eks`, `aws_login`, `resolve`, `repository`, `vault`, `manifests` | the API server, EKS tokens, the Vault IAM login, AppBinding/Repository/Secrets, S3, Vault |
-//! | steps shared by the functions | `config`, `context`, `session`, `status`, `metrics` | configuration checks, clients and scope, claiming and exclusion, typed status, gauges |
+//! | steps shared by the functions | `config`, `context`, `serve`, `session`, `status`, `metrics` | configuration checks, clients and scope, which objects are ours, claiming and exclusion, typed status, gauges |
 //! | the functions | `backup`, `restore`, `scheduler`, `sweep` | one handler each |
 //! | composition | `dispatch`, `lambda` | the watch bridge, in-process and EventBridge dispatch, the scheduler's tick + sweep + dispatch, Lambda responses |
 //!
@@ -35,6 +35,7 @@ pub mod restore;
 pub mod retention;
 pub mod schedule;
 pub mod scheduler;
+pub mod serve;
 pub mod session;
 pub mod status;
 pub mod sweep;

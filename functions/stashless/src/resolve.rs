@@ -70,6 +70,11 @@ pub async fn repository(
     if ns != session_ns {
         check_usage_policy(&repo, &label, session_ns)?;
     }
+    if repo.spec.wipe_out == Some(true) {
+        return Err(Error::invalid(format!(
+            "{label} sets spec.wipeOut, which stashless does not do: deleting the Repository leaves its snapshots in the bucket; remove spec.wipeOut and delete the snapshots under the prefix yourself"
+        )));
+    }
     let s3 = repo.spec.backend.s3.clone().ok_or_else(|| {
         Error::invalid(format!(
             "{label} has no spec.backend.s3: stashless stores snapshots in S3 or an S3-compatible store"
@@ -351,6 +356,7 @@ pub async fn vault_target(
         .unwrap_or(session_ns);
     let ab: AppBinding = get(client, ns, &target.name, "AppBinding", " (spec.target.ref)").await?;
     let label = format!("AppBinding {ns}/{}", target.name);
+    refuse_unsupported(&ab, &label)?;
     let cc = &ab.spec.client_config;
     let pins_ns = cc
         .service
@@ -396,6 +402,30 @@ pub async fn vault_target(
             insecure_skip_tls_verify,
         },
     ))
+}
+
+/// AppBinding fields a user sets expecting an effect stashless does not have: refused with
+/// a reason rather than ignored (a Vault that needs them would fail with a TLS error and no
+/// hint why).
+fn refuse_unsupported(ab: &AppBinding, label: &str) -> Result<()> {
+    let cc = &ab.spec.client_config;
+    let set = |v: &Option<serde_json::Value>| {
+        v.as_ref().is_some_and(|v| {
+            !v.is_null() && v != &serde_json::json!({}) && v != &serde_json::json!("")
+        })
+    };
+    let why = if cc.service.as_ref().is_some_and(|s| set(&s.query)) {
+        "sets spec.clientConfig.service.query: the Vault address takes no query; remove it"
+    } else if cc.server_name.as_deref().is_some_and(|n| !n.is_empty()) {
+        "sets spec.clientConfig.serverName, which stashless does not support: Vault's certificate is checked against the host of spec.clientConfig.url or service; remove serverName, or reach Vault by the name its certificate carries"
+    } else if set(&ab.spec.secret_transforms) {
+        "sets spec.secretTransforms, which stashless does not apply: the Vault token is read from the Secret's key \"token\" as stored; remove secretTransforms and store the token under \"token\""
+    } else if set(&ab.spec.tls_secret) {
+        "sets spec.tlsSecret: stashless presents no client certificate to Vault; remove spec.tlsSecret, or use a Vault listener that does not require client certificates"
+    } else {
+        return Ok(());
+    };
+    Err(Error::invalid(format!("{label} {why}")))
 }
 
 /// The Vault token from the AppBinding's Secret. KubeVault puts that Secret in
@@ -543,6 +573,7 @@ mod tests {
                 namespace: None,
                 port: 8200,
                 path: None,
+                query: None,
             }),
             ..ClientConfig::default()
         }

@@ -24,6 +24,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::events::SessionRef;
 use crate::metrics;
 use crate::repository::{Manifest, Store};
+use crate::serve::{Owners, VAULT_RESTORE_TASK};
 use crate::session::{self, Claim, HasPhase, Outcome};
 use crate::status;
 use crate::vault::Vault;
@@ -39,12 +40,22 @@ pub async fn run(
         return Ok(Outcome::NotClaimed { why });
     }
     let api: Api<RestoreSession> = Api::namespaced(ctx.kube.clone(), &target.namespace);
-    let rs = match session::fetch_pending(&api, "RestoreSession", &target.namespace, &target.name)
-        .await?
-    {
+    let rs = match session::fetch(&api, "RestoreSession", &target.namespace, &target.name).await? {
         Ok(s) => s,
         Err(why) => return Ok(Outcome::NotClaimed { why }),
     };
+    // Another product's restore (a database's, a volume's) is left exactly as it is.
+    if let Some(why) = Owners::new(&ctx.kube)
+        .restore_session(&rs)
+        .await?
+        .others_reason()
+    {
+        tracing::debug!(session = %target.name, %why, "not a stashless RestoreSession");
+        return Ok(Outcome::NotClaimed { why });
+    }
+    if let Some(why) = session::not_pending("RestoreSession", &rs) {
+        return Ok(Outcome::NotClaimed { why });
+    }
     // An invalid timeOut fails the session after the claim (in `restore`); the default
     // bounds it until then.
     let limit = config::restore_time_limit(&rs, ctx.settings.default_timeout)
@@ -177,6 +188,8 @@ async fn restore(
     let ns = rs.namespace().unwrap_or_default();
     config::restore_time_limit(rs, Duration::ZERO)?;
     config::check_driver(rs.spec.driver.as_deref(), "restores")?;
+    config::check_task(rs.spec.task.as_ref(), VAULT_RESTORE_TASK)?;
+    config::check_restore_refused(rs)?;
     let repo_ref = rs
         .spec
         .repository

@@ -39,6 +39,16 @@ pub enum ScheduleError {
     #[error("schedule {schedule:?} is not a valid cron expression: {reason}")]
     Cron { schedule: String, reason: String },
     #[error(
+        "schedule {schedule:?}: the {field} field {value:?} is not valid ({reason}); {field} takes {range}"
+    )]
+    Field {
+        schedule: String,
+        field: &'static str,
+        value: String,
+        range: &'static str,
+        reason: String,
+    },
+    #[error(
         "schedule {0:?} never comes due (no date matches it, such as February 30th): fix the day-of-month or month field"
     )]
     Never(String),
@@ -72,22 +82,24 @@ impl FromStr for Schedule {
             .seconds(Seconds::Disallowed)
             .year(Year::Disallowed)
             .build();
-        let cron = parser.parse(expr).map_err(|e| ScheduleError::Cron {
-            schedule: shown(),
+        let cron = parser.parse(expr).map_err(|e| {
             // croner quotes the offending characters as they are.
-            reason: e
-                .to_string()
-                .chars()
-                .flat_map(|c| {
-                    let escaped: Vec<char> = if c.is_control() {
-                        c.escape_default().collect()
-                    } else {
-                        vec![c]
-                    };
-                    escaped
-                })
-                .take(300)
-                .collect(),
+            let reason = escape_controls(&e.to_string(), 300);
+            // croner's errors name neither the field nor its range ("Number out of
+            // bounds."): find the field by parsing each alone, the others left as `*`.
+            match offending_field(&parser, expr) {
+                Some((i, value)) => ScheduleError::Field {
+                    schedule: shown(),
+                    field: FIELDS[i].0,
+                    value: escape_controls(value, 40),
+                    range: FIELDS[i].1,
+                    reason,
+                },
+                None => ScheduleError::Cron {
+                    schedule: shown(),
+                    reason,
+                },
+            }
         })?;
         // "0 0 31 2 *" parses but no date ever matches: a configuration that looks valid
         // and never runs a backup.
@@ -99,6 +111,47 @@ impl FromStr for Schedule {
         }
         Ok(Schedule { cron, tz, source })
     }
+}
+
+/// The five fields of a Kubernetes cron schedule and the values each takes.
+const FIELDS: [(&str, &str); 5] = [
+    ("minute", "0-59"),
+    ("hour", "0-23"),
+    ("day-of-month", "1-31"),
+    ("month", "1-12 or JAN-DEC"),
+    ("day-of-week", "0-7 or SUN-SAT (0 and 7 are Sunday)"),
+];
+
+/// The first field that does not parse on its own (the others as `*`), with its text.
+fn offending_field<'a>(parser: &CronParser, expr: &'a str) -> Option<(usize, &'a str)> {
+    let fields: Vec<&str> = expr.split_whitespace().collect();
+    if fields.len() != FIELDS.len() {
+        return None;
+    }
+    (0..fields.len()).find_map(|i| {
+        let probe: Vec<&str> = (0..fields.len())
+            .map(|j| if j == i { fields[i] } else { "*" })
+            .collect();
+        parser
+            .parse(&probe.join(" "))
+            .is_err()
+            .then_some((i, fields[i]))
+    })
+}
+
+/// At most `max` characters of `s`, control characters shown escaped.
+fn escape_controls(s: &str, max: usize) -> String {
+    s.chars()
+        .flat_map(|c| {
+            let escaped: Vec<char> = if c.is_control() {
+                c.escape_default().collect()
+            } else {
+                vec![c]
+            };
+            escaped
+        })
+        .take(max)
+        .collect()
 }
 
 fn shorten(s: &str) -> String {
@@ -276,8 +329,30 @@ mod tests {
         assert!(e.to_string().contains("has 4 fields"), "{e}");
         let e = "0 0 * * * *".parse::<Schedule>().unwrap_err();
         assert!(e.to_string().contains("has 6 fields"), "{e}");
+        // Out of range or malformed: the field is named, with what it takes.
+        for (schedule, field, range) in [
+            ("61 * * * *", "minute", "0-59"),
+            ("0 24 * * *", "hour", "0-23"),
+            ("0 0 0 * *", "day-of-month", "1-31"),
+            ("0 0 1 13 *", "month", "1-12"),
+            ("0 0 * * 8", "day-of-week", "0-7"),
+            ("0 0 * * MONDAY", "day-of-week", "SUN-SAT"),
+            ("*/x * * * *", "minute", "0-59"),
+        ] {
+            let e = schedule.parse::<Schedule>().unwrap_err();
+            assert!(matches!(e, ScheduleError::Field { .. }), "{schedule}: {e}");
+            let msg = e.to_string();
+            assert!(
+                msg.contains(&format!("the {field} field")) && msg.contains(range),
+                "{schedule}: {msg}"
+            );
+        }
         let e = "61 * * * *".parse::<Schedule>().unwrap_err();
-        assert!(matches!(e, ScheduleError::Cron { .. }), "{e}");
+        assert!(
+            e.to_string()
+                .starts_with("schedule \"61 * * * *\": the minute field \"61\" is not valid ("),
+            "{e}"
+        );
         let e = "CRON_TZ=Mars/Olympus 0 * * * *"
             .parse::<Schedule>()
             .unwrap_err();

@@ -15,10 +15,12 @@ use crate::api::{
     BackupConfiguration, BackupInvokerRef, BackupSession, BackupSessionSpec, LABEL_INVOKER_NAME,
     LABEL_INVOKER_TYPE, LABEL_MANAGED_BY, MANAGED_BY, STASH_GROUP,
 };
+use crate::cluster::{EventType, record_event};
 use crate::context::NamespaceScope;
 use crate::error::{Error, Result, api_code};
 use crate::events::Tick;
 use crate::schedule::session_name;
+use crate::serve::{Owners, Verdict};
 use crate::{config, session, status};
 
 #[derive(Debug, Clone)]
@@ -62,6 +64,9 @@ pub struct TickReport {
     /// Due sessions that already existed (a duplicate or retried tick).
     pub existing: Vec<String>,
     pub paused: Vec<String>,
+    /// Configurations that are not stashless's (another product's target, or annotated
+    /// `stashless.io/serve: "false"`): left untouched, no status and no session.
+    pub left_alone: Vec<String>,
     /// Configurations that are Invalid (schedule, driver, retentionPolicy, timeOut), and why.
     pub invalid: BTreeMap<String, String>,
     /// Configurations whose session could not be created, and why.
@@ -85,6 +90,7 @@ pub async fn tick(
     }
     // Configurations are independent: a bounded number at a time, so a tick over a
     // thousand of them is one round trip deep per CONCURRENT_CONFIGS, not a thousand.
+    let owners = &Owners::new(client);
     let mut outcomes: Vec<(String, ConfigOutcome)> =
         futures::stream::iter(configs.into_iter().map(|config| async move {
             let key = format!(
@@ -92,7 +98,14 @@ pub async fn tick(
                 config.namespace().unwrap_or_default(),
                 config.name_any()
             );
-            let outcome = tick_one(client, config, &key, now, settings).await;
+            let outcome = match owners.config(&config).await {
+                Ok(Verdict::Ours) => tick_one(client, config, &key, now, settings).await,
+                Ok(Verdict::Others(why)) => {
+                    tracing::debug!(config = %key, %why, "not a stashless BackupConfiguration");
+                    ConfigOutcome::LeftAlone
+                }
+                Err(e) => ConfigOutcome::Error(e.reason()),
+            };
             (key, outcome)
         }))
         .buffer_unordered(CONCURRENT_CONFIGS)
@@ -106,6 +119,7 @@ pub async fn tick(
                 report.invalid.insert(key, e);
             }
             ConfigOutcome::Paused => report.paused.push(key),
+            ConfigOutcome::LeftAlone => report.left_alone.push(key),
             ConfigOutcome::Created(name) => report.created.push(name),
             ConfigOutcome::Existing(name) => report.existing.push(name),
             ConfigOutcome::Error(e) => {
@@ -124,6 +138,7 @@ enum ConfigOutcome {
     NotDue,
     Invalid(String),
     Paused,
+    LeftAlone,
     Created(String),
     Existing(String),
     Error(String),
@@ -235,5 +250,18 @@ async fn mark_validity(
         Api::namespaced(client.clone(), &config.namespace().unwrap_or_default());
     if let Err(e) = session::patch_status(&api, &config.name_any(), &status).await {
         tracing::warn!(config = %config.name_any(), error = %e, "could not write BackupConfiguration status");
+        return;
+    }
+    // Stash records an Event when a configuration turns Invalid; once per change of reason,
+    // as the status write above happens only then.
+    if let Err(reason) = validity {
+        record_event(
+            client,
+            config,
+            EventType::Warning,
+            "ResourceValidationFailed",
+            reason,
+        )
+        .await;
     }
 }

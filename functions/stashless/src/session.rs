@@ -117,27 +117,31 @@ impl HasPhase for RestoreSession {
     }
 }
 
-/// Re-read a session named by an event. `Ok(Err(why))` when it is not ours to run: gone,
-/// or already past Pending (a duplicate or late delivery).
-pub async fn fetch_pending<K>(
+/// Re-read a session named by an event. `Ok(Err(why))` when it is not there (deleted, or
+/// never created: an event cannot tell which).
+pub async fn fetch<K>(
     api: &Api<K>,
     kind: &str,
     namespace: &str,
     name: &str,
 ) -> Result<std::result::Result<K, String>>
 where
-    K: Resource + Clone + DeserializeOwned + Debug + HasPhase,
+    K: Resource + Clone + DeserializeOwned + Debug,
 {
     match api.get_opt(name).await {
-        Ok(Some(s)) => match s.phase() {
-            Some(p) if p != SessionPhase::Pending => {
-                Ok(Err(format!("the {kind} is already {}", p.as_str())))
-            }
-            _ => Ok(Ok(s)),
-        },
-        // Deleted, or never created: an event cannot tell which.
+        Ok(Some(s)) => Ok(Ok(s)),
         Ok(None) => Ok(Err(format!("there is no {kind} {namespace}/{name}"))),
         Err(e) => Err(Error::kube(format!("reading {kind} {namespace}/{name}"), e)),
+    }
+}
+
+/// Why a session is not one to claim: already past Pending (a duplicate or late delivery).
+pub fn not_pending<K: HasPhase>(kind: &str, s: &K) -> Option<String> {
+    match s.phase() {
+        Some(p) if p != SessionPhase::Pending => {
+            Some(format!("the {kind} is already {}", p.as_str()))
+        }
+        _ => None,
     }
 }
 

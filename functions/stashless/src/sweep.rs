@@ -12,6 +12,8 @@
 //!   returned for dispatching again. The functions re-read and claim, so a duplicate is
 //!   harmless.
 //!
+//! Only stashless's sessions ([`crate::serve`]) are repaired or handed on.
+//!
 //! Every write carries the resourceVersion the sweep saw: if the function finished in the
 //! meantime, the write conflicts and the function's own status stands.
 
@@ -26,6 +28,7 @@ use crate::api::{BackupConfiguration, BackupSession, RestoreSession, SessionPhas
 use crate::context::NamespaceScope;
 use crate::error::{Error, Result};
 use crate::events::SessionRef;
+use crate::serve::Owners;
 use crate::session::{self, HasPhase};
 use crate::status::{self, FailedTarget};
 
@@ -109,14 +112,18 @@ pub async fn sweep(
         .zip(namespaces.apis::<BackupConfiguration>(client));
     for ((backups, restores), configs) in scopes {
         let lp = ListParams::default();
-        let existing: BTreeSet<(String, String)> = configs
+        let listed = configs
             .list(&lp)
             .await
             .map_err(|e| Error::kube("listing BackupConfigurations", e))?
-            .items
+            .items;
+        let existing: BTreeSet<(String, String)> = listed
             .iter()
             .map(|c| (c.namespace().unwrap_or_default(), c.name_any()))
             .collect();
+        // Only stashless's sessions are repaired or handed on; another product's are not
+        // even looked at further.
+        let owners = Owners::new(client).knowing_configs(&listed);
         for bs in backups
             .list(&lp)
             .await
@@ -154,16 +161,19 @@ pub async fn sweep(
             } else {
                 running_lost
             };
+            let redispatch = settle
+                || (matches!(phase, None | Some(SessionPhase::Pending))
+                    && now - created(&bs.metadata) > s.pending_grace);
+            if (reason.is_some() || redispatch) && !owners.backup_session(&bs).await?.0.is_ours() {
+                continue;
+            }
             if let Some(reason) = reason {
                 let status =
                     status::backup_failed(bs.conditions(), &reason, None, FailedTarget::Unnamed);
                 if session::patch_status_if_unchanged(&api, &bs, &status).await? {
                     report.failed.insert(key, reason);
                 }
-            } else if settle
-                || (matches!(phase, None | Some(SessionPhase::Pending))
-                    && now - created(&bs.metadata) > s.pending_grace)
-            {
+            } else if redispatch {
                 report.redispatch.push(SessionRef {
                     kind: Some("BackupSession".into()),
                     namespace: ns,
@@ -180,6 +190,13 @@ pub async fn sweep(
             let ns = rs.namespace().unwrap_or_default();
             let api: Api<RestoreSession> = Api::namespaced(client.clone(), &ns);
             let phase = rs.phase();
+            let active = matches!(
+                phase,
+                None | Some(SessionPhase::Pending) | Some(SessionPhase::Running)
+            );
+            if !active || !owners.restore_session(&rs).await?.is_ours() {
+                continue;
+            }
             if phase == Some(SessionPhase::Running) {
                 let deadline = rs
                     .status
