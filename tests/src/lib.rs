@@ -203,7 +203,8 @@ impl Cluster {
         Api::namespaced(self.client.clone(), NS)
     }
 
-    /// Create any object from JSON in namespace `vault`.
+    /// Create any object from JSON in namespace `vault`, sent as it is (as `kubectl apply`
+    /// would: fields stashless does not model reach the server too), read back typed.
     pub async fn create<K>(&self, obj: Value) -> Result<K>
     where
         K: kube::Resource<Scope = kube::core::NamespaceResourceScope, DynamicType = ()>
@@ -212,8 +213,17 @@ impl Cluster {
             + serde::Serialize
             + std::fmt::Debug,
     {
-        let k: K = serde_json::from_value(obj)?;
-        Ok(self.api::<K>().create(&PostParams::default(), &k).await?)
+        let ar = kube::api::ApiResource::erase::<K>(&());
+        let api: Api<kube::api::DynamicObject> = Api::namespaced_with(self.client.clone(), NS, &ar);
+        let mut raw: kube::api::DynamicObject = serde_json::from_value(obj)?;
+        if raw.types.is_none() {
+            raw.types = Some(kube::api::TypeMeta {
+                api_version: ar.api_version.clone(),
+                kind: ar.kind.clone(),
+            });
+        }
+        let created = api.create(&PostParams::default(), &raw).await?;
+        Ok(serde_json::from_value(serde_json::to_value(created)?)?)
     }
 
     pub async fn secret(&self, name: &str, data: &[(&str, &str)]) -> Result<Secret> {

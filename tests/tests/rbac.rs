@@ -161,6 +161,11 @@ async fn cycle(
     let backup_ctx = Context::new(ids.backup.clone(), settings.clone());
     let restore_ctx = Context::new(ids.restore.clone(), settings);
     let mut spans = Vec::new();
+    // An Invalid configuration: the scheduler records it in status and with an Event.
+    cluster
+        .backup_config(ConfigBuilder::new("bad").schedule("61 * * * *"))
+        .await
+        .unwrap();
 
     for hour in [10, 11] {
         let t = Tick {
@@ -190,6 +195,19 @@ async fn cycle(
         cfg.status.and_then(|s| s.phase).as_deref(),
         Some("Ready"),
         "the scheduler records validity"
+    );
+    let bad: BackupConfiguration = cluster.api().get("bad").await.unwrap();
+    assert_eq!(bad.status.and_then(|s| s.phase).as_deref(), Some("Invalid"));
+    let events: Api<Event> = Api::namespaced(cluster.client.clone(), NS);
+    assert!(
+        events
+            .list(&Default::default())
+            .await
+            .unwrap()
+            .items
+            .iter()
+            .any(|e| e.involved_object.name.as_deref() == Some("bad")),
+        "the scheduler records an Invalid configuration with an Event"
     );
     let repo: Repository = cluster.api().get("repo").await.unwrap();
     assert_eq!(
@@ -228,7 +246,10 @@ async fn cycle(
         .unwrap();
 
     // A backup of a configuration that no longer exists, Running (its function alive).
-    let orphan = cluster.new_session("gone", "gone-1").await.unwrap();
+    let orphan = cluster
+        .new_stashless_session("gone", "gone-1")
+        .await
+        .unwrap();
     let Claim::Claimed(_) = session::claim(&api, &orphan, Utc::now() + Duration::minutes(10))
         .await
         .unwrap()

@@ -47,7 +47,9 @@ async fn bridge_binary_health_delivery_and_shutdown() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    cluster.new_session("cfg", "cfg-1").await.unwrap();
+    // A session stashless's scheduler created (a Stash CronJob's, of no configuration
+    // here, would not be stashless's to dispatch).
+    cluster.new_stashless_session("cfg", "cfg-1").await.unwrap();
     let entry = loop {
         if let Some(e) = bus.accepted().await.into_iter().next() {
             break e;

@@ -421,7 +421,7 @@ mod tests {
             (
                 &["retentionPolicy", "keepTags"],
                 serde_json::json!(["gold"]),
-                "keepTags is set",
+                "spec.retentionPolicy.keepTags is set",
             ),
         ] {
             let c = with(path, v);

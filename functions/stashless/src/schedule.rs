@@ -39,7 +39,7 @@ pub enum ScheduleError {
     #[error("schedule {schedule:?} is not a valid cron expression: {reason}")]
     Cron { schedule: String, reason: String },
     #[error(
-        "schedule {schedule:?}: the {field} field {value:?} is not valid ({reason}); {field} takes {range}"
+        "schedule {schedule:?}: the {field} field \"{value}\" is not valid ({reason}); {field} takes {range}"
     )]
     Field {
         schedule: String,

@@ -9,10 +9,12 @@
 //!    scheduler created it (`app.kubernetes.io/managed-by: stashless`);
 //! 3. the target: a reference to another kind than AppBinding (a Deployment, a
 //!    StatefulSet) is not ours; an AppBinding is ours when its `spec.type` is a Vault one
-//!    ([`VAULT_TYPES`], case-insensitive) and not ours otherwise (`kubedb.com/postgres`);
-//! 4. an AppBinding that is not there: ours only when the Task is a Vault task
-//!    (`vault-backup-*` / `vault-restore-*`), so a Vault configuration whose AppBinding was
-//!    renamed fails aloud instead of silently stopping; anything else is left alone.
+//!    ([`VAULT_TYPES`], case-insensitive) and not ours when it is another
+//!    (`kubedb.com/postgres`);
+//! 4. an AppBinding that is not there or has no type: ours only when the Task is a Vault
+//!    task (`vault-backup-*` / `vault-restore-*`), so a Vault configuration whose
+//!    AppBinding was renamed fails aloud instead of silently stopping; anything else is
+//!    left alone.
 //!
 //! Reads here are of the Stash objects and AppBindings only (never a Secret).
 
@@ -142,6 +144,8 @@ pub fn decide(
             "its target is a {kind}, not a Vault AppBinding: left to Stash"
         )),
         Target::AppBinding { type_: Some(t), .. } if is_vault_type(t) => Verdict::Ours,
+        // No type at all: nothing says whose it is; a Vault task does.
+        Target::AppBinding { type_: None, .. } if vault_task => Verdict::Ours,
         Target::AppBinding { key, type_ } => Verdict::Others(format!(
             "AppBinding {key} is of type {:?}, not a Vault one ({}): left to Stash",
             type_.as_deref().unwrap_or(""),
@@ -305,6 +309,7 @@ impl Owners {
                     .get("spec")
                     .and_then(|s| s.get("type"))
                     .and_then(|t| t.as_str())
+                    .filter(|t| !t.trim().is_empty())
                     .map(str::to_string),
             ),
             Err(e) if api_code(&e) == Some(404) => None,
@@ -370,7 +375,8 @@ mod tests {
             key: "ns/x".into(),
             type_: None,
         };
-        assert!(!decide(None, None, false, &no_type, true).is_ours());
+        assert!(decide(None, None, false, &no_type, true).is_ours());
+        assert!(!decide(None, None, false, &no_type, false).is_ours());
         let deployment = Target::OtherKind("Deployment".into());
         assert!(
             matches!(decide(None, None, false, &deployment, true), Verdict::Others(why) if why.contains("Deployment"))

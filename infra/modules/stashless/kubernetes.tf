@@ -206,6 +206,19 @@ resource "kubernetes_cluster_role_v1" "bridge" {
     resources  = ["backupsessions", "restoresessions", "backupconfigurations"]
     verbs      = ["list", "watch"]
   }
+
+  # whether a change is stashless's to dispatch (functions/stashless/src/serve.rs)
+  rule {
+    api_groups = ["stash.appscode.com"]
+    resources  = ["backupconfigurations"]
+    verbs      = ["get"]
+  }
+
+  rule {
+    api_groups = ["appcatalog.appscode.com"]
+    resources  = ["appbindings"]
+    verbs      = ["get"]
+  }
 }
 
 resource "kubernetes_cluster_role_binding_v1" "bridge" {
