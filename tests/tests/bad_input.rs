@@ -533,6 +533,25 @@ async fn stash_fields_stashless_does_not_act_on_are_refused_aloud() {
     // A session of a refused configuration, delivered anyway, fails with the same reason
     // before Vault or S3 is touched.
     b.backup_fails("exec-hook", &["spec.hooks is set"]).await;
+    // A Repository with another backend beside s3 (the other would be silently unused).
+    b.cluster
+        .create::<Repository>(b.repository_json(
+            "two-backends",
+            json!({}),
+            json!({"backend": {"gcs": {"bucket": "elsewhere"}}}),
+        ))
+        .await
+        .unwrap();
+    b.config("two-backends", "two-backends", "vault", json!({}))
+        .await;
+    b.backup_fails(
+        "two-backends",
+        &[
+            "sets spec.backend.gcs beside spec.backend.s3",
+            "remove spec.backend.gcs",
+        ],
+    )
+    .await;
 }
 
 // ------------------------------------------------------------------------ retention

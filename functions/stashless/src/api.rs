@@ -649,6 +649,43 @@ pub struct Backend {
     pub storage_secret_name: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub s3: Option<S3Spec>,
+    /// Stash's other backends: read only to refuse them with a reason, never written back.
+    #[serde(default, skip_serializing)]
+    #[schemars(skip)]
+    pub azure: Option<serde_json::Value>,
+    #[serde(default, skip_serializing)]
+    #[schemars(skip)]
+    pub b2: Option<serde_json::Value>,
+    #[serde(default, skip_serializing)]
+    #[schemars(skip)]
+    pub gcs: Option<serde_json::Value>,
+    #[serde(default, skip_serializing)]
+    #[schemars(skip)]
+    pub local: Option<serde_json::Value>,
+    #[serde(default, skip_serializing)]
+    #[schemars(skip)]
+    pub rest: Option<serde_json::Value>,
+    #[serde(default, skip_serializing)]
+    #[schemars(skip)]
+    pub swift: Option<serde_json::Value>,
+}
+
+impl Backend {
+    /// The backends set besides `s3`, by their field names.
+    pub fn others(&self) -> Vec<&'static str> {
+        [
+            ("azure", &self.azure),
+            ("b2", &self.b2),
+            ("gcs", &self.gcs),
+            ("local", &self.local),
+            ("rest", &self.rest),
+            ("swift", &self.swift),
+        ]
+        .into_iter()
+        .filter(|(_, v)| v.as_ref().is_some_and(|v| !v.is_null()))
+        .map(|(name, _)| name)
+        .collect()
+    }
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]

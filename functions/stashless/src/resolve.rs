@@ -75,6 +75,11 @@ pub async fn repository(
             "{label} sets spec.wipeOut, which stashless does not do: deleting the Repository leaves its snapshots in the bucket; remove spec.wipeOut and delete the snapshots under the prefix yourself"
         )));
     }
+    if let (Some(_), Some(other)) = (&repo.spec.backend.s3, repo.spec.backend.others().first()) {
+        return Err(Error::invalid(format!(
+            "{label} sets spec.backend.{other} beside spec.backend.s3: stashless stores snapshots only in S3; remove spec.backend.{other}"
+        )));
+    }
     let s3 = repo.spec.backend.s3.clone().ok_or_else(|| {
         Error::invalid(format!(
             "{label} has no spec.backend.s3: stashless stores snapshots in S3 or an S3-compatible store"
