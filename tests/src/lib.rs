@@ -8,6 +8,7 @@ pub mod leaks;
 pub mod moto;
 pub mod procs;
 pub mod put_events;
+pub mod recorder;
 pub mod runtime_api;
 pub mod world;
 
@@ -320,36 +321,36 @@ impl Cluster {
 
     /// A BackupSession as Stash's CronJob would create it (no scheduler involved).
     pub async fn new_session(&self, config: &str, name: &str) -> Result<BackupSession> {
-        self.create(json!({
-            "apiVersion": "stash.appscode.com/v1beta1", "kind": "BackupSession",
-            "metadata": {"name": name, "labels": {
-                "stash.appscode.com/invoker-type": "BackupConfiguration",
-                "stash.appscode.com/invoker-name": config,
-            }},
-            "spec": {"invoker": {"apiGroup": "stash.appscode.com", "kind": "BackupConfiguration", "name": config}}
-        }))
-        .await
+        self.create(session_json(config, name, false)).await
     }
 
     /// A BackupSession as stashless's scheduler creates it (labelled
     /// `app.kubernetes.io/managed-by: stashless`): ours even when its configuration is gone.
     pub async fn new_stashless_session(&self, config: &str, name: &str) -> Result<BackupSession> {
-        self.create(json!({
-            "apiVersion": "stash.appscode.com/v1beta1", "kind": "BackupSession",
-            "metadata": {"name": name, "labels": {
-                "stash.appscode.com/invoker-type": "BackupConfiguration",
-                "stash.appscode.com/invoker-name": config,
-                "app.kubernetes.io/managed-by": "stashless",
-            }},
-            "spec": {"invoker": {"apiGroup": "stash.appscode.com", "kind": "BackupConfiguration", "name": config}}
-        }))
-        .await
+        self.create(session_json(config, name, true)).await
     }
 
     /// Backup function context against this cluster.
     pub fn backup_context(&self, pushgateway: Option<String>) -> Arc<Context> {
         context_for(self.client.clone(), pushgateway)
     }
+}
+
+/// A BackupSession of `config` with Stash's invoker labels, and stashless's managed-by label
+/// when `by_stashless`.
+fn session_json(config: &str, name: &str, by_stashless: bool) -> Value {
+    let mut labels = json!({
+        "stash.appscode.com/invoker-type": "BackupConfiguration",
+        "stash.appscode.com/invoker-name": config,
+    });
+    if by_stashless {
+        labels["app.kubernetes.io/managed-by"] = json!("stashless");
+    }
+    json!({
+        "apiVersion": "stash.appscode.com/v1beta1", "kind": "BackupSession",
+        "metadata": {"name": name, "labels": labels},
+        "spec": {"invoker": {"apiGroup": "stash.appscode.com", "kind": "BackupConfiguration", "name": config}}
+    })
 }
 
 /// The test settings (small parts) with this Kubernetes client: e.g. one that reaches the

@@ -101,6 +101,17 @@ impl Bench {
             .unwrap();
     }
 
+    /// The names of every BackupSession in the namespace.
+    async fn session_names(&self) -> Vec<String> {
+        self.cluster
+            .sessions()
+            .await
+            .unwrap()
+            .iter()
+            .filter_map(|s| s.metadata.name.clone())
+            .collect()
+    }
+
     /// A configuration `cfg` (Repository `repo`, AppBinding `target`) with `spec` merged in.
     async fn config(&self, cfg: &str, repo: &str, target: &str, spec: Value) {
         let mut c = ConfigBuilder::new(cfg)
@@ -457,14 +468,7 @@ async fn invalid_cron_schedules_mark_the_configuration_invalid() {
             .iter()
             .any(|e| e.involved_object.name.as_deref() == Some("good"))
     );
-    let sessions: Vec<String> = b
-        .cluster
-        .sessions()
-        .await
-        .unwrap()
-        .iter()
-        .filter_map(|s| s.metadata.name.clone())
-        .collect();
+    let sessions = b.session_names().await;
     assert_eq!(sessions.len(), 1, "{sessions:?}");
     assert!(sessions[0].starts_with("good-"), "{sessions:?}");
     b.assert_contained(&[]).await;
@@ -520,14 +524,7 @@ async fn stash_fields_stashless_does_not_act_on_are_refused_aloud() {
     }
     b.config("good", "repo", "vault", json!({})).await;
     b.tick_marks_invalid(&cases).await;
-    let sessions: Vec<String> = b
-        .cluster
-        .sessions()
-        .await
-        .unwrap()
-        .iter()
-        .filter_map(|s| s.metadata.name.clone())
-        .collect();
+    let sessions = b.session_names().await;
     assert_eq!(sessions.len(), 1, "{sessions:?}");
     assert!(sessions[0].starts_with("good-"), "{sessions:?}");
     // A session of a refused configuration, delivered anyway, fails with the same reason

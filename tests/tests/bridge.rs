@@ -146,7 +146,7 @@ async fn session_changes_arrive_on_the_bus_as_documented() {
 
 use stashless::dispatch::{Change, Dispatch};
 use stashless_tests::put_events::PutEventsServer;
-use tokio::sync::Mutex;
+use stashless_tests::recorder::Recorder;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fault_eventbridge_partial_put_events_failures_are_retried_and_never_doubled() {
@@ -188,31 +188,6 @@ async fn fault_eventbridge_partial_put_events_failures_are_retried_and_never_dou
             .all(|e| e["Source"] == SOURCE && e["EventBusName"] == "stashless")
     );
     assert_eq!(accepted[0]["DetailType"], "BackupSession Added");
-}
-
-/// Records what the bridge dispatches.
-#[derive(Default)]
-struct Recorder(Mutex<Vec<Change>>);
-
-#[async_trait::async_trait]
-impl Dispatch for Recorder {
-    async fn dispatch(&self, changes: &[Change]) -> stashless::Result<()> {
-        self.0.lock().await.extend_from_slice(changes);
-        Ok(())
-    }
-}
-
-impl Recorder {
-    async fn wait_for(&self, n: usize) -> Vec<Change> {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        loop {
-            let got = self.0.lock().await.clone();
-            if got.len() >= n || tokio::time::Instant::now() > deadline {
-                return got;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
 }
 
 fn session(name: &str) -> Value {

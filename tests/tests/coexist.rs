@@ -14,26 +14,14 @@ use kube::{Api, ResourceExt};
 use serde_json::{Value, json};
 use stashless::api::{BackupSession, RestoreSession, SessionPhase};
 use stashless::context::NamespaceScope;
-use stashless::dispatch::{Change, Dispatch, Health, bridge, scheduled_tick};
+use stashless::dispatch::{Health, bridge, scheduled_tick};
 use stashless::events::Tick;
 use stashless::scheduler::SchedulerSettings;
 use stashless::session::Outcome;
 use stashless::sweep::SweepSettings;
 use stashless::{backup, restore};
+use stashless_tests::recorder::Recorder;
 use stashless_tests::{NS, World, init_logs, session_ref};
-use tokio::sync::Mutex;
-
-/// Records what would be dispatched.
-#[derive(Default)]
-struct Recorder(Mutex<Vec<Change>>);
-
-#[async_trait::async_trait]
-impl Dispatch for Recorder {
-    async fn dispatch(&self, changes: &[Change]) -> stashless::Result<()> {
-        self.0.lock().await.extend_from_slice(changes);
-        Ok(())
-    }
-}
 
 /// Stash's objects for a KubeDB PostgreSQL and a Deployment's volume, as Stash and its
 /// users create them: (plural, manifest).

@@ -186,6 +186,19 @@ pub fn human_size(bytes: u64) -> String {
     }
 }
 
+/// Whether a field a user wrote carries something (not absent, null, empty or ""): how a
+/// field read only to be refused is judged set.
+pub fn is_set(v: Option<&serde_json::Value>) -> bool {
+    use serde_json::Value;
+    match v {
+        None | Some(Value::Null) => false,
+        Some(Value::Object(m)) => !m.is_empty(),
+        Some(Value::Array(a)) => !a.is_empty(),
+        Some(Value::String(s)) => !s.is_empty(),
+        Some(_) => true,
+    }
+}
+
 // ---------------------------------------------------------------- shared spec pieces
 
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
@@ -682,7 +695,7 @@ impl Backend {
             ("swift", &self.swift),
         ]
         .into_iter()
-        .filter(|(_, v)| v.as_ref().is_some_and(|v| !v.is_null()))
+        .filter(|(_, v)| is_set(v.as_ref()))
         .map(|(name, _)| name)
         .collect()
     }

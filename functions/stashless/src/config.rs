@@ -5,10 +5,9 @@
 
 use std::time::Duration;
 
-use serde_json::Value;
-
 use crate::api::{
-    BackupConfiguration, BackupSession, DEFAULT_HOST, RestoreSession, TaskRef, parse_go_duration,
+    BackupConfiguration, BackupSession, DEFAULT_HOST, RestoreSession, TaskRef, is_set,
+    parse_go_duration,
 };
 use crate::error::{Error, Result};
 use crate::retention::KeepPolicy;
@@ -75,17 +74,6 @@ pub fn check_task(task: Option<&TaskRef>, prefix: &str) -> Result<()> {
             "spec.task.name is {:?}: stashless runs only Stash's Vault tasks ({prefix}*); remove spec.task, name a {prefix}* task, or leave this object to Stash ({SERVE_ANNOTATION}: \"false\")",
             name.chars().take(100).collect::<String>()
         ))),
-    }
-}
-
-/// Whether a field a user wrote carries something (not absent, null, empty or "").
-fn is_set(v: Option<&Value>) -> bool {
-    match v {
-        None | Some(Value::Null) => false,
-        Some(Value::Object(m)) => !m.is_empty(),
-        Some(Value::Array(a)) => !a.is_empty(),
-        Some(Value::String(s)) => !s.is_empty(),
-        Some(_) => true,
     }
 }
 
@@ -296,6 +284,8 @@ pub fn time_limit(field: &str, raw: Option<&str>, default: Duration) -> Result<D
 
 #[cfg(test)]
 mod tests {
+    use serde_json::Value;
+
     use super::*;
     use crate::api::BackupConfigurationSpec;
     use crate::error::ErrorKind;

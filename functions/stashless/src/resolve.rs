@@ -5,7 +5,7 @@
 use base64::Engine;
 use kube::{Api, Client, ResourceExt};
 
-use crate::api::{AppBinding, ClientConfig, ObjectRef, Repository, TargetRef};
+use crate::api::{AppBinding, ClientConfig, ObjectRef, Repository, TargetRef, is_set};
 use crate::cluster::{read_secret, secret_text};
 use crate::error::{Error, Result, api_code};
 use crate::repository::{Location, StaticCredentials, Tuning, normalise_prefix};
@@ -414,11 +414,7 @@ pub async fn vault_target(
 /// hint why).
 fn refuse_unsupported(ab: &AppBinding, label: &str) -> Result<()> {
     let cc = &ab.spec.client_config;
-    let set = |v: &Option<serde_json::Value>| {
-        v.as_ref().is_some_and(|v| {
-            !v.is_null() && v != &serde_json::json!({}) && v != &serde_json::json!("")
-        })
-    };
+    let set = |v: &Option<serde_json::Value>| is_set(v.as_ref());
     let why = if cc.service.as_ref().is_some_and(|s| set(&s.query)) {
         "sets spec.clientConfig.service.query: the Vault address takes no query; remove it"
     } else if cc.server_name.as_deref().is_some_and(|n| !n.is_empty()) {

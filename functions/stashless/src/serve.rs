@@ -200,19 +200,13 @@ impl Owners {
 
     /// Whether a BackupConfiguration is ours.
     pub async fn config(&self, config: &BackupConfiguration) -> Result<Verdict> {
-        let own = annotation(&config.metadata);
-        if own.is_some() {
-            return Ok(decide(own, None, false, &Target::NoRef, false));
-        }
-        let ns = config.namespace().unwrap_or_default();
-        let target = self.target(config.target_ref(), &ns).await?;
-        Ok(decide(
-            None,
-            None,
-            false,
-            &target,
-            is_vault_task(config.spec.task.as_ref(), VAULT_BACKUP_TASK),
-        ))
+        self.judge(
+            &config.metadata,
+            config.target_ref(),
+            config.spec.task.as_ref(),
+            VAULT_BACKUP_TASK,
+        )
+        .await
     }
 
     /// Whether a BackupSession is ours, with its BackupConfiguration when it has one.
@@ -250,18 +244,35 @@ impl Owners {
 
     /// Whether a RestoreSession is ours.
     pub async fn restore_session(&self, rs: &RestoreSession) -> Result<Verdict> {
-        let own = annotation(&rs.metadata);
+        self.judge(
+            &rs.metadata,
+            rs.target_ref(),
+            rs.spec.task.as_ref(),
+            VAULT_RESTORE_TASK,
+        )
+        .await
+    }
+
+    /// A configuration or RestoreSession: its own annotation, else its target and task.
+    async fn judge(
+        &self,
+        meta: &ObjectMeta,
+        target: Option<&TargetRef>,
+        task: Option<&TaskRef>,
+        task_prefix: &str,
+    ) -> Result<Verdict> {
+        let own = annotation(meta);
         if own.is_some() {
             return Ok(decide(own, None, false, &Target::NoRef, false));
         }
-        let ns = rs.namespace().unwrap_or_default();
-        let target = self.target(rs.target_ref(), &ns).await?;
+        let ns = meta.namespace.clone().unwrap_or_default();
+        let target = self.target(target, &ns).await?;
         Ok(decide(
             None,
             None,
             false,
             &target,
-            is_vault_task(rs.spec.task.as_ref(), VAULT_RESTORE_TASK),
+            is_vault_task(task, task_prefix),
         ))
     }
 
