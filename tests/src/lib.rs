@@ -4,6 +4,7 @@
 
 pub mod bao_extra;
 pub mod faults;
+pub mod hook_server;
 pub mod leaks;
 pub mod moto;
 pub mod procs;
@@ -485,6 +486,8 @@ pub struct ConfigBuilder {
     pub paused: bool,
     pub history_limit: Option<i64>,
     pub time_out: Option<String>,
+    pub hooks: Option<Value>,
+    pub retry: Option<Value>,
 }
 
 impl ConfigBuilder {
@@ -498,7 +501,19 @@ impl ConfigBuilder {
             paused: false,
             history_limit: None,
             time_out: None,
+            hooks: None,
+            retry: None,
         }
+    }
+    /// `spec.hooks`.
+    pub fn hooks(mut self, h: Value) -> Self {
+        self.hooks = Some(h);
+        self
+    }
+    /// `spec.retryConfig`.
+    pub fn retry(mut self, r: Value) -> Self {
+        self.retry = Some(r);
+        self
     }
     pub fn schedule(mut self, s: &str) -> Self {
         self.schedule = s.into();
@@ -542,6 +557,12 @@ impl ConfigBuilder {
         }
         if let Some(t) = self.time_out {
             spec["timeOut"] = json!(t);
+        }
+        if let Some(h) = self.hooks {
+            spec["hooks"] = h;
+        }
+        if let Some(r) = self.retry {
+            spec["retryConfig"] = r;
         }
         json!({
             "apiVersion": "stash.appscode.com/v1beta1", "kind": "BackupConfiguration",

@@ -484,12 +484,12 @@ async fn stash_fields_stashless_does_not_act_on_are_refused_aloud() {
         (
             "exec-hook",
             json!({"hooks": {"preBackup": {"exec": {"command": ["sh", "-c", "sync"]}, "containerName": "vault"}}}),
-            "spec.hooks is set",
+            "spec.hooks.preBackup.exec cannot run",
         ),
         (
-            "http-hook",
-            json!({"hooks": {"postBackup": {"httpPost": {"host": "hooks.example", "port": 8080, "path": "/done"}}}}),
-            "spec.hooks is set",
+            "hook-variable",
+            json!({"hooks": {"postBackup": {"httpPost": {"host": "hooks.example", "port": 8080, "body": "{{ .Status.Reason }}"}}}}),
+            "spec.hooks.postBackup.httpPost.body: the template action {{ .Status.Reason }} is not supported",
         ),
         (
             "retry",
@@ -529,7 +529,8 @@ async fn stash_fields_stashless_does_not_act_on_are_refused_aloud() {
     assert!(sessions[0].starts_with("good-"), "{sessions:?}");
     // A session of a refused configuration, delivered anyway, fails with the same reason
     // before Vault or S3 is touched.
-    b.backup_fails("exec-hook", &["spec.hooks is set"]).await;
+    b.backup_fails("exec-hook", &["spec.hooks.preBackup.exec cannot run"])
+        .await;
     // A Repository with another backend beside s3 (the other would be silently unused).
     b.cluster
         .create::<Repository>(b.repository_json(

@@ -1,9 +1,10 @@
 //! The Stash and AppBinding kinds, as Stash defines them (`reference/stash-crds/`).
 //!
 //! Only the fields stashless reads or writes are modelled. Fields a Stash user sets
-//! expecting an effect stashless does not have (hooks, retryConfig, keepTags, …) are read
-//! only to be refused with a reason (`config::check_refused` and friends; they are skipped
-//! in the generated schemas and never written); fields with no meaning without a pod
+//! expecting an effect stashless does not have (keepTags, alias, …) are read only to be
+//! refused with a reason (`config::check_refused` and friends; they are skipped in the
+//! generated schemas and never written); hooks are read as JSON and checked into typed
+//! hooks by `config::hooks`; fields with no meaning without a pod
 //! (runtimeSettings, interimVolumeTemplate, …) are not read. `docs/stash-fields.md` lists
 //! every field with its verdict. Nothing but `status` (via the status subresource) and new
 //! BackupSessions is ever written. Every field path here is checked against the
@@ -338,7 +339,8 @@ pub struct BackupConfigurationSpec {
     pub backup_history_limit: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub time_out: Option<String>,
-    /// Read only to refuse it with a reason (`config::refused`); never written back.
+    /// Stash's hooks, checked into typed hooks by `config::hooks` (which refuses what
+    /// cannot run) and run by `hooks`; never written back.
     #[serde(default, skip_serializing)]
     #[schemars(skip)]
     pub hooks: Option<serde_json::Value>,
@@ -510,7 +512,8 @@ pub struct RestoreSessionSpec {
     pub rules: Vec<RestoreRule>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub time_out: Option<String>,
-    /// Read only to refuse it with a reason (`config::refused`); never written back.
+    /// Stash's hooks, checked into typed hooks by `config::hooks` (which refuses what
+    /// cannot run) and run by `hooks`; never written back.
     #[serde(default, skip_serializing)]
     #[schemars(skip)]
     pub hooks: Option<serde_json::Value>,

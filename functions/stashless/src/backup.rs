@@ -21,11 +21,14 @@ use crate::api::{
 use crate::archive::{SnapshotInfo, SnapshotVerifier};
 use crate::cluster::{EventType, record_event};
 use crate::config;
+use crate::config::hooks::{Hooks, Stage, Summary};
 use crate::context::{Context, Progress};
 use crate::error::{Error, ErrorKind, Result};
 use crate::events::SessionRef;
+use crate::hooks::{self, Site};
 use crate::metrics::{self, BackupMeasure};
 use crate::repository::{Invoker, Manifest, MultipartUpload, ObjectId, Store, TargetId};
+use crate::resolve;
 use crate::retention::{self, Candidate};
 use crate::serve::Owners;
 use crate::session::{self, Claim, HasPhase, Outcome};
@@ -128,14 +131,114 @@ pub async fn run(
         return Ok(Outcome::Skipped { reason });
     }
 
-    match backup(ctx, &session, &config, started, deadline).await {
-        Ok(done) => finish_succeeded(ctx, &api, &session, &config, &siblings, started, done).await,
-        Err(e) => {
-            let reason = e.reason();
+    // Hooks that do not check fail the session in `backup` (check_config), before any runs.
+    let hooks = config::hooks::backup_hooks(config.spec.hooks.as_ref()).unwrap_or_default();
+    let site = hook_site(ctx, &session, &config, &hooks).await;
+    let mut session = session;
+    let result = backup(ctx, &mut session, &config, started, deadline, &hooks, &site).await;
+    let pre_failed = session
+        .conditions()
+        .iter()
+        .any(|c| c.type_ == Stage::PreBackup.condition() && c.status == "False");
+    // Stash runs the post-hook by its executionPolicy, but never after a failed pre-hook.
+    let post = hooks
+        .post
+        .as_ref()
+        .filter(|post| !pre_failed && post.policy.runs(result.is_ok(), false));
+    let post_ran = match post {
+        None => None,
+        Some(post) => {
+            let outcome = match &result {
+                Ok(_) => ("Succeeded", String::new()),
+                Err(e) => ("Failed", e.reason()),
+            };
+            let summary = summary(&session, &config, Some((outcome, started.elapsed())));
+            let at = hooks::post_deadline(deadline, lambda_deadline);
+            let ran = hooks::run(post, &summary, &site, at.into()).await;
+            note_hook(&mut session, post.stage, &ran);
+            Some(ran)
+        }
+    };
+    match (result, post_ran) {
+        (Ok(done), Some(ran)) if !ran.ok => {
+            let reason = format!(
+                "{}; snapshot {} was stored and verified and stays in the repository",
+                ran.message, done.manifest.name
+            );
+            finish_failed(ctx, &api, &session, Some(&config), started, reason).await
+        }
+        (Ok(done), _) => {
+            finish_succeeded(ctx, &api, &session, &config, &siblings, started, done).await
+        }
+        (Err(e), ran) => {
+            let mut reason = e.reason();
             tracing::warn!(error = %reason, kind = ?e.kind(), "backup failed");
+            if let Some(ran) = ran.filter(|r| !r.ok) {
+                reason = format!("{reason}; {}", ran.message);
+            }
             finish_failed(ctx, &api, &session, Some(&config), started, reason).await
         }
     }
+}
+
+/// Where this session's hooks are called from (nothing is read when it has none).
+async fn hook_site(
+    ctx: &Context,
+    session: &BackupSession,
+    config: &BackupConfiguration,
+    hooks: &Hooks,
+) -> Site {
+    if hooks.is_empty() {
+        return Site::default();
+    }
+    let hosts: Vec<&str> = [hooks.pre.as_ref(), hooks.post.as_ref()]
+        .into_iter()
+        .flatten()
+        .filter_map(|h| h.host())
+        .collect();
+    let ns = session.namespace().unwrap_or_default();
+    resolve::hook_site(&ctx.kube, &ns, config.target_ref(), &hosts).await
+}
+
+/// Stash's session summary, which hook templates read: with `ended` (phase, error and
+/// duration) for a post-hook, without for a pre-hook.
+fn summary(
+    session: &BackupSession,
+    config: &BackupConfiguration,
+    ended: Option<((&str, String), Duration)>,
+) -> Summary {
+    let ns = session.namespace().unwrap_or_default();
+    let target = config.target_ref().cloned().unwrap_or_default();
+    let ((phase, error), duration) = match ended {
+        Some(((phase, error), d)) => ((phase, error), go_duration(d)),
+        None => (("", String::new()), String::new()),
+    };
+    Summary {
+        name: session.name_any(),
+        namespace: ns.clone(),
+        invoker_api_group: api::STASH_GROUP.into(),
+        invoker_kind: "BackupConfiguration".into(),
+        invoker_name: config.name_any(),
+        target_api_version: target
+            .api_version
+            .clone()
+            .unwrap_or_else(|| api::APPBINDING_API_VERSION.into()),
+        target_kind: target
+            .kind
+            .clone()
+            .unwrap_or_else(|| api::APPBINDING_KIND.into()),
+        target_name: target.name.clone(),
+        target_namespace: target.namespace.clone().unwrap_or(ns),
+        phase: phase.into(),
+        duration,
+        error,
+    }
+}
+
+/// Record a hook's outcome on the session as Stash's condition.
+fn note_hook(session: &mut BackupSession, stage: Stage, ran: &hooks::Ran) {
+    let status = session.status.get_or_insert_with(Default::default);
+    set_condition(&mut status.conditions, hooks::condition(stage, ran));
 }
 
 /// A BackupSession still Running past its `sessionDeadline` (the sweep hands these back):
@@ -230,10 +333,12 @@ struct Done {
 
 async fn backup(
     ctx: &Context,
-    session: &BackupSession,
+    session: &mut BackupSession,
     config: &BackupConfiguration,
     started: Instant,
     deadline: Instant,
+    hooks: &Hooks,
+    site: &Site,
 ) -> Result<Done> {
     let ns = session.namespace().unwrap_or_default();
     let spec = &config.spec;
@@ -249,6 +354,19 @@ async fn backup(
         .open_store_and_vault(&ns, repo_ref, target_ref.as_ref())
         .await?;
 
+    // The pre-hook runs once everything is resolved, right before the snapshot: a failing
+    // one fails the session with nothing taken or sent.
+    if let Some(pre) = &hooks.pre {
+        let summary = summary(session, config, None);
+        let ran = hooks::run(pre, &summary, site, deadline.into()).await;
+        note_hook(session, pre.stage, &ran);
+        if !ran.ok {
+            return Err(Error::Unavailable {
+                message: format!("{}; no snapshot was taken", ran.message),
+                source: None,
+            });
+        }
+    }
     let node = vault.active_node().await?;
     ctx.vault_login(&mut vault, &node).await?;
     let health = vault.health(Some(&node)).await.ok();

@@ -3,6 +3,8 @@
 //! configuration that fails them Invalid; backup and restore run them before touching
 //! Vault or S3. Pure: no I/O.
 
+pub mod hooks;
+
 use std::time::Duration;
 
 use crate::api::{
@@ -81,18 +83,12 @@ fn refuse(reason: String) -> Result<()> {
     Err(Error::invalid(reason))
 }
 
-const LEAVE_TO_STASH: &str = "or leave this object to Stash (stashless.io/serve: \"false\")";
-
 /// BackupConfiguration fields a Stash user sets expecting an effect that stashless does
 /// not have: refused with a reason instead of ignored (`docs/stash-fields.md` lists every
 /// field and what stashless does with it).
 pub fn check_refused(config: &BackupConfiguration) -> Result<()> {
     let spec = &config.spec;
-    if is_set(spec.hooks.as_ref()) {
-        return refuse(format!(
-            "spec.hooks is set: stashless does not run backup hooks; remove spec.hooks, {LEAVE_TO_STASH}"
-        ));
-    }
+    hooks::backup_hooks(spec.hooks.as_ref())?;
     if is_set(spec.retry_config.as_ref()) {
         return refuse(
             "spec.retryConfig is set: stashless does not retry a failed backup (the next scheduled session runs as usual); remove spec.retryConfig".into(),
@@ -136,11 +132,7 @@ pub fn check_session(session: &BackupSession) -> Result<()> {
 /// task parameters other than `force`.
 pub fn check_restore_refused(rs: &RestoreSession) -> Result<()> {
     let spec = &rs.spec;
-    if is_set(spec.hooks.as_ref()) {
-        return refuse(format!(
-            "spec.hooks is set: stashless does not run restore hooks; remove spec.hooks, {LEAVE_TO_STASH}"
-        ));
-    }
+    hooks::restore_hooks(spec.hooks.as_ref())?;
     if let Some(t) = &spec.target {
         if t.alias.as_deref().is_some_and(|a| !a.is_empty()) {
             return refuse("spec.target.alias is set: stashless picks a snapshot by name, not by host alias; remove it and name the snapshot in spec.target.rules[].snapshots".into());
@@ -377,11 +369,13 @@ mod tests {
         };
         assert!(validate(&with(&["hooks"], Value::Null)).is_ok());
         assert!(validate(&with(&["hooks"], serde_json::json!({}))).is_ok());
+        let http_hook = serde_json::json!({"preBackup": {"httpGet": {"port": 80}}});
+        assert!(validate(&with(&["hooks"], http_hook)).is_ok());
         for (path, v, want) in [
             (
                 &["hooks"][..],
-                serde_json::json!({"preBackup": {"httpGet": {"port": 80}}}),
-                "spec.hooks is set",
+                serde_json::json!({"preBackup": {"exec": {"command": ["sync"]}}}),
+                "spec.hooks.preBackup.exec cannot run",
             ),
             (
                 &["retryConfig"],
@@ -443,8 +437,8 @@ mod tests {
         assert!(check_restore_refused(&ok).is_ok());
         for (spec, want) in [
             (
-                serde_json::json!({"hooks": {"postRestore": {"httpPost": {"port": 80}}}}),
-                "spec.hooks is set",
+                serde_json::json!({"hooks": {"postRestore": {"exec": {"command": ["x"]}}}}),
+                "spec.hooks.postRestore.exec cannot run",
             ),
             (
                 serde_json::json!({"target": {"alias": "db"}}),

@@ -26,6 +26,7 @@ pub mod dispatch;
 pub mod eks;
 pub mod error;
 pub mod events;
+pub mod hooks;
 pub mod lambda;
 pub mod manifests;
 pub mod metrics;

@@ -15,15 +15,18 @@ use bytes::Bytes;
 use kube::{Api, ResourceExt};
 use tokio::sync::mpsc;
 
-use crate::api::{RestoreSession, go_duration, human_size};
+use crate::api::{self, RestoreSession, go_duration, human_size};
 use crate::archive::SnapshotVerifier;
 use crate::cluster::{EventType, record_event};
 use crate::config;
+use crate::config::hooks::{Hooks, Stage, Summary};
 use crate::context::Context;
 use crate::error::{Error, ErrorKind, Result};
 use crate::events::SessionRef;
+use crate::hooks::{self, Site};
 use crate::metrics;
 use crate::repository::{Manifest, Store};
+use crate::resolve;
 use crate::serve::{Owners, VAULT_RESTORE_TASK};
 use crate::session::{self, Claim, HasPhase, Outcome};
 use crate::status;
@@ -76,17 +79,95 @@ pub async fn run(
     };
     tracing::info!(namespace = %target.namespace, session = %target.name, "claimed RestoreSession");
 
+    // Hooks that do not check fail the session in `restore` (check_restore_refused).
+    let hooks = config::hooks::restore_hooks(rs.spec.hooks.as_ref()).unwrap_or_default();
+    let site = if hooks.is_empty() {
+        Site::default()
+    } else {
+        let hosts: Vec<&str> = [hooks.pre.as_ref(), hooks.post.as_ref()]
+            .into_iter()
+            .flatten()
+            .filter_map(|h| h.host())
+            .collect();
+        resolve::hook_site(&ctx.kube, &target.namespace, rs.target_ref(), &hosts).await
+    };
+    let mut rs = rs;
     let result = match session::check_restore_exclusive(&ctx.kube, &rs).await {
         Err(e) => Err(e),
-        Ok(()) => restore(ctx, &rs, started, deadline).await,
+        Ok(()) => restore(ctx, &mut rs, started, deadline, &hooks, &site).await,
     };
-    match result {
-        Ok(done) => finish(ctx, &api, &rs, started, Ok(done)).await,
-        Err(e) => {
-            tracing::warn!(error = %e.reason(), kind = ?e.kind(), "restore failed");
-            finish(ctx, &api, &rs, started, Err(e.reason())).await
+    let result = result.map_err(|e| {
+        tracing::warn!(error = %e.reason(), kind = ?e.kind(), "restore failed");
+        e.reason()
+    });
+    let pre_failed = rs
+        .conditions()
+        .iter()
+        .any(|c| c.type_ == Stage::PreRestore.condition() && c.status == "False");
+    // Stash runs the post-hook by its executionPolicy, never after a failed pre-hook.
+    let post = hooks
+        .post
+        .as_ref()
+        .filter(|post| !pre_failed && post.policy.runs(result.is_ok(), false));
+    let result = match post {
+        None => result,
+        Some(post) => {
+            let ended = match &result {
+                Ok(_) => ("Succeeded", String::new()),
+                Err(reason) => ("Failed", reason.clone()),
+            };
+            let summary = summary(&rs, Some((ended, started.elapsed())));
+            let at = hooks::post_deadline(deadline, lambda_deadline);
+            let ran = hooks::run(post, &summary, &site, at.into()).await;
+            note_hook(&mut rs, post.stage, &ran);
+            match result {
+                Ok(done) if !ran.ok => Err(format!(
+                    "{}; snapshot {} was restored into Vault",
+                    ran.message, done.manifest.name
+                )),
+                Err(reason) if !ran.ok => Err(format!("{reason}; {}", ran.message)),
+                other => other,
+            }
         }
+    };
+    finish(ctx, &api, &rs, started, result).await
+}
+
+/// Stash's session summary, which hook templates read: with `ended` (phase, error and
+/// duration) for a post-hook, without for a pre-hook.
+fn summary(rs: &RestoreSession, ended: Option<((&str, String), Duration)>) -> Summary {
+    let ns = rs.namespace().unwrap_or_default();
+    let target = rs.target_ref().cloned().unwrap_or_default();
+    let ((phase, error), duration) = match ended {
+        Some((pe, d)) => (pe, go_duration(d)),
+        None => (("", String::new()), String::new()),
+    };
+    Summary {
+        name: rs.name_any(),
+        namespace: ns.clone(),
+        invoker_api_group: api::STASH_GROUP.into(),
+        invoker_kind: "RestoreSession".into(),
+        invoker_name: rs.name_any(),
+        target_api_version: target
+            .api_version
+            .clone()
+            .unwrap_or_else(|| api::APPBINDING_API_VERSION.into()),
+        target_kind: target
+            .kind
+            .clone()
+            .unwrap_or_else(|| api::APPBINDING_KIND.into()),
+        target_name: target.name.clone(),
+        target_namespace: target.namespace.clone().unwrap_or(ns),
+        phase: phase.into(),
+        duration,
+        error,
     }
+}
+
+/// Record a hook's outcome on the session as Stash's condition.
+fn note_hook(rs: &mut RestoreSession, stage: Stage, ran: &hooks::Ran) {
+    let status = rs.status.get_or_insert_with(Default::default);
+    api::set_condition(&mut status.conditions, hooks::condition(stage, ran));
 }
 
 struct Done {
@@ -181,9 +262,11 @@ fn force_requested(rs: &RestoreSession) -> bool {
 
 async fn restore(
     ctx: &Context,
-    rs: &RestoreSession,
+    rs: &mut RestoreSession,
     started: Instant,
     deadline: Instant,
+    hooks: &Hooks,
+    site: &Site,
 ) -> Result<Done> {
     let ns = rs.namespace().unwrap_or_default();
     config::restore_time_limit(rs, Duration::ZERO)?;
@@ -236,6 +319,18 @@ async fn restore(
         )));
     }
 
+    // The pre-hook runs once the snapshot checked out, right before Vault is touched: a
+    // failing one fails the session with Vault as it was.
+    if let Some(pre) = &hooks.pre {
+        let ran = hooks::run(pre, &summary(rs, None), site, deadline.into()).await;
+        note_hook(rs, pre.stage, &ran);
+        if !ran.ok {
+            return Err(Error::Unavailable {
+                message: format!("{}; nothing was restored", ran.message),
+                source: None,
+            });
+        }
+    }
     let node = vault.active_node().await?;
     ctx.vault_login(&mut vault, &node).await?;
     let transfer_started = Instant::now();
