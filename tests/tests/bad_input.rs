@@ -494,7 +494,7 @@ async fn stash_fields_stashless_does_not_act_on_are_refused_aloud() {
         (
             "retry",
             json!({"retryConfig": {"maxRetry": -1, "delay": "1m"}}),
-            "spec.retryConfig is set",
+            "spec.retryConfig.maxRetry is -1: it must be a whole number from 0 to 100",
         ),
         (
             "tags",

@@ -46,6 +46,9 @@ pub mod condition {
     pub const SNAPSHOT_VERIFIED: &str = "SnapshotVerified";
     /// stashless's own: Vault was sealed after a restore (the snapshot's unseal keys differ).
     pub const VAULT_SEALED: &str = "VaultSealed";
+    /// stashless's own: whether `spec.retryConfig` retries a failed backup, and as which
+    /// session when.
+    pub const BACKUP_RETRY_SCHEDULED: &str = "BackupRetryScheduled";
 }
 
 /// kmodules `Condition` (`kmapi.Condition`), the shape every Stash status uses.
@@ -344,7 +347,7 @@ pub struct BackupConfigurationSpec {
     #[serde(default, skip_serializing)]
     #[schemars(skip)]
     pub hooks: Option<serde_json::Value>,
-    /// Read only to refuse it with a reason (`config::refused`); never written back.
+    /// Stash's `{maxRetry, delay}`, checked by `config::retry_policy`; never written back.
     #[serde(default, skip_serializing)]
     #[schemars(skip)]
     pub retry_config: Option<serde_json::Value>,

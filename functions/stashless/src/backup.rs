@@ -31,7 +31,7 @@ use crate::repository::{Invoker, Manifest, MultipartUpload, ObjectId, Store, Tar
 use crate::resolve;
 use crate::retention::{self, Candidate};
 use crate::serve::Owners;
-use crate::session::{self, Claim, HasPhase, Outcome};
+use crate::session::{self, Claim, HasPhase, Outcome, RetryPlan};
 use crate::status::{self, FailedTarget, RepositoryTotals};
 use crate::vault::Vault;
 
@@ -101,7 +101,16 @@ pub async fn run(
                 invoker.kind
             )
         };
-        return finish_failed(ctx, &api, &session, None, started, reason).await;
+        return finish_failed(
+            ctx,
+            &api,
+            &session,
+            None,
+            started,
+            reason,
+            RetryPlan::NotAsked,
+        )
+        .await;
     };
 
     // Skip when an earlier session of the same configuration is still running.
@@ -140,11 +149,19 @@ pub async fn run(
         .conditions()
         .iter()
         .any(|c| c.type_ == Stage::PreBackup.condition() && c.status == "False");
+    // Whether a retry follows a failure (spec.retryConfig) decides OnFinalRetryFailure.
+    let retry = match &result {
+        Ok(_) => RetryPlan::NotAsked,
+        Err(e) => {
+            let policy = config::retry_policy(&config).ok().flatten();
+            session::retry_plan(&session, policy, e.kind(), Utc::now())
+        }
+    };
     // Stash runs the post-hook by its executionPolicy, but never after a failed pre-hook.
     let post = hooks
         .post
         .as_ref()
-        .filter(|post| !pre_failed && post.policy.runs(result.is_ok(), false));
+        .filter(|post| !pre_failed && post.policy.runs(result.is_ok(), retry.follows()));
     let post_ran = match post {
         None => None,
         Some(post) => {
@@ -165,7 +182,8 @@ pub async fn run(
                 "{}; snapshot {} was stored and verified and stays in the repository",
                 ran.message, done.manifest.name
             );
-            finish_failed(ctx, &api, &session, Some(&config), started, reason).await
+            let retry = RetryPlan::NotAsked;
+            finish_failed(ctx, &api, &session, Some(&config), started, reason, retry).await
         }
         (Ok(done), _) => {
             finish_succeeded(ctx, &api, &session, &config, &siblings, started, done).await
@@ -176,7 +194,7 @@ pub async fn run(
             if let Some(ran) = ran.filter(|r| !r.ok) {
                 reason = format!("{reason}; {}", ran.message);
             }
-            finish_failed(ctx, &api, &session, Some(&config), started, reason).await
+            finish_failed(ctx, &api, &session, Some(&config), started, reason, retry).await
         }
     }
 }
@@ -315,7 +333,9 @@ async fn settle_lost(
                     ""
                 }
             );
-            finish_failed(ctx, api, session, Some(config), started, reason)
+            let policy = config::retry_policy(config).ok().flatten();
+            let retry = session::retry_plan(session, policy, ErrorKind::Deadline, Utc::now());
+            finish_failed(ctx, api, session, Some(config), started, reason, retry)
                 .await
                 .map(Some)
         }
@@ -344,7 +364,7 @@ async fn backup(
     let spec = &config.spec;
     // Validate everything cheap before touching Vault or S3.
     config::check_config(config)?;
-    config::check_session(session)?;
+    config::check_session(session, config)?;
     let repo_ref = spec
         .repository
         .as_ref()
@@ -727,6 +747,9 @@ async fn finish_succeeded(
     })
 }
 
+/// Write the Failed status (with what `retry` plans) and its Event; create the retry
+/// session at once when it has no delay (the scheduler's tick creates delayed ones, and
+/// this one too should the create fail here).
 async fn finish_failed(
     ctx: &Context,
     api: &Api<BackupSession>,
@@ -734,10 +757,14 @@ async fn finish_failed(
     config: Option<&BackupConfiguration>,
     started: Instant,
     reason: String,
+    retry: RetryPlan,
 ) -> Result<Outcome> {
     let ns = session.namespace().unwrap_or_default();
     let duration = started.elapsed();
     let mut conditions = session.conditions();
+    if let Some(c) = retry.condition() {
+        set_condition(&mut conditions, c);
+    }
     let target = match config {
         Some(config) => {
             let target_ref = config.target_ref().cloned().unwrap_or_default();
@@ -766,6 +793,12 @@ async fn finish_failed(
         &reason,
     )
     .await;
+    if let RetryPlan::Follows { at, .. } = retry
+        && at <= Utc::now()
+        && let Err(e) = session::create_retry(api, session).await
+    {
+        tracing::warn!(error = %e.reason(), "could not create the retry now; the next tick does");
+    }
     Ok(Outcome::Failed { reason })
 }
 

@@ -89,11 +89,7 @@ fn refuse(reason: String) -> Result<()> {
 pub fn check_refused(config: &BackupConfiguration) -> Result<()> {
     let spec = &config.spec;
     hooks::backup_hooks(spec.hooks.as_ref())?;
-    if is_set(spec.retry_config.as_ref()) {
-        return refuse(
-            "spec.retryConfig is set: stashless does not retry a failed backup (the next scheduled session runs as usual); remove spec.retryConfig".into(),
-        );
-    }
+    retry_policy(config)?;
     if let Some(t) = &spec.target {
         if t.alias.as_deref().is_some_and(|a| !a.is_empty()) {
             return refuse("spec.target.alias is set: stashless names snapshots <namespace>/<session> and does not use an alias as the snapshot's host; remove spec.target.alias".into());
@@ -116,15 +112,85 @@ pub fn check_refused(config: &BackupConfiguration) -> Result<()> {
     Ok(())
 }
 
-/// A BackupSession's own fields: `spec.retryLeft` above 0 asks for retries stashless does
-/// not make.
-pub fn check_session(session: &BackupSession) -> Result<()> {
+/// A BackupSession's own fields: `spec.retryLeft` above 0 asks for retries, which only a
+/// configuration with `spec.retryConfig` says how to make (the scheduler writes it so).
+pub fn check_session(session: &BackupSession, config: &BackupConfiguration) -> Result<()> {
     match session.spec.retry_left {
-        Some(n) if n > 0 => refuse(format!(
-            "spec.retryLeft is {n}: stashless does not retry a failed backup; remove spec.retryLeft"
+        Some(n) if n > 0 && retry_policy(config)?.is_none() => refuse(format!(
+            "spec.retryLeft is {n} but BackupConfiguration {} has no spec.retryConfig saying how to retry; remove spec.retryLeft, or set spec.retryConfig on the configuration",
+            config.metadata.name.as_deref().unwrap_or_default()
         )),
         _ => Ok(()),
     }
+}
+
+/// `spec.retryConfig`: a failed backup is followed by a new BackupSession after `delay`, at
+/// most `max_retry` times (Stash's default 1).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RetryPolicy {
+    pub max_retry: u32,
+    pub delay: Duration,
+}
+
+/// The most retries one session may ask for: each is a full backup.
+pub const MAX_RETRY: i64 = 100;
+
+/// The longest `retryConfig.delay` accepted (a retry a day later is the next day's backup).
+pub const MAX_RETRY_DELAY: Duration = Duration::from_secs(24 * 3600);
+
+/// `spec.retryConfig` checked: `None` when absent; a negative or absurd `maxRetry`, a
+/// `delay` that is not a Go duration, or an unknown field is an error naming it.
+pub fn retry_policy(config: &BackupConfiguration) -> Result<Option<RetryPolicy>> {
+    #[derive(serde::Deserialize)]
+    #[serde(rename_all = "camelCase", deny_unknown_fields)]
+    struct Raw {
+        max_retry: Option<serde_json::Value>,
+        delay: Option<String>,
+    }
+    let Some(v) = config.spec.retry_config.as_ref().filter(|v| !v.is_null()) else {
+        return Ok(None);
+    };
+    let raw: Raw = serde_json::from_value(v.clone()).map_err(|e| {
+        Error::invalid(format!(
+            "spec.retryConfig is not a retry configuration: {e}"
+        ))
+    })?;
+    let max_retry = match raw.max_retry {
+        None | Some(serde_json::Value::Null) => 1,
+        Some(serde_json::Value::Number(n))
+            if n.as_i64().is_some_and(|n| (0..=MAX_RETRY).contains(&n)) =>
+        {
+            n.as_i64().unwrap_or(1) as u32
+        }
+        Some(other) => {
+            return Err(Error::invalid(format!(
+                "spec.retryConfig.maxRetry is {other}: it must be a whole number from 0 to {MAX_RETRY}"
+            )));
+        }
+    };
+    let delay = match raw
+        .delay
+        .as_deref()
+        .map(str::trim)
+        .filter(|d| !d.is_empty())
+    {
+        None => Duration::ZERO,
+        Some(d) => match parse_go_duration(d) {
+            Some(delay) if delay <= MAX_RETRY_DELAY => delay,
+            Some(_) => {
+                return Err(Error::invalid(format!(
+                    "spec.retryConfig.delay {d:?} is longer than 24h: the next scheduled backup would come first; shorten it"
+                )));
+            }
+            None => {
+                return Err(Error::invalid(format!(
+                    "spec.retryConfig.delay {:?} is not a duration: write it as Go does (30s, 2m, 1h)",
+                    d.chars().take(100).collect::<String>()
+                )));
+            }
+        },
+    };
+    Ok(Some(RetryPolicy { max_retry, delay }))
 }
 
 /// RestoreSession fields stashless does not act on (as [`check_refused`]): hooks, alias,
@@ -371,6 +437,22 @@ mod tests {
         assert!(validate(&with(&["hooks"], serde_json::json!({}))).is_ok());
         let http_hook = serde_json::json!({"preBackup": {"httpGet": {"port": 80}}});
         assert!(validate(&with(&["hooks"], http_hook)).is_ok());
+        let retry = |v: Value| retry_policy(&with(&["retryConfig"], v)).unwrap();
+        assert_eq!(retry(Value::Null), None);
+        assert_eq!(
+            retry(serde_json::json!({})),
+            Some(RetryPolicy {
+                max_retry: 1,
+                delay: Duration::ZERO
+            })
+        );
+        assert_eq!(
+            retry(serde_json::json!({"maxRetry": 3, "delay": "2m"})),
+            Some(RetryPolicy {
+                max_retry: 3,
+                delay: Duration::from_secs(120)
+            })
+        );
         for (path, v, want) in [
             (
                 &["hooks"][..],
@@ -379,8 +461,23 @@ mod tests {
             ),
             (
                 &["retryConfig"],
-                serde_json::json!({"maxRetry": 2}),
-                "spec.retryConfig is set",
+                serde_json::json!({"maxRetry": -1}),
+                "spec.retryConfig.maxRetry is -1: it must be a whole number from 0 to 100",
+            ),
+            (
+                &["retryConfig"],
+                serde_json::json!({"maxRetry": 2, "delay": "soon"}),
+                "spec.retryConfig.delay \"soon\" is not a duration",
+            ),
+            (
+                &["retryConfig"],
+                serde_json::json!({"delay": "48h"}),
+                "spec.retryConfig.delay \"48h\" is longer than 24h",
+            ),
+            (
+                &["retryConfig"],
+                serde_json::json!({"maxRetries": 2}),
+                "spec.retryConfig is not a retry configuration: unknown field `maxRetries`",
             ),
             (
                 &["target", "alias"],
@@ -415,14 +512,19 @@ mod tests {
             }
         }
         let mut session = BackupSession::new("s", Default::default());
-        assert!(check_session(&session).is_ok());
+        let plain = with(&["retryConfig"], Value::Null);
+        assert!(check_session(&session, &plain).is_ok());
         session.spec.retry_left = Some(2);
         assert!(
-            check_session(&session)
+            check_session(&session, &plain)
                 .unwrap_err()
                 .to_string()
-                .starts_with("spec.retryLeft is 2")
+                .starts_with(
+                    "spec.retryLeft is 2 but BackupConfiguration c has no spec.retryConfig"
+                )
         );
+        let retried = with(&["retryConfig"], serde_json::json!({"maxRetry": 2}));
+        assert!(check_session(&session, &retried).is_ok());
 
         let rs = |spec: Value| {
             serde_json::from_value::<RestoreSession>(serde_json::json!({

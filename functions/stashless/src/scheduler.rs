@@ -59,8 +59,10 @@ impl SchedulerSettings {
 #[derive(Debug, Clone, Default, Serialize, PartialEq)]
 pub struct TickReport {
     pub time: String,
-    /// Sessions created by this tick (`namespace/name`).
+    /// Sessions created by this tick (`namespace/name`), retries included.
     pub created: Vec<String>,
+    /// Of those, the retries of failed sessions (`spec.retryConfig`).
+    pub retried: Vec<String>,
     /// Due sessions that already existed (a duplicate or retried tick).
     pub existing: Vec<String>,
     pub paused: Vec<String>,
@@ -113,21 +115,30 @@ pub async fn tick(
         .await;
     outcomes.sort_by(|a, b| a.0.cmp(&b.0));
     for (key, outcome) in outcomes {
-        match outcome {
-            ConfigOutcome::NotDue => {}
-            ConfigOutcome::Invalid(e) => {
-                report.invalid.insert(key, e);
-            }
-            ConfigOutcome::Paused => report.paused.push(key),
-            ConfigOutcome::LeftAlone => report.left_alone.push(key),
-            ConfigOutcome::Created(name) => report.created.push(name),
-            ConfigOutcome::Existing(name) => report.existing.push(name),
-            ConfigOutcome::Error(e) => {
-                report.errors.insert(key, e);
-            }
-        }
+        record(&mut report, key, outcome);
     }
     Ok(report)
+}
+
+fn record(report: &mut TickReport, key: String, outcome: ConfigOutcome) {
+    match outcome {
+        ConfigOutcome::NotDue => {}
+        ConfigOutcome::Invalid(e) => {
+            report.invalid.insert(key, e);
+        }
+        ConfigOutcome::Paused => report.paused.push(key),
+        ConfigOutcome::LeftAlone => report.left_alone.push(key),
+        ConfigOutcome::Created(name) => report.created.push(name),
+        ConfigOutcome::Retried(names, slot) => {
+            report.retried.extend(names.iter().cloned());
+            report.created.extend(names);
+            record(report, key, *slot);
+        }
+        ConfigOutcome::Existing(name) => report.existing.push(name),
+        ConfigOutcome::Error(e) => {
+            report.errors.insert(key, e);
+        }
+    }
 }
 
 /// Configurations a tick works on at once (validity writes and session creates).
@@ -136,6 +147,8 @@ const CONCURRENT_CONFIGS: usize = 16;
 /// What a tick did with one configuration.
 enum ConfigOutcome {
     NotDue,
+    /// Retry sessions created (`namespace/name`), and what the cron slot did.
+    Retried(Vec<String>, Box<ConfigOutcome>),
     Invalid(String),
     Paused,
     LeftAlone,
@@ -151,7 +164,6 @@ async fn tick_one(
     now: DateTime<Utc>,
     settings: &SchedulerSettings,
 ) -> ConfigOutcome {
-    let ns = config.namespace().unwrap_or_default();
     let schedule = match config::validate(&config) {
         Ok(s) => s,
         Err(e) => {
@@ -164,6 +176,28 @@ async fn tick_one(
     if config.spec.paused == Some(true) {
         return ConfigOutcome::Paused;
     }
+    let retried = match config::retry_policy(&config).ok().flatten() {
+        Some(policy) if policy.max_retry > 0 => retry_due(client, &config, policy, now).await,
+        _ => Vec::new(),
+    };
+    let slot = slot_session(client, &config, key, now, settings, schedule).await;
+    if retried.is_empty() {
+        slot
+    } else {
+        ConfigOutcome::Retried(retried, Box::new(slot))
+    }
+}
+
+/// Create the session of the due cron slot, if one is due.
+async fn slot_session(
+    client: &Client,
+    config: &BackupConfiguration,
+    key: &str,
+    now: DateTime<Utc>,
+    settings: &SchedulerSettings,
+    schedule: crate::schedule::Schedule,
+) -> ConfigOutcome {
+    let ns = config.namespace().unwrap_or_default();
     let created_at = config
         .metadata
         .creation_timestamp
@@ -172,7 +206,7 @@ async fn tick_one(
     let Some(slot) = schedule.due_slot(now, settings.starting_deadline, created_at) else {
         return ConfigOutcome::NotDue;
     };
-    let session = new_session(&config, slot);
+    let session = new_session(config, slot);
     let name = format!("{ns}/{}", session.name_any());
     let api: Api<BackupSession> = Api::namespaced(client.clone(), &ns);
     match api.create(&PostParams::default(), &session).await {
@@ -186,6 +220,44 @@ async fn tick_one(
             ConfigOutcome::Error(e.to_string())
         }
     }
+}
+
+/// Create the retries of this configuration's failed sessions whose delay has passed
+/// (`BackupRetryScheduled`); returns those created (`namespace/name`).
+async fn retry_due(
+    client: &Client,
+    config: &BackupConfiguration,
+    policy: config::RetryPolicy,
+    now: DateTime<Utc>,
+) -> Vec<String> {
+    let ns = config.namespace().unwrap_or_default();
+    let api: Api<BackupSession> = Api::namespaced(client.clone(), &ns);
+    let sessions = match session::sessions_of(&api, "BackupConfiguration", &config.name_any()).await
+    {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(config = %config.name_any(), error = %e.reason(), "could not list sessions for retries");
+            return Vec::new();
+        }
+    };
+    let names: std::collections::HashSet<String> = sessions.iter().map(|s| s.name_any()).collect();
+    let mut created = Vec::new();
+    for failed in &sessions {
+        let Some((name, at)) = session::retry_due(failed, policy) else {
+            continue;
+        };
+        if at > now || names.contains(&name) {
+            continue;
+        }
+        match session::create_retry(&api, failed).await {
+            Ok(true) => created.push(format!("{ns}/{name}")),
+            Ok(false) => {}
+            Err(e) => {
+                tracing::warn!(session = %name, error = %e.reason(), "could not create a retry")
+            }
+        }
+    }
+    created
 }
 
 async fn list(api: &Api<BackupConfiguration>) -> Result<Vec<BackupConfiguration>> {
@@ -223,7 +295,11 @@ pub fn new_session(config: &BackupConfiguration, slot: DateTime<Utc>) -> BackupS
                 kind: "BackupConfiguration".into(),
                 name: config.name_any(),
             },
-            retry_left: None,
+            // As Stash's CronJob does: the retries this session may have (spec.retryConfig).
+            retry_left: config::retry_policy(config)
+                .ok()
+                .flatten()
+                .map(|p| p.max_retry as i32),
         },
     );
     session.metadata = ObjectMeta {

@@ -15,9 +15,10 @@ use serde_json::{Value, json};
 
 use crate::api::{
     BackupConfiguration, BackupSession, Condition, LABEL_INVOKER_NAME, LABEL_INVOKER_TYPE,
-    RestoreSession, SessionPhase, timestamp,
+    RestoreSession, SessionPhase, condition, timestamp,
 };
-use crate::error::{Error, Result, api_code};
+use crate::config::RetryPolicy;
+use crate::error::{Error, ErrorKind, Result, api_code};
 
 /// What a backup or restore invocation did.
 #[derive(Debug, Clone, PartialEq)]
@@ -446,6 +447,176 @@ pub async fn check_restore_exclusive(client: &Client, me: &RestoreSession) -> Re
         }
     }
     Ok(())
+}
+
+// ------------------------------------------------------------------------ retries
+
+/// Annotation on a retry session: the name of the session the retries started from.
+pub const RETRY_OF: &str = "stashless.io/retry-of";
+/// Annotation on a retry session: which retry it is (1, 2, …).
+pub const RETRY_ATTEMPT: &str = "stashless.io/retry-attempt";
+
+/// What follows a failed backup under `spec.retryConfig`, as Stash retries: a new
+/// BackupSession after `delay` while `spec.retryLeft` lasts, never after a failure only an
+/// edit can fix.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RetryPlan {
+    /// The configuration asks for no retries.
+    NotAsked,
+    /// BackupSession `name`, retry `attempt` of `of`, is created at `at`.
+    Follows {
+        name: String,
+        attempt: u32,
+        of: u32,
+        at: DateTime<Utc>,
+    },
+    /// Retries were asked for, but none follows: why.
+    Stops(String),
+}
+
+impl RetryPlan {
+    pub fn follows(&self) -> bool {
+        matches!(self, RetryPlan::Follows { .. })
+    }
+
+    /// The `BackupRetryScheduled` condition saying so; none when no retries were asked for.
+    pub fn condition(&self) -> Option<Condition> {
+        match self {
+            RetryPlan::NotAsked => None,
+            RetryPlan::Follows {
+                name,
+                attempt,
+                of,
+                at,
+            } => Some(Condition::new(
+                condition::BACKUP_RETRY_SCHEDULED,
+                true,
+                "RetryScheduled",
+                format!(
+                    "retry {attempt} of {of}: BackupSession {name} is created at {} (spec.retryConfig)",
+                    timestamp(*at)
+                ),
+            )),
+            RetryPlan::Stops(why) => Some(Condition::new(
+                condition::BACKUP_RETRY_SCHEDULED,
+                false,
+                "NotRetried",
+                why.clone(),
+            )),
+        }
+    }
+}
+
+/// Which retry `s` is (0: not a retry).
+fn retry_attempt(s: &BackupSession) -> u32 {
+    s.annotations()
+        .get(RETRY_ATTEMPT)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(0)
+}
+
+/// The name of retry `attempt` of the session `s` (itself perhaps a retry).
+fn retry_name(s: &BackupSession, attempt: u32) -> String {
+    let original = s
+        .annotations()
+        .get(RETRY_OF)
+        .cloned()
+        .unwrap_or_else(|| s.name_any());
+    format!("{original}-retry-{attempt}")
+}
+
+/// What follows `failed` (failed at `now` with an error of `kind`) under `policy`.
+pub fn retry_plan(
+    failed: &BackupSession,
+    policy: Option<RetryPolicy>,
+    kind: ErrorKind,
+    now: DateTime<Utc>,
+) -> RetryPlan {
+    let Some(policy) = policy.filter(|p| p.max_retry > 0) else {
+        return RetryPlan::NotAsked;
+    };
+    let left = failed.spec.retry_left.unwrap_or(0);
+    if left <= 0 {
+        return RetryPlan::Stops(format!(
+            "not retried: no retry left (spec.retryLeft is {left}; spec.retryConfig.maxRetry is {})",
+            policy.max_retry
+        ));
+    }
+    match kind {
+        ErrorKind::Unavailable | ErrorKind::Deadline | ErrorKind::Conflict => {}
+        ErrorKind::Invalid | ErrorKind::Integrity => {
+            return RetryPlan::Stops(
+                "not retried: this failure needs an edit of the objects (or the stored bytes are wrong), which the same backup again cannot fix".into(),
+            );
+        }
+    }
+    let attempt = retry_attempt(failed) + 1;
+    RetryPlan::Follows {
+        name: retry_name(failed, attempt),
+        attempt,
+        of: attempt + left as u32 - 1,
+        at: now + chrono::Duration::from_std(policy.delay).unwrap_or_default(),
+    }
+}
+
+/// When the retry a failed session's `BackupRetryScheduled` condition announces is due, and
+/// its name: `None` when it announces none.
+pub fn retry_due(failed: &BackupSession, policy: RetryPolicy) -> Option<(String, DateTime<Utc>)> {
+    if failed.phase() != Some(SessionPhase::Failed) {
+        return None;
+    }
+    let c = failed
+        .conditions()
+        .into_iter()
+        .find(|c| c.type_ == condition::BACKUP_RETRY_SCHEDULED && c.status == "True")?;
+    let since = DateTime::parse_from_rfc3339(&c.last_transition_time)
+        .ok()?
+        .with_timezone(&Utc);
+    let at = since + chrono::Duration::from_std(policy.delay).unwrap_or_default();
+    Some((retry_name(failed, retry_attempt(failed) + 1), at))
+}
+
+/// The BackupSession that retries `failed`: its labels, owner and invoker, one retry less
+/// left, and annotations saying which retry of which session it is.
+pub fn retry_session(failed: &BackupSession) -> BackupSession {
+    let attempt = retry_attempt(failed) + 1;
+    let original = failed
+        .annotations()
+        .get(RETRY_OF)
+        .cloned()
+        .unwrap_or_else(|| failed.name_any());
+    let mut annotations = std::collections::BTreeMap::from([
+        (RETRY_OF.to_string(), original),
+        (RETRY_ATTEMPT.to_string(), attempt.to_string()),
+    ]);
+    if let Some(serve) = failed.annotations().get(crate::serve::SERVE_ANNOTATION) {
+        annotations.insert(crate::serve::SERVE_ANNOTATION.to_string(), serve.clone());
+    }
+    let mut spec = failed.spec.clone();
+    spec.retry_left = Some(failed.spec.retry_left.unwrap_or(0).saturating_sub(1).max(0));
+    let mut retry = BackupSession::new(&retry_name(failed, attempt), spec);
+    retry.metadata.namespace = failed.namespace();
+    retry.metadata.labels = Some(failed.labels().clone());
+    retry.metadata.annotations = Some(annotations);
+    retry.metadata.owner_references = failed.metadata.owner_references.clone();
+    retry
+}
+
+/// Create the retry of `failed`: `Ok(true)` when created, `Ok(false)` when it exists
+/// already (a repeated tick or delivery).
+pub async fn create_retry(api: &Api<BackupSession>, failed: &BackupSession) -> Result<bool> {
+    let retry = retry_session(failed);
+    match api.create(&Default::default(), &retry).await {
+        Ok(_) => {
+            tracing::info!(session = %retry.name_any(), of = %failed.name_any(), "created the retry BackupSession");
+            Ok(true)
+        }
+        Err(e) if api_code(&e) == Some(409) => Ok(false),
+        Err(e) => Err(Error::kube(
+            format!("creating retry BackupSession {}", retry.name_any()),
+            e,
+        )),
+    }
 }
 
 #[cfg(test)]
