@@ -519,13 +519,20 @@ def test_rbac_is_split_as_the_threat_model_says():
     assert holders("backupsessions/status", "patch") == {"backup", "scheduler"}
     assert holders("repositories/status", "patch") == {"backup"}
     scheduler_resources = {r for _, r, _ in g["scheduler"]}
-    assert not scheduler_resources & {"secrets", "repositories", "endpointslices"}
-    # AppBindings only to read their type (src/serve.rs), Events only to record an Invalid
-    # configuration.
-    assert {(r, v) for _, r, v in g["scheduler"] if r in {"appbindings", "events"}} == {
+    assert not scheduler_resources & {"secrets", "endpointslices", "repositories/status"}
+    # AppBindings only to read their type (src/serve.rs) and blueprint annotation, Events
+    # only to record an Invalid configuration or blueprint; Repositories only as a
+    # blueprint gives them (never deleted, never their status).
+    assert {(r, v) for _, r, v in g["scheduler"] if r in {"appbindings", "events", "repositories", "backupblueprints"}} == {
         ("appbindings", "get"),
+        ("appbindings", "list"),
         ("events", "create"),
+        ("repositories", "get"),
+        ("repositories", "create"),
+        ("repositories", "update"),
+        ("backupblueprints", "get"),
     }
+    assert holders("backupconfigurations", "delete") == {"scheduler"}, "only the blueprint step deletes configurations"
     assert not any(r.startswith("backupsessions") and v not in {"list", "get"} for _, r, v in g["restore"])
 
 

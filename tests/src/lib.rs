@@ -64,8 +64,11 @@ pub fn init_logs() {
 /// writes as a real server with Stash's CRDs does.
 pub fn register_stash_kinds(kube: &MemKube) {
     for (group, version, kind, plural, status) in stashless::crds::KINDS {
-        let k = ResourceKind::new(group, version, kind, plural)
+        let mut k = ResourceKind::new(group, version, kind, plural)
             .with_schema(stashless::crds::stash_schema(plural));
+        if stashless::crds::is_cluster_scoped(kind) {
+            k = k.cluster_scoped();
+        }
         kube.register(if status { k.with_status() } else { k });
     }
 }

@@ -336,6 +336,66 @@ async fn cycle(
             .any(|(_, reason)| reason == "BackupSessionSucceeded"),
         "{events:?}"
     );
+
+    // Auto-backup: a blueprint gives a second Vault AppBinding its Repository and
+    // configuration, an edit of the blueprint updates both, and removing the annotation
+    // deletes the configuration. Ticks at 11:30, when nothing is due.
+    let bp_api: Api<kube::api::DynamicObject> = Api::all_with(
+        cluster.client.clone(),
+        &kube::api::ApiResource::erase::<stashless::api::BackupBlueprint>(&()),
+    );
+    let mut bp: kube::api::DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "stash.appscode.com/v1beta1", "kind": "BackupBlueprint",
+        "metadata": {"name": "rbac-bp"},
+        "spec": {"backend": {"s3": {"endpoint": "http://127.0.0.1:9", "bucket": "b", "prefix": "${TARGET_NAME}"}},
+                 "schedule": "0 5 * * *", "task": {"name": "vault-backup-1.10.3"},
+                 "retentionPolicy": {"name": "k", "keepLast": 1, "prune": true}},
+    }))
+    .unwrap();
+    bp.metadata.namespace = None;
+    bp_api.create(&PostParams::default(), &bp).await.unwrap();
+    cluster
+        .vault_binding("vault-b", "http://127.0.0.1:9", "t")
+        .await
+        .unwrap();
+    let annotate = |value: Value| async move {
+        cluster
+            .api::<stashless::api::AppBinding>()
+            .patch(
+                "vault-b",
+                &PatchParams::default(),
+                &Patch::Merge(json!({"metadata": {"annotations": {"stash.appscode.com/backup-blueprint": value}}})),
+            )
+            .await
+            .unwrap();
+    };
+    annotate(json!("rbac-bp")).await;
+    let quiet = Tick {
+        time: Some(Utc.with_ymd_and_hms(2099, 1, 1, 11, 30, 0).unwrap()),
+    };
+    let blueprint_tick = async |spans: &mut Vec<(&'static str, Range<usize>)>| {
+        let start = position();
+        let report = tick(&ids.scheduler, &quiet, &SchedulerSettings::default())
+            .await
+            .unwrap();
+        spans.push(("scheduler", start..position()));
+        report.blueprints
+    };
+    let made = blueprint_tick(&mut spans).await;
+    assert_eq!(made.created.len(), 2, "{made:?}");
+    bp_api
+        .patch(
+            "rbac-bp",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"schedule": "0 6 * * *"}})),
+        )
+        .await
+        .unwrap();
+    let changed = blueprint_tick(&mut spans).await;
+    assert_eq!(changed.updated.len(), 2, "{changed:?}");
+    annotate(Value::Null).await;
+    let removed = blueprint_tick(&mut spans).await;
+    assert_eq!(removed.removed.len(), 1, "{removed:?}");
     spans
 }
 

@@ -617,6 +617,51 @@ impl BackupConfiguration {
     }
 }
 
+// ---------------------------------------------------------------- BackupBlueprint
+
+/// Stash's auto-backup template (cluster-scoped): the Repository and BackupConfiguration
+/// made for each AppBinding annotated `stash.appscode.com/backup-blueprint`. The scheduler
+/// reads blueprints as raw JSON (`blueprint.rs`), since `${TARGET_*}` variables may sit in
+/// any string; this type gives the generated CRD its schema.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[kube(
+    group = "stash.appscode.com",
+    version = "v1beta1",
+    kind = "BackupBlueprint",
+    shortname = "bb"
+)]
+#[serde(rename_all = "camelCase")]
+pub struct BackupBlueprintSpec {
+    #[serde(default)]
+    pub backend: Backend,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wipe_out: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage_policy: Option<UsagePolicy>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repo_namespace: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup_namespace: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task: Option<TaskRef>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retention_policy: Option<RetentionPolicy>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup_history_limit: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time_out: Option<String>,
+    /// Copied into the BackupConfiguration, where `config::hooks` checks it.
+    #[serde(default, skip_serializing)]
+    #[schemars(skip)]
+    pub hooks: Option<serde_json::Value>,
+    /// Copied into the BackupConfiguration, where `config::retry_policy` checks it.
+    #[serde(default, skip_serializing)]
+    #[schemars(skip)]
+    pub retry_config: Option<serde_json::Value>,
+}
+
 // ---------------------------------------------------------------- Repository
 
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]

@@ -172,9 +172,22 @@ pub async fn record_event<K>(client: &Client, obj: &K, kind: EventType, reason: 
 where
     K: Resource<DynamicType = ()>,
 {
+    let event = event_for(obj, kind, reason, message);
+    let namespace = event.metadata.namespace.clone().unwrap_or_default();
+    let api: Api<Event> = Api::namespaced(client.clone(), &namespace);
+    if let Err(e) = api.create(&PostParams::default(), &event).await {
+        tracing::warn!(error = %e, reason, "could not record a Kubernetes Event");
+    }
+}
+
+/// The Event [`record_event`] writes.
+fn event_for<K>(obj: &K, kind: EventType, reason: &str, message: &str) -> Event
+where
+    K: Resource<DynamicType = ()>,
+{
     let namespace = obj.namespace().unwrap_or_else(|| "default".into());
     let now = k8s_openapi::jiff::Timestamp::now();
-    let event = Event {
+    Event {
         metadata: ObjectMeta {
             generate_name: Some(format!("{}.", obj.name_any())),
             namespace: Some(namespace.clone()),
@@ -207,10 +220,34 @@ where
             host: None,
         }),
         ..Default::default()
-    };
+    }
+}
+
+/// As [`record_event`], but once: the Event's name comes from the object, reason and
+/// message, so the same finding on every tick (an AppBinding whose blueprint cannot be
+/// applied) is one Event until the API server expires it (an hour by default), not one a
+/// minute.
+pub async fn record_event_once<K>(
+    client: &Client,
+    obj: &K,
+    kind: EventType,
+    reason: &str,
+    message: &str,
+) where
+    K: Resource<DynamicType = ()>,
+{
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(format!("{}\n{reason}\n{message}", K::kind(&())));
+    let name = format!("{}.{}", obj.name_any(), hex::encode(&digest[..8]));
+    let mut event = event_for(obj, kind, reason, message);
+    event.metadata.generate_name = None;
+    event.metadata.name = Some(name);
+    let namespace = event.metadata.namespace.clone().unwrap_or_default();
     let api: Api<Event> = Api::namespaced(client.clone(), &namespace);
-    if let Err(e) = api.create(&PostParams::default(), &event).await {
-        tracing::warn!(error = %e, reason, "could not record a Kubernetes Event");
+    match api.create(&PostParams::default(), &event).await {
+        Ok(_) => {}
+        Err(e) if crate::error::api_code(&e) == Some(409) => {}
+        Err(e) => tracing::warn!(error = %e, reason, "could not record a Kubernetes Event"),
     }
 }
 

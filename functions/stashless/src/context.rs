@@ -77,6 +77,24 @@ impl NamespaceScope {
     }
 }
 
+impl NamespaceScope {
+    /// As [`Self::apis`], for objects read untyped (`ar` says which kind).
+    pub fn dynamic_apis(
+        &self,
+        client: &Client,
+        ar: &kube::core::ApiResource,
+    ) -> Vec<Api<kube::core::DynamicObject>> {
+        if self.is_all() {
+            vec![Api::all_with(client.clone(), ar)]
+        } else {
+            self.0
+                .iter()
+                .map(|n| Api::namespaced_with(client.clone(), n, ar))
+                .collect()
+        }
+    }
+}
+
 impl<S: Into<String>> FromIterator<S> for NamespaceScope {
     fn from_iter<I: IntoIterator<Item = S>>(iter: I) -> Self {
         let mut names: Vec<String> = Vec::new();

@@ -10,7 +10,9 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use kube::CustomResourceExt;
 use serde_json::Value;
 
-use crate::api::{AppBinding, BackupConfiguration, BackupSession, Repository, RestoreSession};
+use crate::api::{
+    AppBinding, BackupBlueprint, BackupConfiguration, BackupSession, Repository, RestoreSession,
+};
 
 pub const BACKUP_CONFIGURATIONS: &str =
     include_str!("../../../infra/crds/stash/backupconfigurations.stash.appscode.com.yaml");
@@ -22,9 +24,12 @@ pub const REPOSITORIES: &str =
     include_str!("../../../infra/crds/stash/repositories.stash.appscode.com.yaml");
 pub const APP_BINDINGS: &str =
     include_str!("../../../infra/crds/stash/appbindings.appcatalog.appscode.com.yaml");
+pub const BACKUP_BLUEPRINTS: &str =
+    include_str!("../../../infra/crds/stash/backupblueprints.stash.appscode.com.yaml");
 
-/// The five kinds as (group, version, kind, plural, has a status subresource).
-pub const KINDS: [(&str, &str, &str, &str, bool); 5] = [
+/// The six kinds as (group, version, kind, plural, has a status subresource). All are
+/// namespaced but BackupBlueprint ([`is_cluster_scoped`]).
+pub const KINDS: [(&str, &str, &str, &str, bool); 6] = [
     (
         "stash.appscode.com",
         "v1beta1",
@@ -60,15 +65,28 @@ pub const KINDS: [(&str, &str, &str, &str, bool); 5] = [
         "appbindings",
         false,
     ),
+    (
+        "stash.appscode.com",
+        "v1beta1",
+        "BackupBlueprint",
+        "backupblueprints",
+        false,
+    ),
 ];
 
-/// All five, in the order to apply them.
-pub const ALL: [&str; 5] = [
+/// Whether a kind of [`KINDS`] is cluster-scoped (BackupBlueprint).
+pub fn is_cluster_scoped(kind: &str) -> bool {
+    kind == "BackupBlueprint"
+}
+
+/// All six, in the order to apply them.
+pub const ALL: [&str; 6] = [
     APP_BINDINGS,
     REPOSITORIES,
     BACKUP_CONFIGURATIONS,
     BACKUP_SESSIONS,
     RESTORE_SESSIONS,
+    BACKUP_BLUEPRINTS,
 ];
 
 /// Paths in `value` that `schema` (an openAPIV3Schema as JSON) does not allow, with the
@@ -189,6 +207,7 @@ pub fn stash_yaml(plural: &str) -> &'static str {
         "backupconfigurations" => BACKUP_CONFIGURATIONS,
         "backupsessions" => BACKUP_SESSIONS,
         "restoresessions" => RESTORE_SESSIONS,
+        "backupblueprints" => BACKUP_BLUEPRINTS,
         _ => panic!("no Stash CRD for {plural}"),
     }
 }
@@ -199,7 +218,7 @@ pub fn stash_schema(plural: &str) -> Value {
     schema_of(stash_yaml(plural))
 }
 
-/// The five CRDs generated from the Rust types, in the order to apply them, each with
+/// The six CRDs generated from the Rust types, in the order to apply them, each with
 /// its file name in `infra/crds/generated/` (`<plural>.<group>.yaml`, like Stash's).
 pub fn generated() -> Vec<(String, CustomResourceDefinition)> {
     [
@@ -208,6 +227,7 @@ pub fn generated() -> Vec<(String, CustomResourceDefinition)> {
         BackupConfiguration::crd(),
         BackupSession::crd(),
         RestoreSession::crd(),
+        BackupBlueprint::crd(),
     ]
     .into_iter()
     .map(|crd| {

@@ -18,6 +18,7 @@ pub mod api;
 pub mod archive;
 pub mod aws_login;
 pub mod backup;
+pub mod blueprint;
 pub mod cluster;
 pub mod config;
 pub mod context;

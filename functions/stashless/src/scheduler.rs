@@ -23,6 +23,8 @@ use crate::schedule::session_name;
 use crate::serve::{Owners, Verdict};
 use crate::{config, session, status};
 
+pub mod blueprints;
+
 #[derive(Debug, Clone)]
 pub struct SchedulerSettings {
     /// A slot older than this at tick time is missed, not run (CronJob's startingDeadlineSeconds).
@@ -73,6 +75,9 @@ pub struct TickReport {
     pub invalid: BTreeMap<String, String>,
     /// Configurations whose session could not be created, and why.
     pub errors: BTreeMap<String, String>,
+    /// What the BackupBlueprints made, changed or removed (auto-backup).
+    #[serde(skip_serializing_if = "blueprints::BlueprintReport::is_empty")]
+    pub blueprints: blueprints::BlueprintReport,
 }
 
 /// Run one tick at `tick.time` (or now).
@@ -86,6 +91,8 @@ pub async fn tick(
         time: crate::api::timestamp(now),
         ..Default::default()
     };
+    // Blueprints first: a configuration they make is ticked in this same tick.
+    report.blueprints = blueprints::apply(client, &settings.namespaces).await;
     let mut configs = Vec::new();
     for api in settings.namespaces.apis::<BackupConfiguration>(client) {
         configs.extend(list(&api).await?);

@@ -123,6 +123,7 @@ fn kinds_table_matches_the_crd_files() {
         crds::RESTORE_SESSIONS,
         crds::REPOSITORIES,
         crds::APP_BINDINGS,
+        crds::BACKUP_BLUEPRINTS,
     ]
     .into_iter()
     .zip(crds::KINDS)

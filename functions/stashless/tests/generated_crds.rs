@@ -16,7 +16,7 @@ fn generated_crd_files_match_the_rust_types() {
     }
     let mut stale = Vec::new();
     let generated = crds::generated();
-    assert_eq!(generated.len(), 5);
+    assert_eq!(generated.len(), 6);
     for (file, crd) in &generated {
         let want = crds::generated_yaml(crd);
         let path = dir.join(file);

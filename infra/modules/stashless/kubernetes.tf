@@ -130,6 +130,7 @@ resource "kubernetes_role_binding_v1" "secrets" {
 locals {
   crd_files = [
     "appbindings.appcatalog.appscode.com",
+    "backupblueprints.stash.appscode.com",
     "backupconfigurations.stash.appscode.com",
     "backupsessions.stash.appscode.com",
     "repositories.stash.appscode.com",
