@@ -26,6 +26,25 @@ pub struct Site {
     pub pins: Vec<(String, Vec<IpAddr>)>,
     /// The AppBinding's CA, trusted for HTTPS calls to the target's own host.
     pub target_ca_pem: Option<Vec<u8>>,
+    /// Refuse loopback and link-local destinations: set inside Lambda, where the Runtime
+    /// API (and extensions) listen on loopback and metadata services on link-local, none
+    /// of which a hook written into a BackupConfiguration may reach.
+    pub refuse_local: bool,
+}
+
+/// Whether `ip` is a destination [`Site::refuse_local`] refuses.
+pub fn is_local(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => v4.is_loopback() || v4.is_link_local() || v4.is_unspecified(),
+        IpAddr::V6(v6) => {
+            v6.is_loopback()
+                || v6.is_unspecified()
+                || (v6.segments()[0] & 0xffc0) == 0xfe80
+                || v6
+                    .to_ipv4_mapped()
+                    .is_some_and(|v4| is_local(IpAddr::V4(v4)))
+        }
+    }
 }
 
 /// How a hook went: the condition's message, and whether it succeeded.
@@ -103,6 +122,45 @@ fn pinned<'a>(site: &'a Site, host: &str) -> Option<&'a [IpAddr]> {
         .map(|(_, ips)| ips.as_slice())
 }
 
+/// The addresses a hook connects to: an address as written, a pinned cluster name's
+/// endpoints, or what DNS answers (looked up here, so what is checked is what is used).
+async fn addresses(
+    host: &str,
+    port: u16,
+    site: &Site,
+    deadline: Instant,
+    shown: &str,
+) -> Result<Vec<SocketAddr>, String> {
+    let addrs: Vec<SocketAddr> = if let Ok(ip) = host.trim_matches(['[', ']']).parse::<IpAddr>() {
+        vec![SocketAddr::new(ip, port)]
+    } else if let Some(ips) = pinned(site, host) {
+        ips.iter().map(|ip| SocketAddr::new(*ip, port)).collect()
+    } else {
+        match tokio::time::timeout_at(deadline, tokio::net::lookup_host((host, port))).await {
+            Ok(Ok(a)) => a.collect(),
+            Ok(Err(e)) => return Err(format!("{shown}: the host does not resolve ({e})")),
+            Err(_) => {
+                return Err(format!(
+                    "{shown}: no answer within the session's time limit"
+                ));
+            }
+        }
+    };
+    if site.refuse_local && addrs.iter().all(|a| is_local(a.ip())) {
+        return Err(format!(
+            "{shown}: the host is a loopback or link-local address, which a hook may not call from the function (the Lambda Runtime API and metadata services live there)"
+        ));
+    }
+    let addrs: Vec<SocketAddr> = addrs
+        .into_iter()
+        .filter(|a| !(site.refuse_local && is_local(a.ip())))
+        .collect();
+    if addrs.is_empty() {
+        return Err(format!("{shown}: the host has no address"));
+    }
+    Ok(addrs)
+}
+
 fn left(deadline: Instant) -> Result<Duration, String> {
     let d = deadline.saturating_duration_since(Instant::now());
     if d.is_zero() {
@@ -136,8 +194,9 @@ async fn http(
         .timeout(budget)
         // Kubernetes probes do not follow a redirect off the host; a 3xx counts as success.
         .redirect(reqwest::redirect::Policy::none());
-    if let Some(ips) = pinned(site, &host) {
-        let addrs: Vec<SocketAddr> = ips.iter().map(|ip| SocketAddr::new(*ip, 0)).collect();
+    let addrs = addresses(&host, call.port, site, deadline, &shown).await?;
+    if host.parse::<IpAddr>().is_err() {
+        // Connect to the addresses checked above, not to a second DNS answer.
         builder = builder.resolve_to_addrs(&host, &addrs);
     }
     let is_target = site.target.as_ref().is_some_and(|(h, _)| *h == host);
@@ -265,27 +324,83 @@ async fn tcp(
     left(deadline)?;
     let host = host_of(host, summary, site)?;
     let shown = format!("TCP {}:{port}", bracket(&host));
-    let addrs: Vec<SocketAddr> = match pinned(site, &host) {
-        Some(ips) => ips.iter().map(|ip| SocketAddr::new(*ip, port)).collect(),
-        None => {
-            match tokio::time::timeout_at(deadline, tokio::net::lookup_host((host.as_str(), port)))
-                .await
-            {
-                Ok(Ok(a)) => a.collect(),
-                Ok(Err(e)) => return Err(format!("{shown}: the host does not resolve ({e})")),
-                Err(_) => {
-                    return Err(format!(
-                        "{shown}: no answer within the session's time limit"
-                    ));
-                }
-            }
-        }
-    };
+    let addrs = addresses(&host, port, site, deadline, &shown).await?;
     match tokio::time::timeout_at(deadline, tokio::net::TcpStream::connect(&addrs[..])).await {
         Ok(Ok(_)) => Ok(format!("{shown} is open")),
         Ok(Err(e)) => Err(format!("{shown}: could not connect ({e})")),
         Err(_) => Err(format!(
             "{shown}: no answer within the session's time limit"
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::hooks::{Policy, Stage};
+
+    #[test]
+    fn loopback_link_local_and_unspecified_are_local() {
+        for ip in [
+            "127.0.0.1",
+            "127.9.9.9",
+            "169.254.169.254",
+            "0.0.0.0",
+            "::1",
+            "fe80::1",
+            "::ffff:127.0.0.1",
+            "::",
+        ] {
+            assert!(is_local(ip.parse().unwrap()), "{ip}");
+        }
+        for ip in [
+            "10.0.0.1",
+            "192.168.1.1",
+            "8.8.8.8",
+            "fd00::1",
+            "2001:db8::1",
+        ] {
+            assert!(!is_local(ip.parse().unwrap()), "{ip}");
+        }
+    }
+
+    /// Inside Lambda a hook cannot reach the Runtime API on loopback, by address or name.
+    #[tokio::test]
+    async fn inside_lambda_loopback_hooks_are_refused_before_connecting() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let site = Site {
+            refuse_local: true,
+            ..Default::default()
+        };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        for host in ["127.0.0.1", "localhost"] {
+            let hook = Hook {
+                stage: Stage::PreBackup,
+                policy: Policy::Always,
+                action: Action::Tcp {
+                    host: Some(host.into()),
+                    port,
+                },
+            };
+            let ran = run(&hook, &Summary::default(), &site, deadline).await;
+            assert!(!ran.ok);
+            assert!(
+                ran.message.contains("loopback or link-local"),
+                "{}",
+                ran.message
+            );
+        }
+        // Outside Lambda (tests, the CLI) the same hook connects.
+        let hook = Hook {
+            stage: Stage::PreBackup,
+            policy: Policy::Always,
+            action: Action::Tcp {
+                host: Some("127.0.0.1".into()),
+                port,
+            },
+        };
+        let ran = run(&hook, &Summary::default(), &Site::default(), deadline).await;
+        assert!(ran.ok, "{}", ran.message);
     }
 }

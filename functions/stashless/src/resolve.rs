@@ -520,7 +520,10 @@ pub async fn hook_site(
     target: Option<&TargetRef>,
     hosts: &[&str],
 ) -> crate::hooks::Site {
-    let mut site = crate::hooks::Site::default();
+    let mut site = crate::hooks::Site {
+        refuse_local: std::env::var_os("AWS_LAMBDA_RUNTIME_API").is_some(),
+        ..Default::default()
+    };
     let mut namespaces = std::collections::BTreeSet::new();
     namespaces.insert(session_ns.to_string());
     for host in hosts {
