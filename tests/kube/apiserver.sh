@@ -14,7 +14,7 @@
 #       hold one argument per line; DIR/env holds STASHLESS_KUBE_URL/TOKEN/CA_FILE;
 #       etcd's data goes to $STASHLESS_ETCD_DATA if set, else to tmpfs or DIR
 #   apiserver.sh install-crds DIR stash|generated
-#       create the five CRDs from infra/crds/<set>/ and wait until they are served
+#       create the six CRDs from infra/crds/<set>/ and wait until they are served
 #
 # Tokens (DIR/tokens.csv): `admin` (group system:masters) and `limited` (no groups:
 # RBAC allows it only discovery), for tests of what a function without rights sees.

@@ -60,7 +60,7 @@ pub fn init_logs() {
         .try_init();
 }
 
-/// Register the five kinds with Stash's schemas, so memkube prunes, defaults and validates
+/// Register the six kinds with Stash's schemas, so memkube prunes, defaults and validates
 /// writes as a real server with Stash's CRDs does.
 pub fn register_stash_kinds(kube: &MemKube) {
     for (group, version, kind, plural, status) in stashless::crds::KINDS {

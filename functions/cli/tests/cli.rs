@@ -63,7 +63,7 @@ fn demo_prints_a_verified_round_trip() {
 }
 
 #[test]
-fn crds_prints_stash_s_five_crds() {
+fn crds_prints_stash_s_six_crds() {
     let o = stashless(&["crds"], &[]);
     assert!(o.status.success());
     let docs: Vec<Value> =
@@ -72,8 +72,9 @@ fn crds_prints_stash_s_five_crds() {
         .iter()
         .filter_map(|d| d["metadata"]["name"].as_str())
         .collect();
-    assert_eq!(names.len(), 5, "{names:?}");
+    assert_eq!(names.len(), 6, "{names:?}");
     assert!(names.contains(&"backupsessions.stash.appscode.com"));
+    assert!(names.contains(&"backupblueprints.stash.appscode.com"));
 }
 
 #[test]

@@ -21,7 +21,7 @@ use crate::api::{
 use crate::archive::{SnapshotInfo, SnapshotVerifier};
 use crate::cluster::{EventType, record_event};
 use crate::config;
-use crate::config::hooks::{Hooks, Stage, Summary};
+use crate::config::hooks::{Ended, Hooks, Stage, Summary};
 use crate::context::{Context, Progress};
 use crate::error::{Error, ErrorKind, Result};
 use crate::events::SessionRef;
@@ -165,11 +165,12 @@ pub async fn run(
     let post_ran = match post {
         None => None,
         Some(post) => {
-            let outcome = match &result {
+            let (phase, error) = match &result {
                 Ok(_) => ("Succeeded", String::new()),
                 Err(e) => ("Failed", e.reason()),
             };
-            let summary = summary(&session, &config, Some((outcome, started.elapsed())));
+            let ended = (phase, error, started.elapsed());
+            let summary = summary(&session, &config, Some(ended));
             let at = hooks::post_deadline(deadline, lambda_deadline);
             let ran = hooks::run(post, &summary, &site, at.into()).await;
             note_hook(&mut session, post.stage, &ran);
@@ -209,48 +210,25 @@ async fn hook_site(
     if hooks.is_empty() {
         return Site::default();
     }
-    let hosts: Vec<&str> = [hooks.pre.as_ref(), hooks.post.as_ref()]
-        .into_iter()
-        .flatten()
-        .filter_map(|h| h.host())
-        .collect();
     let ns = session.namespace().unwrap_or_default();
-    resolve::hook_site(&ctx.kube, &ns, config.target_ref(), &hosts).await
+    resolve::hook_site(&ctx.kube, &ns, config.target_ref(), &hooks.hosts()).await
 }
 
-/// Stash's session summary, which hook templates read: with `ended` (phase, error and
-/// duration) for a post-hook, without for a pre-hook.
+/// Stash's session summary, which hook templates read.
 fn summary(
     session: &BackupSession,
     config: &BackupConfiguration,
-    ended: Option<((&str, String), Duration)>,
+    ended: Option<Ended<'_>>,
 ) -> Summary {
     let ns = session.namespace().unwrap_or_default();
-    let target = config.target_ref().cloned().unwrap_or_default();
-    let ((phase, error), duration) = match ended {
-        Some(((phase, error), d)) => ((phase, error), go_duration(d)),
-        None => (("", String::new()), String::new()),
-    };
-    Summary {
-        name: session.name_any(),
-        namespace: ns.clone(),
-        invoker_api_group: api::STASH_GROUP.into(),
-        invoker_kind: "BackupConfiguration".into(),
-        invoker_name: config.name_any(),
-        target_api_version: target
-            .api_version
-            .clone()
-            .unwrap_or_else(|| api::APPBINDING_API_VERSION.into()),
-        target_kind: target
-            .kind
-            .clone()
-            .unwrap_or_else(|| api::APPBINDING_KIND.into()),
-        target_name: target.name.clone(),
-        target_namespace: target.namespace.clone().unwrap_or(ns),
-        phase: phase.into(),
-        duration,
-        error,
-    }
+    let invoker = ("BackupConfiguration", config.name_any());
+    Summary::of(
+        &session.name_any(),
+        &ns,
+        (invoker.0, &invoker.1),
+        config.target_ref(),
+        ended,
+    )
 }
 
 /// Record a hook's outcome on the session as Stash's condition.

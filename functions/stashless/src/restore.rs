@@ -19,7 +19,7 @@ use crate::api::{self, RestoreSession, go_duration, human_size};
 use crate::archive::SnapshotVerifier;
 use crate::cluster::{EventType, record_event};
 use crate::config;
-use crate::config::hooks::{Hooks, Stage, Summary};
+use crate::config::hooks::{Ended, Hooks, Stage, Summary};
 use crate::context::Context;
 use crate::error::{Error, ErrorKind, Result};
 use crate::events::SessionRef;
@@ -84,12 +84,13 @@ pub async fn run(
     let site = if hooks.is_empty() {
         Site::default()
     } else {
-        let hosts: Vec<&str> = [hooks.pre.as_ref(), hooks.post.as_ref()]
-            .into_iter()
-            .flatten()
-            .filter_map(|h| h.host())
-            .collect();
-        resolve::hook_site(&ctx.kube, &target.namespace, rs.target_ref(), &hosts).await
+        resolve::hook_site(
+            &ctx.kube,
+            &target.namespace,
+            rs.target_ref(),
+            &hooks.hosts(),
+        )
+        .await
     };
     let mut rs = rs;
     let result = match session::check_restore_exclusive(&ctx.kube, &rs).await {
@@ -112,11 +113,11 @@ pub async fn run(
     let result = match post {
         None => result,
         Some(post) => {
-            let ended = match &result {
+            let (phase, error) = match &result {
                 Ok(_) => ("Succeeded", String::new()),
                 Err(reason) => ("Failed", reason.clone()),
             };
-            let summary = summary(&rs, Some((ended, started.elapsed())));
+            let summary = summary(&rs, Some((phase, error, started.elapsed())));
             let at = hooks::post_deadline(deadline, lambda_deadline);
             let ran = hooks::run(post, &summary, &site, at.into()).await;
             note_hook(&mut rs, post.stage, &ran);
@@ -133,35 +134,16 @@ pub async fn run(
     finish(ctx, &api, &rs, started, result).await
 }
 
-/// Stash's session summary, which hook templates read: with `ended` (phase, error and
-/// duration) for a post-hook, without for a pre-hook.
-fn summary(rs: &RestoreSession, ended: Option<((&str, String), Duration)>) -> Summary {
-    let ns = rs.namespace().unwrap_or_default();
-    let target = rs.target_ref().cloned().unwrap_or_default();
-    let ((phase, error), duration) = match ended {
-        Some((pe, d)) => (pe, go_duration(d)),
-        None => (("", String::new()), String::new()),
-    };
-    Summary {
-        name: rs.name_any(),
-        namespace: ns.clone(),
-        invoker_api_group: api::STASH_GROUP.into(),
-        invoker_kind: "RestoreSession".into(),
-        invoker_name: rs.name_any(),
-        target_api_version: target
-            .api_version
-            .clone()
-            .unwrap_or_else(|| api::APPBINDING_API_VERSION.into()),
-        target_kind: target
-            .kind
-            .clone()
-            .unwrap_or_else(|| api::APPBINDING_KIND.into()),
-        target_name: target.name.clone(),
-        target_namespace: target.namespace.clone().unwrap_or(ns),
-        phase: phase.into(),
-        duration,
-        error,
-    }
+/// Stash's session summary, which hook templates read.
+fn summary(rs: &RestoreSession, ended: Option<Ended<'_>>) -> Summary {
+    let (ns, name) = (rs.namespace().unwrap_or_default(), rs.name_any());
+    Summary::of(
+        &name,
+        &ns,
+        ("RestoreSession", &name),
+        rs.target_ref(),
+        ended,
+    )
 }
 
 /// Record a hook's outcome on the session as Stash's condition.

@@ -7,6 +7,7 @@
 use serde::Deserialize;
 use serde_json::Value;
 
+use crate::api::{APPBINDING_API_VERSION, APPBINDING_KIND, STASH_GROUP, TargetRef, go_duration};
 use crate::error::{Error, Result};
 
 /// Which hook: Stash's four, each with its condition type and reasons.
@@ -143,6 +144,15 @@ pub struct Hooks {
 impl Hooks {
     pub fn is_empty(&self) -> bool {
         self.pre.is_none() && self.post.is_none()
+    }
+
+    /// The hosts the hooks name (not the target's own address).
+    pub fn hosts(&self) -> Vec<&str> {
+        [self.pre.as_ref(), self.post.as_ref()]
+            .into_iter()
+            .flatten()
+            .filter_map(Hook::host)
+            .collect()
     }
 }
 
@@ -454,7 +464,43 @@ const FIELDS: &[&str] = &[
     ".Status.Error",
 ];
 
+/// How a session ended, for a post-hook's summary: phase, error (empty on success), and
+/// how long it took.
+pub type Ended<'a> = (&'a str, String, std::time::Duration);
+
 impl Summary {
+    /// Stash's summary of session `name` in `namespace`, invoked by `invoker` (kind, name),
+    /// backing up or restoring `target`; `ended` for a post-hook, `None` for a pre-hook.
+    pub fn of(
+        name: &str,
+        namespace: &str,
+        invoker: (&str, &str),
+        target: Option<&TargetRef>,
+        ended: Option<Ended<'_>>,
+    ) -> Summary {
+        let target = target.cloned().unwrap_or_default();
+        let (phase, error, duration) = match ended {
+            Some((phase, error, d)) => (phase.to_string(), error, go_duration(d)),
+            None => Default::default(),
+        };
+        Summary {
+            name: name.into(),
+            namespace: namespace.into(),
+            invoker_api_group: STASH_GROUP.into(),
+            invoker_kind: invoker.0.into(),
+            invoker_name: invoker.1.into(),
+            target_api_version: target
+                .api_version
+                .unwrap_or_else(|| APPBINDING_API_VERSION.into()),
+            target_kind: target.kind.unwrap_or_else(|| APPBINDING_KIND.into()),
+            target_name: target.name,
+            target_namespace: target.namespace.unwrap_or_else(|| namespace.into()),
+            phase,
+            duration,
+            error,
+        }
+    }
+
     fn field(&self, name: &str) -> &str {
         match name {
             ".Name" => &self.name,
