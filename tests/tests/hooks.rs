@@ -431,3 +431,48 @@ async fn an_exec_hook_makes_the_configuration_invalid() {
     );
     assert!(text.contains("httpPost"), "{text}");
 }
+
+/// A hook naming a Service (`hooks.vault.svc`) reaches it through the Service's
+/// EndpointSlice, as the Vault address does: a Lambda is outside cluster DNS, where that
+/// name does not resolve. In-memory server only (kube-apiserver 1.20 serves EndpointSlices
+/// as v1beta1; EKS as the v1 read here).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_host_is_reached_through_its_endpointslice() {
+    let hook = HookServer::start().await.unwrap();
+    let w = World::builder("hooks-svc")
+        .memory()
+        .openbao()
+        .app_binding()
+        .repository("/hooks-svc/")
+        .backup_configuration(ConfigBuilder::new("cfg").hooks(json!({
+            "preBackup": {"httpGet": {"host": format!("hooks.{NS}.svc"), "port": hook.port(), "path": "/svc"}}
+        })))
+        .build()
+        .await;
+    let reason = failed_reason(&w.backup_with(&w.ctx(), "cfg", "cfg-1", None).await);
+    assert!(
+        reason.contains(&format!("GET http://hooks.{NS}.svc:")),
+        "{reason}"
+    );
+    assert!(hook.calls_to("/svc").is_empty());
+
+    let slice = json!({
+        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "metadata": {"name": "hooks-x1", "namespace": NS, "labels": {"kubernetes.io/service-name": "hooks"}},
+        "addressType": "IPv4",
+        "endpoints": [{"addresses": ["127.0.0.1"], "conditions": {"ready": true}}],
+        "ports": [{"name": "http", "port": hook.port(), "protocol": "TCP"}],
+    });
+    w.cluster
+        .mem()
+        .insert("discovery.k8s.io", "endpointslices", slice)
+        .unwrap();
+    let outcome = w.backup_with(&w.ctx(), "cfg", "cfg-2", None).await;
+    assert!(matches!(outcome, Outcome::Succeeded { .. }), "{outcome:?}");
+    let calls = hook.calls_to("/svc");
+    assert_eq!(calls.len(), 1);
+    assert_eq!(
+        calls[0].headers["host"],
+        format!("hooks.{NS}.svc:{}", hook.port())
+    );
+}
