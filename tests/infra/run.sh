@@ -61,6 +61,42 @@ hclfmt_bin() {
   echo "$out"
 }
 
+# The Terraform providers for `terraform validate`: hashicorp/aws from the image's filesystem
+# mirror (/opt/tf-plugins), hashicorp/kubernetes built once from the Go module proxy (no
+# registry is reachable). The proxy serves the provider only as the pseudo-version below:
+# commit 3a33fb6cc605 of 2026-08-21, whose CHANGELOG tops out at 3.2.1 (installed as 3.2.1).
+# Prints the path of a Terraform CLI config that installs both from the mirrors.
+K8S_PROVIDER_VERSION=3.2.1
+K8S_PROVIDER_MODULE=github.com/hashicorp/terraform-provider-kubernetes@v1.13.4-0.20260821094251-3a33fb6cc605
+AWS_MIRROR=/opt/tf-plugins
+tf_cli_config() {
+  local mirror="$CACHE/tf-plugins"
+  local dir="$mirror/registry.terraform.io/hashicorp/kubernetes/$K8S_PROVIDER_VERSION/linux_amd64"
+  local bin="$dir/terraform-provider-kubernetes_v$K8S_PROVIDER_VERSION"
+  if [[ ! -x "$bin" ]]; then
+    log "building the kubernetes provider $K8S_PROVIDER_VERSION from the Go module proxy (once; about 3 min)" >&2
+    mkdir -p "$dir"
+    GOBIN="$dir/.gobin" go install "$K8S_PROVIDER_MODULE" >&2
+    mv "$dir/.gobin/terraform-provider-kubernetes" "$bin"
+    rmdir "$dir/.gobin"
+  fi
+  [[ -d "$AWS_MIRROR/registry.terraform.io/hashicorp/aws" ]] ||
+    { echo "FAIL no hashicorp/aws provider in $AWS_MIRROR (the image's mirror)" >&2; return 1; }
+  cat >"$mirror/cli.tfrc" <<TFRC
+provider_installation {
+  filesystem_mirror {
+    path    = "$AWS_MIRROR"
+    include = ["registry.terraform.io/hashicorp/aws"]
+  }
+  filesystem_mirror {
+    path    = "$mirror"
+    include = ["registry.terraform.io/hashicorp/kubernetes"]
+  }
+}
+TFRC
+  echo "$mirror/cli.tfrc"
+}
+
 export PYTHONDONTWRITEBYTECODE=1
 start=$SECONDS
 HCLFMT=$(hclfmt_bin)
@@ -89,6 +125,29 @@ done
 if [[ $FIX == 1 ]]; then
   log "regenerating infra/README.md tables"
   "$PY/bin/python" tests/infra/gen_docs.py --write
+fi
+
+log "terraform fmt -check, init and validate (module and both examples)"
+if ! command -v terraform >/dev/null; then
+  echo "FAIL no terraform on PATH (the image carries Terraform 1.11)"; failed=1
+elif ! CLI=$(tf_cli_config); then
+  failed=1
+else
+  export TF_CLI_CONFIG_FILE=$CLI CHECKPOINT_DISABLE=1 TF_IN_AUTOMATION=1
+  terraform fmt -check -recursive -diff infra || { echo "FAIL terraform fmt (bash tests/infra/run.sh --fix formats with hclfmt)"; failed=1; }
+  # In a copy: init writes .terraform/ and a lock file next to the configuration.
+  work=$(mktemp -d)
+  cp -r infra "$work/"
+  for d in modules/stashless examples/complete examples/minimal; do
+    if ! (cd "$work/infra/$d" && terraform init -backend=false -input=false -no-color >"$work/init.log" 2>&1); then
+      echo "FAIL terraform init in infra/$d:"; tail -20 "$work/init.log"; failed=1; continue
+    fi
+    if (cd "$work/infra/$d" && terraform validate -no-color); then :; else
+      echo "FAIL terraform validate in infra/$d"; failed=1
+    fi
+  done
+  rm -rf "$work"
+  unset TF_CLI_CONFIG_FILE
 fi
 
 log "pytest tests/infra"

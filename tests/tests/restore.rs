@@ -463,3 +463,41 @@ async fn wrong_names_empty_repositories_and_overlaps_fail_with_reasons() {
     assert_eq!((ok, skipped), (1, 2), "{all:?}");
     assert_eq!(bao.kv_get("app/x").await.unwrap().unwrap()["v"], "old");
 }
+
+/// Two restores of one Vault claimed at once, the later one first (the race reserved
+/// concurrency 1 used to hide): whichever checks finds the other Running and refuses, so
+/// they never run side by side, in either order of claiming.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_restores_of_one_vault_claimed_at_once_never_both_run() {
+    use stashless::session::{Claim, check_restore_exclusive, claim};
+    let w = world("rs-race", "http://127.0.0.1:9", "t").await;
+    let api = w.cluster.api::<stashless::api::RestoreSession>();
+    let deadline = chrono::Utc::now() + chrono::Duration::minutes(5);
+    let earlier = w
+        .cluster
+        .new_restore("rs-earlier", "repo", "vault", None, false)
+        .await
+        .unwrap();
+    let later = w
+        .cluster
+        .new_restore("rs-later", "repo", "vault", None, false)
+        .await
+        .unwrap();
+    let Claim::Claimed(later) = claim(&api, &later, deadline).await.unwrap() else {
+        panic!("claim")
+    };
+    let Claim::Claimed(earlier) = claim(&api, &earlier, deadline).await.unwrap() else {
+        panic!("claim")
+    };
+    for (me, other) in [(&earlier, "rs-later"), (&later, "rs-earlier")] {
+        let e = check_restore_exclusive(&w.cluster.client, me)
+            .await
+            .unwrap_err();
+        assert!(
+            e.reason()
+                .contains(&format!("RestoreSession {other} is already restoring")),
+            "{}",
+            e.reason()
+        );
+    }
+}

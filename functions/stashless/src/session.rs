@@ -380,8 +380,11 @@ pub async fn restore_running(
         .map(|rs| format!("{ns}/{}", rs.name_any())))
 }
 
-/// Refuse a restore next to another restore of the same target that came first, or while
-/// a backup of the target is Running ([`Error::Conflict`]: it may run once the other ends).
+/// Refuse a restore while another restore of the same target is Running, or a backup of
+/// the target is ([`Error::Conflict`]: it may run once the other ends). Called after the
+/// claim, so of two restores claimed at once each sees the other Running and both fail,
+/// rather than both running: no order between them is needed, and no reserved
+/// concurrency either.
 pub async fn check_restore_exclusive(client: &Client, me: &RestoreSession) -> Result<()> {
     let Some((tns, tname)) = me.target_key() else {
         return Ok(());
@@ -392,24 +395,12 @@ pub async fn check_restore_exclusive(client: &Client, me: &RestoreSession) -> Re
         .list(&ListParams::default())
         .await
         .map_err(|e| Error::kube("listing RestoreSessions", e))?;
-    let key = |r: &RestoreSession| {
-        (
-            r.metadata
-                .creation_timestamp
-                .as_ref()
-                .map(crate::k8s_time)
-                .unwrap_or_default(),
-            r.name_any(),
-        )
-    };
-    let mine = key(me);
     let target = Some((tns.clone(), tname.clone()));
-    if let Some(other) = all.items.iter().find(|r| {
-        r.name_any() != me.name_any()
-            && running(r.phase())
-            && r.target_key() == target
-            && key(r) < mine
-    }) {
+    if let Some(other) = all
+        .items
+        .iter()
+        .find(|r| r.name_any() != me.name_any() && running(r.phase()) && r.target_key() == target)
+    {
         return Err(Error::Conflict(format!(
             "RestoreSession {} is already restoring AppBinding {tns}/{tname}: one restore per target at a time; create this RestoreSession again when it has finished",
             other.name_any()

@@ -9,14 +9,18 @@ data "aws_eks_cluster" "this" {
   name = var.cluster_name
 }
 
-data "aws_eks_cluster_auth" "this" {
-  name = var.cluster_name
-}
-
+# A fresh token for every provider call (`aws eks get-token`, the AWS CLI): a token read
+# once at plan time (data "aws_eks_cluster_auth") expires after about 15 minutes, so a long
+# apply or a saved plan would meet 401 halfway.
 provider "kubernetes" {
   host                   = data.aws_eks_cluster.this.endpoint
   cluster_ca_certificate = base64decode(data.aws_eks_cluster.this.certificate_authority[0].data)
-  token                  = data.aws_eks_cluster_auth.this.token
+
+  exec {
+    api_version = "client.authentication.k8s.io/v1beta1"
+    command     = "aws"
+    args        = ["eks", "get-token", "--cluster-name", var.cluster_name, "--region", var.region]
+  }
 }
 
 module "stashless" {

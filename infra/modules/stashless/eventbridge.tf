@@ -24,7 +24,9 @@ resource "aws_scheduler_schedule" "tick" {
     role_arn = aws_iam_role.schedule.arn
     # The scheduled time, not the delivery time: a retried tick computes the same slots
     # and creates the same (deterministically named) BackupSessions, i.e. nothing new.
-    input = jsonencode({ time = "<aws.scheduler.scheduled-time>" })
+    # A literal, not jsonencode(): jsonencode escapes < and > (\u003c), and EventBridge
+    # Scheduler then never sees the placeholder it substitutes.
+    input = "{\"time\":\"<aws.scheduler.scheduled-time>\"}"
 
     retry_policy {
       maximum_retry_attempts       = var.schedule_maximum_retry_attempts
@@ -35,6 +37,14 @@ resource "aws_scheduler_schedule" "tick" {
       arn = aws_sqs_queue.dlq["schedule"].arn
     }
   }
+
+  # No tick before the functions may read the cluster (401/403, DLQ, alarms), and none
+  # after their access is gone on destroy.
+  depends_on = [
+    aws_eks_access_entry.function,
+    kubernetes_cluster_role_binding_v1.function,
+    kubernetes_role_binding_v1.secrets,
+  ]
 }
 
 data "aws_iam_policy_document" "schedule_assume" {
@@ -152,6 +162,13 @@ resource "aws_cloudwatch_event_target" "route" {
   dead_letter_config {
     arn = aws_sqs_queue.dlq["events"].arn
   }
+
+  # As the schedule: no event reaches a function before it may read the cluster.
+  depends_on = [
+    aws_eks_access_entry.function,
+    kubernetes_cluster_role_binding_v1.function,
+    kubernetes_role_binding_v1.secrets,
+  ]
 }
 
 resource "aws_lambda_permission" "events" {

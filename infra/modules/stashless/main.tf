@@ -3,8 +3,10 @@ data "aws_region" "current" {}
 data "aws_caller_identity" "current" {}
 
 locals {
-  partition  = data.aws_partition.current.partition
-  region     = data.aws_region.current.name
+  partition = data.aws_partition.current.partition
+  # `id` is the region's name in provider 5 and 6 (6 deprecates `name` for `region`,
+  # which 5 lacks).
+  region     = data.aws_region.current.id
   account_id = data.aws_caller_identity.current.account_id
 
   cluster_arn = "arn:${local.partition}:eks:${local.region}:${local.account_id}:cluster/${var.cluster_name}"

@@ -61,9 +61,11 @@ resource "aws_s3_bucket" "this" {
   #checkov:skip=CKV_AWS_144:Cross-region replication is a disaster-recovery choice that needs a destination bucket and key in another region the caller owns; add aws_s3_bucket_replication_configuration next to this module when wanted (versioning, which it requires, is on).
   #checkov:skip=CKV2_AWS_62:Nothing consumes bucket events: snapshots are tracked by their manifests and by the BackupSession and Repository status.
 
-  bucket              = local.bucket_name
-  force_destroy       = var.force_destroy
-  object_lock_enabled = var.object_lock_mode != null
+  bucket        = local.bucket_name
+  force_destroy = var.force_destroy
+  # Object Lock is switched on by aws_s3_bucket_object_lock_configuration below, not by
+  # object_lock_enabled here: that argument forces a new bucket, so turning the lock on
+  # for a live deployment would plan to replace the bucket holding every snapshot.
 
   tags = local.tags
 }
@@ -154,6 +156,8 @@ resource "aws_s3_bucket_object_lock_configuration" "this" {
   count = var.create_bucket && var.object_lock_mode != null ? 1 : 0
 
   bucket = aws_s3_bucket.this[0].id
+  # Enables Object Lock on the (versioned) bucket, new or existing.
+  object_lock_enabled = "Enabled"
 
   rule {
     default_retention {

@@ -32,6 +32,11 @@ variable "namespaces" {
   description = "Namespaces the functions and the bridge act in (STASHLESS_NAMESPACES). Empty means all namespaces; when set, backup and restore get `get` on Secrets only in these namespaces (the scheduler gets none anywhere)."
   type        = list(string)
   default     = []
+
+  validation {
+    condition     = length(distinct(var.namespaces)) == length(var.namespaces) && alltrue([for n in var.namespaces : can(regex("^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", n)) && length(n) <= 63])
+    error_message = "namespaces must be distinct Kubernetes namespace names (lower-case letters, digits and '-', at most 63 characters)."
+  }
 }
 
 variable "subnet_ids" {
@@ -126,21 +131,36 @@ variable "restore_timeout" {
 }
 
 variable "scheduler_reserved_concurrency" {
-  description = "Reserved concurrency of the scheduler function. 1: a tick must not overlap itself."
+  description = "Reserved concurrency of the scheduler function. Null (the default) reserves none: ticks are idempotent, so overlapping ones create nothing twice, and a reservation fails on accounts whose concurrency quota is low (Lambda keeps 100 unreserved). Set 1 to keep ticks from overlapping where the quota allows."
   type        = number
-  default     = 1
+  default     = null
+
+  validation {
+    condition     = var.scheduler_reserved_concurrency == null || try(var.scheduler_reserved_concurrency >= 1, false)
+    error_message = "scheduler_reserved_concurrency must be null or at least 1 (0 would stop the function)."
+  }
 }
 
 variable "backup_reserved_concurrency" {
   description = "Reserved concurrency of the backup function. Null leaves it unreserved: backups of different Vault clusters may run in parallel, and two backups of the same one are serialised by the functions themselves (the second is Skipped). Set a number to cap the load on S3 and the account's concurrency."
   type        = number
   default     = null
+
+  validation {
+    condition     = var.backup_reserved_concurrency == null || try(var.backup_reserved_concurrency >= 1, false)
+    error_message = "backup_reserved_concurrency must be null or at least 1 (0 would stop the function)."
+  }
 }
 
 variable "restore_reserved_concurrency" {
-  description = "Reserved concurrency of the restore function. 1: two restores into one Vault must never overlap."
+  description = "Reserved concurrency of the restore function. Null (the default) reserves none: two restores of one Vault never overlap whatever runs them (the later one fails with a reason), and a reservation fails on accounts whose concurrency quota is low (Lambda keeps 100 unreserved)."
   type        = number
-  default     = 1
+  default     = null
+
+  validation {
+    condition     = var.restore_reserved_concurrency == null || try(var.restore_reserved_concurrency >= 1, false)
+    error_message = "restore_reserved_concurrency must be null or at least 1 (0 would stop the function)."
+  }
 }
 
 variable "tracing_mode" {
@@ -230,12 +250,22 @@ variable "schedule_maximum_retry_attempts" {
   description = "How often EventBridge Scheduler retries invoking the scheduler function (0-185) before the tick goes to the schedule's dead-letter queue."
   type        = number
   default     = 3
+
+  validation {
+    condition     = var.schedule_maximum_retry_attempts >= 0 && var.schedule_maximum_retry_attempts <= 185 && floor(var.schedule_maximum_retry_attempts) == var.schedule_maximum_retry_attempts
+    error_message = "schedule_maximum_retry_attempts must be a whole number from 0 to 185."
+  }
 }
 
 variable "schedule_maximum_event_age_in_seconds" {
   description = "How long EventBridge Scheduler keeps retrying a tick (60-86400 s). A tick older than the starting deadline is useless: the next one covers it."
   type        = number
   default     = 300
+
+  validation {
+    condition     = var.schedule_maximum_event_age_in_seconds >= 60 && var.schedule_maximum_event_age_in_seconds <= 86400
+    error_message = "schedule_maximum_event_age_in_seconds must be from 60 to 86400."
+  }
 }
 
 variable "event_bus_name" {
@@ -248,12 +278,22 @@ variable "event_retry_attempts" {
   description = "How often EventBridge retries delivering a bus event to a function (0-185) before it goes to the rules' dead-letter queue."
   type        = number
   default     = 10
+
+  validation {
+    condition     = var.event_retry_attempts >= 0 && var.event_retry_attempts <= 185 && floor(var.event_retry_attempts) == var.event_retry_attempts
+    error_message = "event_retry_attempts must be a whole number from 0 to 185."
+  }
 }
 
 variable "event_maximum_age_in_seconds" {
   description = "How long EventBridge keeps retrying a bus event (60-86400 s)."
   type        = number
   default     = 3600
+
+  validation {
+    condition     = var.event_maximum_age_in_seconds >= 60 && var.event_maximum_age_in_seconds <= 86400
+    error_message = "event_maximum_age_in_seconds must be from 60 to 86400."
+  }
 }
 
 variable "dlq_message_retention_seconds" {
@@ -342,15 +382,25 @@ variable "kms_key_arn" {
 }
 
 variable "kms_deletion_window_in_days" {
-  description = "Waiting period before a KMS key the module created is deleted."
+  description = "Waiting period before a KMS key the module created is deleted (7-30 days, as KMS allows)."
   type        = number
   default     = 30
+
+  validation {
+    condition     = var.kms_deletion_window_in_days >= 7 && var.kms_deletion_window_in_days <= 30 && floor(var.kms_deletion_window_in_days) == var.kms_deletion_window_in_days
+    error_message = "kms_deletion_window_in_days must be a whole number from 7 to 30."
+  }
 }
 
 variable "cloudwatch_logs_retention_in_days" {
-  description = "Retention of the functions' log groups."
+  description = "Retention of the functions' log groups, in days: one of the values CloudWatch Logs accepts (1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827, 2192, 2557, 2922, 3288, 3653), or 0 to keep logs forever."
   type        = number
   default     = 30
+
+  validation {
+    condition     = contains([0, 1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827, 2192, 2557, 2922, 3288, 3653], var.cloudwatch_logs_retention_in_days)
+    error_message = "cloudwatch_logs_retention_in_days must be 0 or one of 1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827, 2192, 2557, 2922, 3288, 3653."
+  }
 }
 
 ################################################################################
