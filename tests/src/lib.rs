@@ -63,10 +63,10 @@ pub fn init_logs() {
 /// Register the six kinds with Stash's schemas, so memkube prunes, defaults and validates
 /// writes as a real server with Stash's CRDs does.
 pub fn register_stash_kinds(kube: &MemKube) {
-    for (group, version, kind, plural, status) in stashless::crds::KINDS {
+    for (group, version, kind, plural, status, namespaced) in stashless::crds::KINDS {
         let mut k = ResourceKind::new(group, version, kind, plural)
             .with_schema(stashless::crds::stash_schema(plural));
-        if stashless::crds::is_cluster_scoped(kind) {
+        if !namespaced {
             k = k.cluster_scoped();
         }
         kube.register(if status { k.with_status() } else { k });

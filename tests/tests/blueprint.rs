@@ -226,17 +226,12 @@ async fn a_blueprint_backs_up_annotated_vault_appbindings_and_leaves_others_to_s
     .await;
 
     // The annotation goes: so does the configuration; the Repository and its snapshot stay.
-    w.cluster
-        .api::<AppBinding>()
-        .patch(
-            "vault",
-            &PatchParams::default(),
-            &Patch::Merge(
-                json!({"metadata": {"annotations": {"stash.appscode.com/backup-blueprint": null}}}),
-            ),
-        )
-        .await
-        .unwrap();
+    annotate(
+        &w,
+        "vault",
+        json!({"stash.appscode.com/backup-blueprint": null}),
+    )
+    .await;
     let report = tick_at(&w, 2, 13).await;
     assert_eq!(
         report.blueprints.removed,

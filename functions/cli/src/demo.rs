@@ -54,10 +54,10 @@ fn step(msg: &str) {
 
 /// Every Stash kind the functions use, registered on the in-memory API server.
 fn stash_kinds(kube: &MemKube) {
-    for (group, version, kind, plural, status) in stashless::crds::KINDS {
+    for (group, version, kind, plural, status, namespaced) in stashless::crds::KINDS {
         let mut k = ResourceKind::new(group, version, kind, plural)
             .with_schema(stashless::crds::stash_schema(plural));
-        if stashless::crds::is_cluster_scoped(kind) {
+        if !namespaced {
             k = k.cluster_scoped();
         }
         kube.register(if status { k.with_status() } else { k });

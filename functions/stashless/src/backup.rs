@@ -21,7 +21,7 @@ use crate::api::{
 use crate::archive::{SnapshotInfo, SnapshotVerifier};
 use crate::cluster::{EventType, record_event};
 use crate::config;
-use crate::config::hooks::{Ended, Hooks, Stage, Summary};
+use crate::config::hooks::{Ended, Hooks, Summary, ended};
 use crate::context::{Context, Progress};
 use crate::error::{Error, ErrorKind, Result};
 use crate::events::SessionRef;
@@ -142,13 +142,18 @@ pub async fn run(
 
     // Hooks that do not check fail the session in `backup` (check_config), before any runs.
     let hooks = config::hooks::backup_hooks(config.spec.hooks.as_ref()).unwrap_or_default();
-    let site = hook_site(ctx, &session, &config, &hooks).await;
+    let mut site = resolve::hook_site(&ctx.kube, &target.namespace, &hooks).await;
     let mut session = session;
-    let result = backup(ctx, &mut session, &config, started, deadline, &hooks, &site).await;
-    let pre_failed = session
-        .conditions()
-        .iter()
-        .any(|c| c.type_ == Stage::PreBackup.condition() && c.status == "False");
+    let result = backup(
+        ctx,
+        &mut session,
+        &config,
+        started,
+        deadline,
+        &hooks,
+        &mut site,
+    )
+    .await;
     // Whether a retry follows a failure (spec.retryConfig) decides OnFinalRetryFailure.
     let retry = match &result {
         Ok(_) => RetryPlan::NotAsked,
@@ -157,23 +162,15 @@ pub async fn run(
             session::retry_plan(&session, policy, e.kind(), Utc::now())
         }
     };
-    // Stash runs the post-hook by its executionPolicy, but never after a failed pre-hook.
-    let post = hooks
-        .post
-        .as_ref()
-        .filter(|post| !pre_failed && post.policy.runs(result.is_ok(), retry.follows()));
+    let post = hooks.post_for(&session.conditions(), result.is_ok(), retry.follows());
     let post_ran = match post {
         None => None,
         Some(post) => {
-            let (phase, error) = match &result {
-                Ok(_) => ("Succeeded", String::new()),
-                Err(e) => ("Failed", e.reason()),
-            };
-            let ended = (phase, error, started.elapsed());
-            let summary = summary(&session, &config, Some(ended));
+            let error = result.as_ref().err().map(Error::reason);
+            let summary = summary(&session, &config, Some(ended(error, started.elapsed())));
             let at = hooks::post_deadline(deadline, lambda_deadline);
             let ran = hooks::run(post, &summary, &site, at.into()).await;
-            note_hook(&mut session, post.stage, &ran);
+            session.set_condition(hooks::condition(post.stage, &ran));
             Some(ran)
         }
     };
@@ -200,20 +197,6 @@ pub async fn run(
     }
 }
 
-/// Where this session's hooks are called from (nothing is read when it has none).
-async fn hook_site(
-    ctx: &Context,
-    session: &BackupSession,
-    config: &BackupConfiguration,
-    hooks: &Hooks,
-) -> Site {
-    if hooks.is_empty() {
-        return Site::default();
-    }
-    let ns = session.namespace().unwrap_or_default();
-    resolve::hook_site(&ctx.kube, &ns, config.target_ref(), &hooks.hosts()).await
-}
-
 /// Stash's session summary, which hook templates read.
 fn summary(
     session: &BackupSession,
@@ -229,12 +212,6 @@ fn summary(
         config.target_ref(),
         ended,
     )
-}
-
-/// Record a hook's outcome on the session as Stash's condition.
-fn note_hook(session: &mut BackupSession, stage: Stage, ran: &hooks::Ran) {
-    let status = session.status.get_or_insert_with(Default::default);
-    set_condition(&mut status.conditions, hooks::condition(stage, ran));
 }
 
 /// A BackupSession still Running past its `sessionDeadline` (the sweep hands these back):
@@ -336,7 +313,7 @@ async fn backup(
     started: Instant,
     deadline: Instant,
     hooks: &Hooks,
-    site: &Site,
+    site: &mut Site,
 ) -> Result<Done> {
     let ns = session.namespace().unwrap_or_default();
     let spec = &config.spec;
@@ -351,13 +328,14 @@ async fn backup(
     let (repository, store, mut vault) = ctx
         .open_store_and_vault(&ns, repo_ref, target_ref.as_ref())
         .await?;
+    site.set_target(vault.target());
 
     // The pre-hook runs once everything is resolved, right before the snapshot: a failing
     // one fails the session with nothing taken or sent.
     if let Some(pre) = &hooks.pre {
         let summary = summary(session, config, None);
         let ran = hooks::run(pre, &summary, site, deadline.into()).await;
-        note_hook(session, pre.stage, &ran);
+        session.set_condition(hooks::condition(pre.stage, &ran));
         if !ran.ok {
             return Err(Error::Unavailable {
                 message: format!("{}; no snapshot was taken", ran.message),

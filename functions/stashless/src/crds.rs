@@ -27,14 +27,14 @@ pub const APP_BINDINGS: &str =
 pub const BACKUP_BLUEPRINTS: &str =
     include_str!("../../../infra/crds/stash/backupblueprints.stash.appscode.com.yaml");
 
-/// The six kinds as (group, version, kind, plural, has a status subresource). All are
-/// namespaced but BackupBlueprint ([`is_cluster_scoped`]).
-pub const KINDS: [(&str, &str, &str, &str, bool); 6] = [
+/// The six kinds as (group, version, kind, plural, has a status subresource, namespaced).
+pub const KINDS: [(&str, &str, &str, &str, bool, bool); 6] = [
     (
         "stash.appscode.com",
         "v1beta1",
         "BackupConfiguration",
         "backupconfigurations",
+        true,
         true,
     ),
     (
@@ -43,12 +43,14 @@ pub const KINDS: [(&str, &str, &str, &str, bool); 6] = [
         "BackupSession",
         "backupsessions",
         true,
+        true,
     ),
     (
         "stash.appscode.com",
         "v1beta1",
         "RestoreSession",
         "restoresessions",
+        true,
         true,
     ),
     (
@@ -57,6 +59,7 @@ pub const KINDS: [(&str, &str, &str, &str, bool); 6] = [
         "Repository",
         "repositories",
         true,
+        true,
     ),
     (
         "appcatalog.appscode.com",
@@ -64,6 +67,7 @@ pub const KINDS: [(&str, &str, &str, &str, bool); 6] = [
         "AppBinding",
         "appbindings",
         false,
+        true,
     ),
     (
         "stash.appscode.com",
@@ -71,13 +75,9 @@ pub const KINDS: [(&str, &str, &str, &str, bool); 6] = [
         "BackupBlueprint",
         "backupblueprints",
         false,
+        false,
     ),
 ];
-
-/// Whether a kind of [`KINDS`] is cluster-scoped (BackupBlueprint).
-pub fn is_cluster_scoped(kind: &str) -> bool {
-    kind == "BackupBlueprint"
-}
 
 /// All six, in the order to apply them.
 pub const ALL: [&str; 6] = [

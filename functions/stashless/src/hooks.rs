@@ -14,6 +14,7 @@ use tokio::time::Instant;
 
 use crate::api::Condition;
 use crate::config::hooks::{Action, Body, Hook, HttpCall, Stage, Summary, render};
+use crate::vault::VaultTarget;
 
 /// Where hooks are called from: the target's address for hooks without `host`, and the
 /// cluster names pinned to endpoint addresses.
@@ -30,6 +31,37 @@ pub struct Site {
     /// API (and extensions) listen on loopback and metadata services on link-local, none
     /// of which a hook written into a BackupConfiguration may reach.
     pub refuse_local: bool,
+}
+
+impl Site {
+    /// A site knowing the pinned names `pins`; loopback and link-local destinations are
+    /// refused inside Lambda (where the Runtime API is set). The target is unknown until
+    /// [`Site::set_target`].
+    pub fn new(pins: Vec<(String, Vec<IpAddr>)>) -> Site {
+        Site {
+            target_unknown: Some("the session failed before its AppBinding was resolved".into()),
+            pins,
+            refuse_local: std::env::var_os("AWS_LAMBDA_RUNTIME_API").is_some(),
+            ..Default::default()
+        }
+    }
+
+    /// The resolved target (the Vault the AppBinding names): its address for hooks without
+    /// `host`, its pinned names, and its CA for HTTPS calls to its own host.
+    pub fn set_target(&mut self, target: &VaultTarget) {
+        match reqwest::Url::parse(&target.addr) {
+            Ok(url) => {
+                self.target = url
+                    .host_str()
+                    .map(|h| h.trim_matches(['[', ']']).to_string())
+                    .zip(url.port_or_known_default());
+                self.target_unknown = None;
+            }
+            Err(e) => self.target_unknown = Some(format!("{}: {e}", target.addr)),
+        }
+        self.pins.extend(target.pins.iter().cloned());
+        self.target_ca_pem = target.ca_pem.clone();
+    }
 }
 
 /// Whether `ip` is a destination [`Site::refuse_local`] refuses.
@@ -146,19 +178,19 @@ async fn addresses(
             }
         }
     };
-    if site.refuse_local && addrs.iter().all(|a| is_local(a.ip())) {
+    if addrs.is_empty() {
+        return Err(format!("{shown}: the host has no address"));
+    }
+    let allowed: Vec<SocketAddr> = addrs
+        .into_iter()
+        .filter(|a| !(site.refuse_local && is_local(a.ip())))
+        .collect();
+    if allowed.is_empty() {
         return Err(format!(
             "{shown}: the host is a loopback or link-local address, which a hook may not call from the function (the Lambda Runtime API and metadata services live there)"
         ));
     }
-    let addrs: Vec<SocketAddr> = addrs
-        .into_iter()
-        .filter(|a| !(site.refuse_local && is_local(a.ip())))
-        .collect();
-    if addrs.is_empty() {
-        return Err(format!("{shown}: the host has no address"));
-    }
-    Ok(addrs)
+    Ok(allowed)
 }
 
 fn left(deadline: Instant) -> Result<Duration, String> {
@@ -189,9 +221,10 @@ async fn http(
     );
     let url = reqwest::Url::parse(&url).map_err(|e| format!("{shown}: not a URL ({e})"))?;
     crate::install_crypto_provider();
+    // The deadline bounds the request and the answer (timeout_at below); the connect
+    // timeout only gives up sooner on an address that does not answer.
     let mut builder = reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(10).min(budget))
-        .timeout(budget)
         // Kubernetes probes do not follow a redirect off the host; a 3xx counts as success.
         .redirect(reqwest::redirect::Policy::none());
     let addrs = addresses(&host, call.port, site, deadline, &shown).await?;

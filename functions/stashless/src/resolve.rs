@@ -509,73 +509,31 @@ fn aws_login(ab: &AppBinding, label: &str) -> Result<Option<AwsLogin>> {
     }))
 }
 
-/// Where a session's hooks are called from ([`crate::hooks::Site`]): the target
-/// AppBinding's address (for hooks without `host`) and CA, and cluster names pinned to
-/// endpoint addresses in the AppBinding's namespace and in the namespaces `hosts` name
-/// (`svc.ns...`). Reads no Secret. A target that cannot be read leaves the address
-/// unknown, with why; only a hook that needs it fails then.
+/// Where a session's hooks are called from ([`crate::hooks::Site`]), before the target is
+/// resolved: cluster names pinned to endpoint addresses in the session's namespace and in
+/// the namespaces the hooks' hosts name (`svc.ns...`). Reads nothing when there are no
+/// hooks; the target's address, pins and CA come from the resolved Vault
+/// ([`crate::hooks::Site::set_target`]), so its AppBinding is read once.
 pub async fn hook_site(
     client: &Client,
     session_ns: &str,
-    target: Option<&TargetRef>,
-    hosts: &[&str],
+    hooks: &crate::config::hooks::Hooks,
 ) -> crate::hooks::Site {
-    let mut site = crate::hooks::Site {
-        refuse_local: std::env::var_os("AWS_LAMBDA_RUNTIME_API").is_some(),
-        ..Default::default()
-    };
-    let mut namespaces = std::collections::BTreeSet::new();
-    namespaces.insert(session_ns.to_string());
-    for host in hosts {
+    if hooks.is_empty() {
+        return crate::hooks::Site::default();
+    }
+    let mut namespaces = std::collections::BTreeSet::from([session_ns.to_string()]);
+    for host in hooks.hosts() {
         let labels: Vec<&str> = host.split('.').collect();
         if labels.len() >= 2 && host.parse::<std::net::IpAddr>().is_err() {
             namespaces.insert(labels[1].to_string());
         }
     }
-    match target {
-        None => site.target_unknown = Some("spec.target.ref is not set".into()),
-        Some(t) => {
-            let ns = t
-                .namespace
-                .as_deref()
-                .filter(|s| !s.is_empty())
-                .unwrap_or(session_ns);
-            let label = format!("AppBinding {ns}/{}", t.name);
-            let found: Result<AppBinding> =
-                get(client, ns, &t.name, "AppBinding", " (spec.target.ref)").await;
-            let addr = found.and_then(|ab| {
-                let cc = &ab.spec.client_config;
-                if let Some(svc_ns) = cc.service.as_ref().and_then(|s| s.namespace.clone()) {
-                    namespaces.insert(svc_ns);
-                }
-                site.target_ca_pem =
-                    cc.ca_bundle
-                        .as_deref()
-                        .filter(|c| !c.is_empty())
-                        .and_then(|b| {
-                            base64::engine::general_purpose::STANDARD
-                                .decode(b.trim())
-                                .ok()
-                        });
-                vault_addr(cc, ns, &label)
-            });
-            namespaces.insert(ns.to_string());
-            match addr.map(|a| reqwest::Url::parse(&a)) {
-                Ok(Ok(url)) => {
-                    site.target = url
-                        .host_str()
-                        .map(|h| h.trim_matches(['[', ']']).to_string())
-                        .zip(url.port_or_known_default());
-                }
-                Ok(Err(e)) => site.target_unknown = Some(format!("{label}: {e}")),
-                Err(e) => site.target_unknown = Some(e.reason()),
-            }
-        }
-    }
+    let mut pins = Vec::new();
     for ns in namespaces {
-        site.pins.extend(endpoint_pins(client, &ns).await);
+        pins.extend(endpoint_pins(client, &ns).await);
     }
-    site
+    crate::hooks::Site::new(pins)
 }
 
 /// Cluster DNS names of the Services and pods in `ns` (`<svc>[.<ns>[.svc[.cluster.local]]]`

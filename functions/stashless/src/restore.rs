@@ -15,11 +15,11 @@ use bytes::Bytes;
 use kube::{Api, ResourceExt};
 use tokio::sync::mpsc;
 
-use crate::api::{self, RestoreSession, go_duration, human_size};
+use crate::api::{RestoreSession, go_duration, human_size};
 use crate::archive::SnapshotVerifier;
 use crate::cluster::{EventType, record_event};
 use crate::config;
-use crate::config::hooks::{Ended, Hooks, Stage, Summary};
+use crate::config::hooks::{Ended, Hooks, Summary, ended};
 use crate::context::Context;
 use crate::error::{Error, ErrorKind, Result};
 use crate::events::SessionRef;
@@ -81,46 +81,24 @@ pub async fn run(
 
     // Hooks that do not check fail the session in `restore` (check_restore_refused).
     let hooks = config::hooks::restore_hooks(rs.spec.hooks.as_ref()).unwrap_or_default();
-    let site = if hooks.is_empty() {
-        Site::default()
-    } else {
-        resolve::hook_site(
-            &ctx.kube,
-            &target.namespace,
-            rs.target_ref(),
-            &hooks.hosts(),
-        )
-        .await
-    };
+    let mut site = resolve::hook_site(&ctx.kube, &target.namespace, &hooks).await;
     let mut rs = rs;
     let result = match session::check_restore_exclusive(&ctx.kube, &rs).await {
         Err(e) => Err(e),
-        Ok(()) => restore(ctx, &mut rs, started, deadline, &hooks, &site).await,
+        Ok(()) => restore(ctx, &mut rs, started, deadline, &hooks, &mut site).await,
     };
     let result = result.map_err(|e| {
         tracing::warn!(error = %e.reason(), kind = ?e.kind(), "restore failed");
         e.reason()
     });
-    let pre_failed = rs
-        .conditions()
-        .iter()
-        .any(|c| c.type_ == Stage::PreRestore.condition() && c.status == "False");
-    // Stash runs the post-hook by its executionPolicy, never after a failed pre-hook.
-    let post = hooks
-        .post
-        .as_ref()
-        .filter(|post| !pre_failed && post.policy.runs(result.is_ok(), false));
-    let result = match post {
+    let result = match hooks.post_for(&rs.conditions(), result.is_ok(), false) {
         None => result,
         Some(post) => {
-            let (phase, error) = match &result {
-                Ok(_) => ("Succeeded", String::new()),
-                Err(reason) => ("Failed", reason.clone()),
-            };
-            let summary = summary(&rs, Some((phase, error, started.elapsed())));
+            let error = result.as_ref().err().cloned();
+            let summary = summary(&rs, Some(ended(error, started.elapsed())));
             let at = hooks::post_deadline(deadline, lambda_deadline);
             let ran = hooks::run(post, &summary, &site, at.into()).await;
-            note_hook(&mut rs, post.stage, &ran);
+            rs.set_condition(hooks::condition(post.stage, &ran));
             match result {
                 Ok(done) if !ran.ok => Err(format!(
                     "{}; snapshot {} was restored into Vault",
@@ -144,12 +122,6 @@ fn summary(rs: &RestoreSession, ended: Option<Ended<'_>>) -> Summary {
         rs.target_ref(),
         ended,
     )
-}
-
-/// Record a hook's outcome on the session as Stash's condition.
-fn note_hook(rs: &mut RestoreSession, stage: Stage, ran: &hooks::Ran) {
-    let status = rs.status.get_or_insert_with(Default::default);
-    api::set_condition(&mut status.conditions, hooks::condition(stage, ran));
 }
 
 struct Done {
@@ -248,7 +220,7 @@ async fn restore(
     started: Instant,
     deadline: Instant,
     hooks: &Hooks,
-    site: &Site,
+    site: &mut Site,
 ) -> Result<Done> {
     let ns = rs.namespace().unwrap_or_default();
     config::restore_time_limit(rs, Duration::ZERO)?;
@@ -263,6 +235,7 @@ async fn restore(
     let (_, store, mut vault) = ctx
         .open_store_and_vault(&ns, repo_ref, rs.target_ref())
         .await?;
+    site.set_target(vault.target());
 
     let manifests = store.list_manifests().await?;
     let requested = requested_snapshot(rs);
@@ -305,7 +278,7 @@ async fn restore(
     // failing one fails the session with Vault as it was.
     if let Some(pre) = &hooks.pre {
         let ran = hooks::run(pre, &summary(rs, None), site, deadline.into()).await;
-        note_hook(rs, pre.stage, &ran);
+        rs.set_condition(hooks::condition(pre.stage, &ran));
         if !ran.ok {
             return Err(Error::Unavailable {
                 message: format!("{}; nothing was restored", ran.message),

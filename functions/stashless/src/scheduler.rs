@@ -92,14 +92,15 @@ pub async fn tick(
         ..Default::default()
     };
     // Blueprints first: a configuration they make is ticked in this same tick.
-    report.blueprints = blueprints::apply(client, &settings.namespaces).await;
+    let (made, appbindings) = blueprints::apply(client, &settings.namespaces).await;
+    report.blueprints = made;
     let mut configs = Vec::new();
     for api in settings.namespaces.apis::<BackupConfiguration>(client) {
         configs.extend(list(&api).await?);
     }
     // Configurations are independent: a bounded number at a time, so a tick over a
     // thousand of them is one round trip deep per CONCURRENT_CONFIGS, not a thousand.
-    let owners = &Owners::new(client);
+    let owners = &Owners::new(client).knowing_appbindings(&appbindings);
     let mut outcomes: Vec<(String, ConfigOutcome)> =
         futures::stream::iter(configs.into_iter().map(|config| async move {
             let key = format!(

@@ -158,6 +158,17 @@ pub fn decide(
     }
 }
 
+/// An AppBinding's `spec.type`, read untyped: another product's AppBinding need not fit
+/// stashless's model of one. Blank counts as none.
+pub fn appbinding_type_of(ab: &DynamicObject) -> Option<String> {
+    ab.data
+        .get("spec")
+        .and_then(|s| s.get("type"))
+        .and_then(|t| t.as_str())
+        .filter(|t| !t.trim().is_empty())
+        .map(str::to_string)
+}
+
 /// `(namespace, name)` of an object.
 type Key = (String, String);
 
@@ -179,6 +190,24 @@ impl Owners {
             appbinding_types: Mutex::default(),
             configs: Mutex::default(),
         }
+    }
+
+    /// Remember AppBindings already listed (untyped), so configurations targeting them
+    /// need no read.
+    pub fn knowing_appbindings<'a>(
+        self,
+        appbindings: impl IntoIterator<Item = &'a DynamicObject>,
+    ) -> Owners {
+        {
+            let mut known = self.appbinding_types.lock().expect("not poisoned");
+            for ab in appbindings {
+                known.insert(
+                    (ab.namespace().unwrap_or_default(), ab.name_any()),
+                    Some(appbinding_type_of(ab)),
+                );
+            }
+        }
+        self
     }
 
     /// Remember configurations already listed, so sessions of them need no read.
@@ -315,14 +344,7 @@ impl Owners {
             &ApiResource::erase::<AppBinding>(&()),
         );
         let found = match api.get(name).await {
-            Ok(o) => Some(
-                o.data
-                    .get("spec")
-                    .and_then(|s| s.get("type"))
-                    .and_then(|t| t.as_str())
-                    .filter(|t| !t.trim().is_empty())
-                    .map(str::to_string),
-            ),
+            Ok(o) => Some(appbinding_type_of(&o)),
             Err(e) if api_code(&e) == Some(404) => None,
             Err(e) => return Err(Error::kube(format!("reading AppBinding {ns}/{name}"), e)),
         };

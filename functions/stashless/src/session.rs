@@ -90,6 +90,8 @@ pub trait HasPhase {
     fn phase(&self) -> Option<SessionPhase>;
     /// Its current conditions, the base of the next status write.
     fn conditions(&self) -> Vec<Condition>;
+    /// Set a condition on the object in hand (written with its next status).
+    fn set_condition(&mut self, condition: Condition);
 }
 
 impl HasPhase for BackupSession {
@@ -103,6 +105,11 @@ impl HasPhase for BackupSession {
             .map(|s| s.conditions.clone())
             .unwrap_or_default()
     }
+
+    fn set_condition(&mut self, condition: Condition) {
+        let status = self.status.get_or_insert_with(Default::default);
+        crate::api::set_condition(&mut status.conditions, condition);
+    }
 }
 
 impl HasPhase for RestoreSession {
@@ -115,6 +122,11 @@ impl HasPhase for RestoreSession {
             .as_ref()
             .map(|s| s.conditions.clone())
             .unwrap_or_default()
+    }
+
+    fn set_condition(&mut self, condition: Condition) {
+        let status = self.status.get_or_insert_with(Default::default);
+        crate::api::set_condition(&mut status.conditions, condition);
     }
 }
 
@@ -506,14 +518,17 @@ fn retry_attempt(s: &BackupSession) -> u32 {
         .unwrap_or(0)
 }
 
-/// The name of retry `attempt` of the session `s` (itself perhaps a retry).
-fn retry_name(s: &BackupSession, attempt: u32) -> String {
-    let original = s
-        .annotations()
+/// The session the retries of `s` started from: `s` itself unless it is a retry.
+fn retry_origin(s: &BackupSession) -> String {
+    s.annotations()
         .get(RETRY_OF)
         .cloned()
-        .unwrap_or_else(|| s.name_any());
-    format!("{original}-retry-{attempt}")
+        .unwrap_or_else(|| s.name_any())
+}
+
+/// The name of retry `attempt` of the session `s` (itself perhaps a retry).
+fn retry_name(s: &BackupSession, attempt: u32) -> String {
+    format!("{}-retry-{attempt}", retry_origin(s))
 }
 
 /// What follows `failed` (failed at `now` with an error of `kind`) under `policy`.
@@ -571,13 +586,8 @@ pub fn retry_due(failed: &BackupSession, policy: RetryPolicy) -> Option<(String,
 /// left, and annotations saying which retry of which session it is.
 pub fn retry_session(failed: &BackupSession) -> BackupSession {
     let attempt = retry_attempt(failed) + 1;
-    let original = failed
-        .annotations()
-        .get(RETRY_OF)
-        .cloned()
-        .unwrap_or_else(|| failed.name_any());
     let mut annotations = std::collections::BTreeMap::from([
-        (RETRY_OF.to_string(), original),
+        (RETRY_OF.to_string(), retry_origin(failed)),
         (RETRY_ATTEMPT.to_string(), attempt.to_string()),
     ]);
     if let Some(serve) = failed.annotations().get(crate::serve::SERVE_ANNOTATION) {

@@ -141,6 +141,11 @@ impl Vault {
         &self.target.addr
     }
 
+    /// What it was opened with (address, pins, CA); the token stays inside.
+    pub fn target(&self) -> &VaultTarget {
+        &self.target
+    }
+
     /// How this target wants to log in with AWS IAM, if it does.
     pub fn aws_login(&self) -> Option<&AwsLogin> {
         self.target.aws_login.as_ref()

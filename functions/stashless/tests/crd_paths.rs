@@ -117,7 +117,7 @@ fn reference_crds_have_status_subresources_where_stash_has_them() {
 
 #[test]
 fn kinds_table_matches_the_crd_files() {
-    for (yaml, (group, version, kind, plural, status)) in [
+    for (yaml, (group, version, kind, plural, status, namespaced)) in [
         crds::BACKUP_CONFIGURATIONS,
         crds::BACKUP_SESSIONS,
         crds::RESTORE_SESSIONS,
@@ -133,6 +133,8 @@ fn kinds_table_matches_the_crd_files() {
         assert_eq!(v["spec"]["names"]["kind"], kind);
         assert_eq!(v["spec"]["names"]["plural"], plural);
         assert_eq!(v["spec"]["versions"][0]["name"], version);
+        let scope = if namespaced { "Namespaced" } else { "Cluster" };
+        assert_eq!(v["spec"]["scope"], scope, "{kind}");
         assert_eq!(
             !v["spec"]["versions"][0]["subresources"]["status"].is_null(),
             status,

@@ -7,7 +7,9 @@
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::api::{APPBINDING_API_VERSION, APPBINDING_KIND, STASH_GROUP, TargetRef, go_duration};
+use crate::api::{
+    APPBINDING_API_VERSION, APPBINDING_KIND, Condition, STASH_GROUP, TargetRef, go_duration,
+};
 use crate::error::{Error, Result};
 
 /// Which hook: Stash's four, each with its condition type and reasons.
@@ -144,6 +146,26 @@ pub struct Hooks {
 impl Hooks {
     pub fn is_empty(&self) -> bool {
         self.pre.is_none() && self.post.is_none()
+    }
+
+    /// The post-hook to run after a session that `succeeded` (or failed with a retry to
+    /// come: `retry_follows`), given the session's `conditions`: by its executionPolicy,
+    /// and never after a failed pre-hook, as Stash runs them.
+    pub fn post_for(
+        &self,
+        conditions: &[Condition],
+        succeeded: bool,
+        retry_follows: bool,
+    ) -> Option<&Hook> {
+        let pre_failed = self.pre.as_ref().is_some_and(|pre| {
+            let type_ = pre.stage.condition();
+            conditions
+                .iter()
+                .any(|c| c.type_ == type_ && c.status == "False")
+        });
+        self.post
+            .as_ref()
+            .filter(|post| !pre_failed && post.policy.runs(succeeded, retry_follows))
     }
 
     /// The hosts the hooks name (not the target's own address).
@@ -467,6 +489,14 @@ const FIELDS: &[&str] = &[
 /// How a session ended, for a post-hook's summary: phase, error (empty on success), and
 /// how long it took.
 pub type Ended<'a> = (&'a str, String, std::time::Duration);
+
+/// [`Ended`] from a session's error (`None`: it succeeded) and duration.
+pub fn ended(error: Option<String>, took: std::time::Duration) -> Ended<'static> {
+    match error {
+        None => ("Succeeded", String::new(), took),
+        Some(e) => ("Failed", e, took),
+    }
+}
 
 impl Summary {
     /// Stash's summary of session `name` in `namespace`, invoked by `invoker` (kind, name),

@@ -42,18 +42,20 @@ impl BlueprintReport {
     }
 }
 
-/// Apply the blueprints for the AppBindings in `scope`.
-pub async fn apply(client: &Client, scope: &NamespaceScope) -> BlueprintReport {
+/// Apply the blueprints for the AppBindings in `scope`. Also returns the AppBindings it
+/// listed (untyped), so the rest of the tick judges configurations without reading them
+/// again ([`crate::serve::Owners::knowing_appbindings`]).
+pub async fn apply(
+    client: &Client,
+    scope: &NamespaceScope,
+) -> (BlueprintReport, Vec<DynamicObject>) {
     let mut report = BlueprintReport::default();
     let ab_ar = ApiResource::erase::<AppBinding>(&());
-    let mut annotated = Vec::new();
+    let mut appbindings = Vec::new();
     let mut listed = true;
     for api in scope.dynamic_apis(client, &ab_ar) {
         match api.list(&ListParams::default()).await {
-            Ok(l) => annotated.extend(l.items.into_iter().filter(|ab| {
-                ab.annotations()
-                    .contains_key(blueprint::BLUEPRINT_ANNOTATION)
-            })),
+            Ok(l) => appbindings.extend(l.items),
             Err(e) => {
                 tracing::warn!(error = %e, "could not list AppBindings: blueprints not applied this tick");
                 listed = false;
@@ -63,7 +65,11 @@ pub async fn apply(client: &Client, scope: &NamespaceScope) -> BlueprintReport {
     let mut blueprints: HashMap<String, std::result::Result<Value, String>> = HashMap::new();
     // AppBindings (namespace/name) that keep their blueprint's configuration.
     let mut keep: HashSet<String> = HashSet::new();
-    for ab in &annotated {
+    let annotated = appbindings.iter().filter(|ab| {
+        ab.annotations()
+            .contains_key(blueprint::BLUEPRINT_ANNOTATION)
+    });
+    for ab in annotated {
         let key = format!("{}/{}", ab.namespace().unwrap_or_default(), ab.name_any());
         match one(client, ab, &mut blueprints, &mut report).await {
             Ok(true) => {
@@ -87,7 +93,7 @@ pub async fn apply(client: &Client, scope: &NamespaceScope) -> BlueprintReport {
     if listed {
         remove_unwanted(client, scope, &keep, &mut report).await;
     }
-    report
+    (report, appbindings)
 }
 
 /// Apply the blueprint of one annotated AppBinding: `Ok(true)` when it is ours and its
@@ -101,14 +107,13 @@ async fn one(
 ) -> std::result::Result<bool, String> {
     let ns = ab.namespace().unwrap_or_default();
     let key = format!("{ns}/{}", ab.name_any());
-    let spec = |k: &str| {
-        ab.data
-            .get("spec")
-            .and_then(|s| s.get(k))
-            .and_then(Value::as_str)
-            .map(str::to_string)
-    };
-    let app_type = spec("type");
+    let app_type = serve::appbinding_type_of(ab);
+    let app_version = ab
+        .data
+        .get("spec")
+        .and_then(|s| s.get("version"))
+        .and_then(Value::as_str)
+        .map(str::to_string);
     let annotations = ab.annotations().clone();
     let name = blueprint::named(&annotations).map_err(|e| e.reason())?;
     let Some(name) = name else {
@@ -153,7 +158,7 @@ async fn one(
             name: ab.name_any(),
             uid: ab.uid(),
             app_type,
-            app_version: spec("version"),
+            app_version,
             annotations,
         },
     )
