@@ -7,7 +7,7 @@
 #   moto          pip package moto[server] (`moto_server`)
 #   Garage        `cargo install garage` 2.5.0 into $STASHLESS_CACHE/garage
 #                 (built from source: ~15-20 min on 2 cores the first time)
-#   kube-apiserver  1.20 built from Debian's `kubernetes` source package, with Debian's
+#   kube-apiserver and kube-controller-manager 1.20 built from Debian's `kubernetes` source package, with Debian's
 #                 Go and etcd-server (tests/kube/build.sh; ~8 min the first time)
 #   PyYAML        pip package (tests/kube/apiserver.sh reads the CRD YAML with it)
 #

@@ -18,6 +18,7 @@ CHECKOV_VERSION=3.3.30
 HCL2_VERSION=8.1.4
 PYTEST_VERSION=9.2.0
 PYYAML_VERSION=6.0.3
+BOTO3_VERSION=1.44.8
 
 log() { printf '== %s\n' "$*"; }
 
@@ -100,7 +101,7 @@ TFRC
 export PYTHONDONTWRITEBYTECODE=1
 start=$SECONDS
 HCLFMT=$(hclfmt_bin)
-PY=$(venv hcl2 "python-hcl2==$HCL2_VERSION pytest==$PYTEST_VERSION pyyaml==$PYYAML_VERSION")
+PY=$(venv hcl2 "python-hcl2==$HCL2_VERSION pytest==$PYTEST_VERSION pyyaml==$PYYAML_VERSION boto3==$BOTO3_VERSION")
 CHECKOV=$(venv checkov "checkov==$CHECKOV_VERSION")
 
 mapfile -t TF < <(find infra -name '*.tf' -not -path '*/.terraform/*' | sort)
@@ -148,6 +149,8 @@ else
   done
   rm -rf "$work"
   unset TF_CLI_CONFIG_FILE
+  # For the apply test (tests/infra/test_apply.py).
+  export STASHLESS_TF_CLI_CONFIG=$CLI
 fi
 
 log "pytest tests/infra"

@@ -540,7 +540,11 @@ def test_each_function_is_bound_to_its_own_group():
     loc = tf.module_locals()
     assert loc["kubernetes_groups"] == '${{for f in local.function_names : f => "${var.kubernetes_group}:${f}"}}'
     (entry,) = tf.resources("aws_eks_access_entry").values()
-    assert entry["for_each"] == "${local.function_names}"
+    assert entry["for_each"] == '${var.cluster_access == "access_entry" ? local.function_names : toset([])}'
+    # The other mode's mapping carries the same role → group pairs (the apply test reads it).
+    (out,) = [body for name, body, _ in tf.module_blocks("output") if name == "aws_auth_map_roles"]
+    for needle in ["aws_iam_role.function[f].arn", "[local.kubernetes_groups[f]]", 'var.cluster_access == "aws_auth"']:
+        assert needle in out["value"], needle
     assert entry["principal_arn"] == "${aws_iam_role.function[each.key].arn}"
     assert entry["kubernetes_groups"] == ["${local.kubernetes_groups[each.key]}"]
     roles = tf.resources("kubernetes_cluster_role_v1")

@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
-# Builds a real kube-apiserver (Kubernetes 1.20.2, Debian bookworm's `kubernetes` source
-# package) once and caches it under $STASHLESS_CACHE/kube. Installs Go 1.19 and etcd 3.4
+# Builds a real kube-apiserver and kube-controller-manager (Kubernetes 1.20.2, Debian
+# bookworm's `kubernetes` source package) once and caches them under $STASHLESS_CACHE/kube.
+# The controller manager runs only beside `terraform apply` (tests/infra/apply): the
+# kubernetes provider waits for the token controller's ServiceAccount Secret on 1.20 and for
+# the namespace controller to finalize a deleted namespace. Installs Go 1.19 and etcd 3.4
 # from Debian. Idempotent: a cached binary that answers --version is kept.
 #
 # Why the source package: no API server binary is packaged for Debian, and the machine
@@ -23,18 +26,24 @@
 set -euo pipefail
 
 CACHE="${STASHLESS_CACHE:-$HOME/.cache/stashless}/kube"
-BIN="$CACHE/bin/kube-apiserver"
 VERSION_WANTED="v1.20.2"
 
 log() { echo "[kube/build] $*" >&2; }
 
 # Bumped whenever the recipe below changes, so a binary built by an older one is rebuilt.
 RECIPE=2
-if [ -x "$BIN" ] && "$BIN" --version 2>/dev/null | grep -q "$VERSION_WANTED" \
-    && [ "$(cat "$BIN.recipe" 2>/dev/null)" = "$RECIPE" ]; then
-    log "cached: $BIN"
-    exit 0
-fi
+# Each binary is rebuilt only when missing, of another version or of an older recipe.
+wanted=""
+for cmd in kube-apiserver kube-controller-manager; do
+    bin="$CACHE/bin/$cmd"
+    if [ -x "$bin" ] && "$bin" --version 2>/dev/null | grep -q "$VERSION_WANTED" \
+        && [ "$(cat "$bin.recipe" 2>/dev/null)" = "$RECIPE" ]; then
+        log "cached: $bin"
+    else
+        wanted="$wanted $cmd"
+    fi
+done
+[ -n "$wanted" ] || exit 0
 
 SUDO=""
 [ "$(id -u)" = 0 ] || SUDO="sudo"
@@ -123,13 +132,16 @@ log "generating OpenAPI definitions ($(echo "$dirs" | tr ',' '\n' | wc -l) packa
     -r "$WORK/openapi-violations.report" >"$WORK/openapi-gen.log" 2>&1
 test -s pkg/generated/openapi/zz_generated.openapi.go
 
-log "building kube-apiserver (several minutes on 2 cores)"
 ldflags="-s -w -X k8s.io/component-base/version.gitVersion=$VERSION_WANTED -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=20 -X k8s.io/client-go/pkg/version.gitVersion=$VERSION_WANTED"
 ldflags="$ldflags -X $PKG/vendor/k8s.io/component-base/version.gitVersion=$VERSION_WANTED -X $PKG/vendor/k8s.io/component-base/version.gitMajor=1 -X $PKG/vendor/k8s.io/component-base/version.gitMinor=20"
-go build -ldflags "$ldflags" -o "$BIN.tmp" "$PKG/cmd/kube-apiserver"
-mv "$BIN.tmp" "$BIN"
-echo "$RECIPE" >"$BIN.recipe"
-"$BIN" --version
+for cmd in $wanted; do
+    bin="$CACHE/bin/$cmd"
+    log "building $cmd (several minutes on 2 cores)"
+    go build -ldflags "$ldflags" -o "$bin.tmp" "$PKG/cmd/$cmd"
+    mv "$bin.tmp" "$bin"
+    echo "$RECIPE" >"$bin.recipe"
+    "$bin" --version
+    log "built $bin"
+done
 # The source tree is large; the Go build cache stays for a quick rebuild.
 rm -rf "$WORK"
-log "built $BIN"

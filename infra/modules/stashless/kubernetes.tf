@@ -1,7 +1,9 @@
 ################################################################################
 # Kubernetes identity of the functions: EKS access entry → one group per function → RBAC
 #
-# The cluster's authentication mode must include the EKS API (API or API_AND_CONFIG_MAP).
+# With cluster_access = access_entry (the default) the cluster's authentication mode must
+# include the EKS API (API or API_AND_CONFIG_MAP); with aws_auth the caller adds the output
+# aws_auth_map_roles to the aws-auth ConfigMap (shared with other tools: never edited here).
 # No EKS access policy is associated: each function's ClusterRole says exactly what it may
 # do, and no function holds another's rules (the scheduler reads no Secrets, backup cannot
 # write RestoreSessions, restore cannot write BackupSessions).
@@ -33,7 +35,7 @@ locals {
 }
 
 resource "aws_eks_access_entry" "function" {
-  for_each = local.function_names
+  for_each = var.cluster_access == "access_entry" ? local.function_names : toset([])
 
   cluster_name      = var.cluster_name
   principal_arn     = aws_iam_role.function[each.key].arn
@@ -251,6 +253,8 @@ resource "kubernetes_deployment_v1" "bridge" {
     namespace = local.bridge_namespace
     labels    = local.bridge_labels
   }
+
+  wait_for_rollout = var.bridge_wait_for_rollout
 
   spec {
     # Duplicates are harmless (the functions claim each session), but one is enough.

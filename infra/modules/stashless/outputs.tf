@@ -9,7 +9,7 @@ output "function_names" {
 }
 
 output "function_role_arns" {
-  description = "ARNs of the functions' IAM roles (mapped to the Kubernetes group by EKS access entries), by function."
+  description = "ARNs of the functions' IAM roles (mapped to the Kubernetes group by EKS access entries or aws-auth), by function."
   value       = { for k, r in aws_iam_role.function : k => r.arn }
 }
 
@@ -81,4 +81,15 @@ output "schedule_arn" {
 output "kubernetes_groups" {
   description = "Kubernetes group of each function (scheduler, backup, restore), as its EKS access entry maps its IAM role. Each group is bound to that function's rules only; bind extra rules to the group of the function that needs them."
   value       = local.kubernetes_groups
+}
+
+output "aws_auth_map_roles" {
+  description = "With cluster_access = aws_auth: the mapRoles entries (rolearn, username, groups) to add to the aws-auth ConfigMap, one per function; empty with access entries."
+  value = var.cluster_access == "aws_auth" ? [
+    for f in sort(tolist(local.function_names)) : {
+      rolearn  = aws_iam_role.function[f].arn
+      username = "${var.name}-${f}"
+      groups   = [local.kubernetes_groups[f]]
+    }
+  ] : []
 }

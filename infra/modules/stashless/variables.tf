@@ -408,7 +408,7 @@ variable "cloudwatch_logs_retention_in_days" {
 ################################################################################
 
 variable "kubernetes_group" {
-  description = "Prefix of the Kubernetes groups the functions' IAM roles are mapped to by their EKS access entries: each function gets its own group `<kubernetes_group>:<function>` (scheduler, backup, restore), bound to that function's rules only (output kubernetes_groups)."
+  description = "Prefix of the Kubernetes groups the functions' IAM roles are mapped to (by their EKS access entries, or the aws-auth ConfigMap with cluster_access = aws_auth): each function gets its own group `<kubernetes_group>:<function>` (scheduler, backup, restore), bound to that function's rules only (output kubernetes_groups)."
   type        = string
   default     = "stashless:functions"
 
@@ -418,8 +418,19 @@ variable "kubernetes_group" {
   }
 }
 
+variable "cluster_access" {
+  description = "How the functions' IAM roles become Kubernetes identities: `access_entry` (EKS access entries; the cluster's authentication mode is API or API_AND_CONFIG_MAP) or `aws_auth` (clusters in CONFIG_MAP mode: the module creates no access entry and the output aws_auth_map_roles holds the mapRoles entries to add to the aws-auth ConfigMap, which the module never edits, since other tools own it)."
+  type        = string
+  default     = "access_entry"
+
+  validation {
+    condition     = contains(["access_entry", "aws_auth"], var.cluster_access)
+    error_message = "cluster_access must be access_entry or aws_auth."
+  }
+}
+
 variable "install_crds" {
-  description = "Install the Stash CRDs (BackupConfiguration, BackupSession, RestoreSession, Repository, AppBinding) generated from stashless's types. Keep false on clusters that already have them (Stash installed, or migrating from it)."
+  description = "Install the Stash CRDs (AppBinding, BackupBlueprint, BackupConfiguration, BackupSession, RestoreSession, Repository) generated from stashless's types. Keep false on clusters that already have them (Stash installed, or migrating from it)."
   type        = bool
   default     = false
 }
@@ -463,6 +474,12 @@ variable "bridge_replicas" {
   description = "Replicas of the bridge. Duplicates are harmless (the functions claim each session), one is enough."
   type        = number
   default     = 1
+}
+
+variable "bridge_wait_for_rollout" {
+  description = "Make apply wait until the bridge's Deployment has rolled out (a bad image or missing Pod Identity agent then fails the apply). False: apply returns once the Deployment is accepted, e.g. when the image is pushed after the apply."
+  type        = bool
+  default     = true
 }
 
 variable "bridge_identity" {
