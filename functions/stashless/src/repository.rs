@@ -29,6 +29,8 @@ use crate::error::{Error, ErrorKind, Result};
 
 pub const SNAPSHOT_EXT: &str = ".snap";
 pub const MANIFEST_EXT: &str = ".json";
+/// Object metadata (`x-amz-meta-…`) naming the session that uploaded a snapshot.
+pub const SESSION_UID_METADATA: &str = "stashless-session-uid";
 
 /// Where a Repository lives.
 #[derive(Debug, Clone, PartialEq)]
@@ -151,6 +153,10 @@ pub struct Manifest {
     /// size changed since (modified or replaced after the backup).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub etag: Option<String>,
+    /// The object's S3 version (versioned buckets, Object Lock): restores and `verify` read
+    /// exactly this version, whatever was written under the key since.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version_id: Option<String>,
     pub duration_seconds: f64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vault_version: Option<String>,
@@ -293,8 +299,10 @@ impl Store {
         storage_error(&self.location, what, e)
     }
 
-    /// Start a multipart upload of the snapshot `name`.
-    pub async fn begin_upload(&self, name: &str) -> Result<MultipartUpload> {
+    /// Start a multipart upload of the snapshot `name`, for the session `session_uid`
+    /// (stored as object metadata, so an object left without its manifest can be told to be
+    /// this session's own).
+    pub async fn begin_upload(&self, name: &str, session_uid: &str) -> Result<MultipartUpload> {
         let key = self.snapshot_key(name);
         let out = self
             .s3
@@ -302,6 +310,7 @@ impl Store {
             .bucket(self.bucket())
             .key(&key)
             .content_type("application/gzip")
+            .metadata(SESSION_UID_METADATA, session_uid)
             .send()
             .await
             .map_err(|e| self.err("starting the upload", e))?;
@@ -334,16 +343,29 @@ impl Store {
 
     /// Size and ETag of an object (HEAD), None when absent.
     pub async fn object_info(&self, key: &str) -> Result<Option<Stored>> {
+        self.version_info(key, None).await
+    }
+
+    /// The stored snapshot a manifest describes: the version it recorded, when it did.
+    pub async fn snapshot_info(&self, manifest: &Manifest) -> Result<Option<Stored>> {
+        self.version_info(&manifest.key, manifest.version_id.as_deref())
+            .await
+    }
+
+    async fn version_info(&self, key: &str, version: Option<&str>) -> Result<Option<Stored>> {
         match self
             .s3
             .head_object()
             .bucket(self.bucket())
             .key(key)
+            .set_version_id(version.map(str::to_string))
             .send()
             .await
         {
             Ok(o) => Ok(Some(Stored {
                 size: o.content_length.unwrap_or(0).max(0) as u64,
+                version_id: o.version_id,
+                session_uid: o.metadata.and_then(|mut m| m.remove(SESSION_UID_METADATA)),
                 etag: o.e_tag,
             })),
             Err(SdkError::ServiceError(e)) if e.raw().status().as_u16() == 404 => Ok(None),
@@ -351,6 +373,8 @@ impl Store {
         }
     }
 
+    /// Write a snapshot's manifest; never over an existing one (If-None-Match: a stored
+    /// manifest is never replaced, whatever Object Lock or versioning the bucket has).
     pub async fn put_manifest(&self, manifest: &Manifest) -> Result<()> {
         let body = serde_json::to_vec_pretty(manifest).expect("manifest serialises");
         self.s3
@@ -358,6 +382,7 @@ impl Store {
             .bucket(self.bucket())
             .key(self.manifest_key(&manifest.name))
             .content_type("application/json")
+            .if_none_match("*")
             .body(ByteStream::from(body))
             .send()
             .await
@@ -387,54 +412,83 @@ impl Store {
             }
         }
         let mut manifests: Vec<Manifest> = futures::stream::iter(keys)
-            .map(|k| async move { self.get_manifest(&k).await })
+            .map(|k| async move {
+                // Listed a moment ago: gone now means removed meanwhile (retention elsewhere).
+                match self.get_manifest(&k).await {
+                    Ok(m) => Ok(Some(m)),
+                    Err(ManifestRead::Absent) => Ok(None),
+                    Err(ManifestRead::Failed(e)) => Err(e),
+                }
+            })
             .buffer_unordered(16)
             .collect::<Vec<_>>()
             .await
             .into_iter()
-            .collect::<Result<_>>()?;
+            .collect::<Result<Vec<_>>>()?
+            .into_iter()
+            .flatten()
+            .collect();
         manifests.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.name.cmp(&b.name)));
         Ok(manifests)
     }
 
     /// The manifest of snapshot `name`, if one is stored.
+    /// One GET, not HEAD then GET: a GET's error has a body, so a refusal says why (wrong
+    /// keys, denied), where a HEAD answers a bare status.
     pub async fn manifest_of(&self, name: &str) -> Result<Option<Manifest>> {
         let key = self.manifest_key(name);
-        if self.object_info(&key).await?.is_none() {
-            return Ok(None);
+        match self.get_manifest(&key).await {
+            Ok(m) => Ok(Some(m)),
+            Err(ManifestRead::Absent) => Ok(None),
+            Err(ManifestRead::Failed(e)) => Err(e),
         }
-        self.get_manifest(&key).await.map(Some)
     }
 
-    async fn get_manifest(&self, key: &str) -> Result<Manifest> {
-        let out = self
+    async fn get_manifest(&self, key: &str) -> std::result::Result<Manifest, ManifestRead> {
+        let out = match self
             .s3
             .get_object()
             .bucket(self.bucket())
             .key(key)
             .send()
             .await
-            .map_err(|e| self.err(&format!("reading manifest {key}"), e))?;
+        {
+            Ok(out) => out,
+            Err(SdkError::ServiceError(e))
+                if e.raw().status().as_u16() == 404 && e.err().code() != Some("NoSuchBucket") =>
+            {
+                return Err(ManifestRead::Absent);
+            }
+            Err(e) => return Err(self.err(&format!("reading manifest {key}"), e).into()),
+        };
         let body = out
             .body
             .collect()
             .await
             .map_err(|e| self.plain_err(&format!("reading manifest {key}: {e}"), true))?;
-        serde_json::from_slice(&body.into_bytes())
-            .map_err(|e| self.plain_err(&format!("manifest {key} is not valid JSON: {e}"), false))
+        Ok(serde_json::from_slice(&body.into_bytes()).map_err(|e| {
+            self.plain_err(&format!("manifest {key} is not valid JSON: {e}"), false)
+        })?)
+    }
+
+    /// Remove one object (in a versioned bucket: a delete marker; the versions stay until
+    /// the lifecycle expires them).
+    pub async fn delete_object(&self, key: &str) -> Result<()> {
+        self.s3
+            .delete_object()
+            .bucket(self.bucket())
+            .key(key)
+            .send()
+            .await
+            .map_err(|e| self.err(&format!("deleting {key}"), e))?;
+        Ok(())
     }
 
     /// Remove a snapshot: manifest first, so an interruption leaves at worst an orphan
     /// object nobody lists, never a manifest pointing at nothing.
     pub async fn delete_snapshot(&self, name: &str) -> Result<()> {
         for key in [self.manifest_key(name), self.snapshot_key(name)] {
-            self.s3
-                .delete_object()
-                .bucket(self.bucket())
-                .key(&key)
-                .send()
-                .await
-                .map_err(|e| self.err(&format!("deleting {key}"), e))?;
+            self.delete_object(&key).await?;
         }
         Ok(())
     }
@@ -463,18 +517,32 @@ impl Store {
         Ok(aborted)
     }
 
-    /// Stream a snapshot object (for restores and `verify`).
-    pub async fn open_snapshot(&self, name: &str) -> Result<ByteStream> {
-        let key = self.snapshot_key(name);
+    /// Stream the snapshot a manifest describes, at the version it recorded (for restores
+    /// and `verify`).
+    pub async fn open_snapshot(&self, manifest: &Manifest) -> Result<ByteStream> {
+        let key = &manifest.key;
         let out = self
             .s3
             .get_object()
             .bucket(self.bucket())
-            .key(&key)
+            .key(key)
+            .set_version_id(manifest.version_id.clone())
             .send()
             .await
             .map_err(|e| self.err(&format!("reading {key}"), e))?;
         Ok(out.body)
+    }
+}
+
+/// Reading one manifest: absent (404) is an answer, not an error.
+enum ManifestRead {
+    Absent,
+    Failed(Error),
+}
+
+impl From<Error> for ManifestRead {
+    fn from(e: Error) -> Self {
+        ManifestRead::Failed(e)
     }
 }
 
@@ -490,9 +558,16 @@ where
                 && se.err().message().unwrap_or("").is_empty() =>
         {
             let status = se.raw().status().as_u16();
+            // HEAD answers carry no body: the status is all there is to go on.
+            let hint = match status {
+                403 => {
+                    " — access denied: check the storage Secret's AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY and the bucket policy"
+                }
+                _ => "",
+            };
             (
                 format!(
-                    "{what}: HTTP {status}: the answer could not be read: {}",
+                    "{what}: HTTP {status}{hint}: the answer could not be read: {}",
                     DisplayErrorContext(&e)
                 ),
                 status >= 500 || status == 429,
@@ -517,6 +592,12 @@ where
                     " — the credentials are not allowed to write under this prefix"
                 }
                 "ExpiredToken" | "TokenRefreshRequired" => " — the credentials expired",
+                "PreconditionFailed" => {
+                    " — an object of that name is stored already, and stashless never overwrites a stored snapshot or manifest"
+                }
+                _ if lower.contains("object lock") => {
+                    " — the bucket has Object Lock, whose writes need a checksum: remove the stashless.io/s3-checksums annotation from the Repository"
+                }
                 _ if status == 403 => {
                     " — access denied: check the storage Secret's keys and the bucket policy"
                 }
@@ -559,6 +640,10 @@ where
 pub struct Stored {
     pub size: u64,
     pub etag: Option<String>,
+    /// Set by versioned buckets.
+    pub version_id: Option<String>,
+    /// The session that uploaded it (object metadata; None for objects of older versions).
+    pub session_uid: Option<String>,
 }
 
 /// A multipart upload in progress. Memory is bounded by `part_size × (parts_in_flight + 1)`.
@@ -664,11 +749,14 @@ impl MultipartUpload {
         }
         self.done.sort_by_key(|p| p.part_number);
         let parts = std::mem::take(&mut self.done);
-        self.s3
+        // If-None-Match: never over a stored snapshot (S3 answers 412 when the key exists).
+        let completed = self
+            .s3
             .complete_multipart_upload()
             .bucket(&self.location.bucket)
             .key(&self.key)
             .upload_id(&self.upload_id)
+            .if_none_match("*")
             .multipart_upload(
                 CompletedMultipartUpload::builder()
                     .set_parts(Some(parts))
@@ -678,17 +766,23 @@ impl MultipartUpload {
             .await
             .map_err(|e| storage_error(&self.location, "completing the upload", e))?;
         self.finished = true;
+        // The version just written, not whatever the key holds by now.
         let head = self
             .s3
             .head_object()
             .bucket(&self.location.bucket)
             .key(&self.key)
+            .set_version_id(completed.version_id)
             .send()
             .await
             .map_err(|e| storage_error(&self.location, "checking the uploaded object", e))?;
         Ok(Stored {
             size: head.content_length.unwrap_or(0).max(0) as u64,
             etag: head.e_tag,
+            version_id: head.version_id,
+            session_uid: head
+                .metadata
+                .and_then(|mut m| m.remove(SESSION_UID_METADATA)),
         })
     }
 

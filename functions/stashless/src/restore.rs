@@ -253,7 +253,7 @@ async fn restore(
     .clone();
 
     // Before a byte goes to Vault: the object is the one the manifest describes.
-    let stored = store.object_info(&manifest.key).await?.ok_or_else(|| {
+    let stored = store.snapshot_info(&manifest).await?.ok_or_else(|| {
         Error::Integrity(format!(
             "snapshot {} has a manifest but its object {} is missing",
             manifest.name, manifest.key
@@ -321,7 +321,7 @@ async fn stream_to_vault(
     manifest: &Manifest,
     force: bool,
 ) -> Result<()> {
-    let mut object = store.open_snapshot(&manifest.name).await?;
+    let mut object = store.open_snapshot(manifest).await?;
     let (tx, rx) = mpsc::channel::<std::result::Result<Bytes, std::io::Error>>(4);
     let body = tokio_stream::wrappers::ReceiverStream::new(rx);
     let upload = vault.restore(node, body, force);

@@ -343,7 +343,7 @@ variable "noncurrent_version_expiration_days" {
 }
 
 variable "object_lock_mode" {
-  description = "Default S3 Object Lock retention mode for new snapshots: null (no Object Lock), `GOVERNANCE` or `COMPLIANCE`. Object Lock can only be turned on when the bucket is created. Note: retention deletes of locked versions only add delete markers."
+  description = "Default S3 Object Lock retention mode for new snapshots: null (no Object Lock), `GOVERNANCE` or `COMPLIANCE`. Can be turned on for a bucket the module already created (in place, no replacement); S3 never turns it off again. Retention then hides a snapshot behind a delete marker; its locked version expires after the lock and noncurrent_version_expiration_days."
   type        = string
   default     = null
 
