@@ -15,7 +15,10 @@ threads="${STASHLESS_TEST_THREADS:-4}"
 # the leak scan at the end reads them (tests/src/leaks.rs).
 STASHLESS_LEAK_DIR="$(mktemp -d "${TMPDIR:-/tmp}/stashless-leaks.XXXXXX")"
 export STASHLESS_LEAK_DIR
-echo "== infra: Terraform formatting, parsing, terraform validate, consistency with the code, checkov"
+# The apply test runs the backup and restore binaries against what Terraform applied.
+echo "== build the function binaries (dev profile, reused by the test passes)"
+cargo build --locked -p backup -p restore
+echo "== infra: Terraform formatting, parsing, validate, apply and destroy, consistency with the code, checkov"
 bash tests/infra/run.sh
 echo "== all tests (Kubernetes API: in-memory)"
 cargo test --workspace --locked -- --test-threads="$threads"

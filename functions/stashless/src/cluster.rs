@@ -181,6 +181,22 @@ where
 }
 
 /// The Event [`record_event`] writes.
+/// The API server refuses an Event whose message is longer than 1024 *bytes* (422 Invalid):
+/// a reason with non-ASCII text (a dash, a quoted name) reaches that before 1024 characters.
+const EVENT_MESSAGE_MAX_BYTES: usize = 1024;
+
+/// The longest prefix of `s` of at most `max` bytes that ends on a character boundary.
+fn at_most_bytes(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
 fn event_for<K>(obj: &K, kind: EventType, reason: &str, message: &str) -> Event
 where
     K: Resource<DynamicType = ()>,
@@ -203,7 +219,7 @@ where
             ..Default::default()
         },
         reason: Some(reason.into()),
-        message: Some(message.chars().take(1024).collect()),
+        message: Some(at_most_bytes(message, EVENT_MESSAGE_MAX_BYTES).into()),
         type_: Some(match kind {
             EventType::Normal => "Normal".into(),
             EventType::Warning => "Warning".into(),
@@ -256,4 +272,26 @@ pub fn hostname() -> String {
     std::env::var("AWS_LAMBDA_FUNCTION_NAME")
         .or_else(|_| std::env::var("HOSTNAME"))
         .unwrap_or_else(|_| "stashless".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::BackupSession;
+
+    #[test]
+    fn an_event_message_fits_the_api_servers_byte_limit() {
+        let mut session = BackupSession::new("s", Default::default());
+        session.metadata.namespace = Some("ns".into());
+        // 1000 characters, 3000 bytes: a character limit would let it through.
+        let long = "—".repeat(1000);
+        let event = event_for(&session, EventType::Warning, "BackupSessionFailed", &long);
+        let message = event.message.unwrap();
+        assert!(message.len() <= 1024, "{} bytes", message.len());
+        assert_eq!(message.len(), 1023, "cut at the last whole character");
+        assert!(long.starts_with(&message));
+        let short = "fine";
+        let event = event_for(&session, EventType::Normal, "BackupSessionSucceeded", short);
+        assert_eq!(event.message.as_deref(), Some(short));
+    }
 }
