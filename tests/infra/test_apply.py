@@ -486,6 +486,12 @@ def test_each_documented_event_reaches_its_function_through_the_applied_rules(st
         (t,) = events.list_targets_by_rule(Rule=r["Name"], EventBusName=bus)["Targets"]
         targets[r["Name"]] = t
         assert t["RetryPolicy"] and t["DeadLetterConfig"]["Arn"], f"{r['Name']}: no retries or DLQ"
+    # moto's gap: TestEventPattern answers with an empty body. Held, so the day moto answers,
+    # this fails and the applied patterns can be evaluated by EventBridge's own rules.
+    probe = events.test_event_pattern(EventPattern=rules[0]["EventPattern"], Event=json.dumps({
+        "id": "1", "source": "x", "detail-type": "x", "account": "123456789012", "region": REGION,
+        "time": "2026-12-03T00:00:00Z", "resources": [], "detail": {}}))
+    assert "Result" not in probe, "moto now answers TestEventPattern: evaluate the rules with it"
     by_arn = {arn: fn for fn, arn in stack.outputs["function_arns"].items()}
     seen = 0
     for path in sorted((tf.ROOT / "events").glob("*/*.json")):
@@ -752,6 +758,9 @@ listener "tcp" {{
         wait_for("an active OpenBao", lambda: self.call("GET", "/v1/sys/health", ok=(200, 429, 503)).get("sealed") is False
                  and self.call("GET", "/v1/sys/leader", ok=(200, 503)).get("is_self") is True)
         self.call("POST", "/v1/sys/mounts/secret", {"type": "kv", "options": {"version": "2"}})
+        # A new KV v2 mount answers 400 ("Upgrading from non-versioned to versioned data")
+        # until its upgrade is done: wait for its config to be readable.
+        wait_for("the KV v2 mount", lambda: self.call("GET", "/v1/secret/config", ok=(200, 400, 404)).get("data") is not None)
 
     def call(self, method: str, path: str, body: dict | None = None, ok=(200, 204)):
         req = urllib.request.Request(

@@ -30,6 +30,9 @@ struct Inner {
 
 #[derive(Clone, Default)]
 struct Shared {
+    /// Lambda-Runtime-Deadline-Ms sent as is (a local emulator's constant), instead of now +
+    /// 120 s as Lambda sends it.
+    constant_deadline_ms: Arc<std::sync::atomic::AtomicU64>,
     inner: Arc<Mutex<Inner>>,
     queued: Arc<Notify>,
     done: Arc<Notify>,
@@ -52,8 +55,14 @@ async fn next(State(s): State<Shared>) -> impl IntoResponse {
                 inner.first_poll = Some(std::time::Instant::now());
             }
             if let Some((id, event)) = inner.queue.pop_front() {
-                let deadline = SystemTime::now().duration_since(UNIX_EPOCH).unwrap()
-                    + Duration::from_secs(120);
+                let constant = s
+                    .constant_deadline_ms
+                    .load(std::sync::atomic::Ordering::SeqCst);
+                let deadline = if constant != 0 {
+                    Duration::from_millis(constant)
+                } else {
+                    SystemTime::now().duration_since(UNIX_EPOCH).unwrap() + Duration::from_secs(120)
+                };
                 let mut h = HeaderMap::new();
                 h.insert(
                     "Lambda-Runtime-Aws-Request-Id",
@@ -182,6 +191,14 @@ impl RuntimeApi {
                 bail!("no answer to {id} within {timeout:?}");
             }
         }
+    }
+
+    /// Send this Lambda-Runtime-Deadline-Ms with every invocation from now on, as
+    /// cargo-lambda 1.9 does (a constant 600000: ten minutes after the epoch).
+    pub fn send_constant_deadline(&self, deadline_ms: u64) {
+        self.shared
+            .constant_deadline_ms
+            .store(deadline_ms, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// When the function first asked for work (its start-up is done by then).
