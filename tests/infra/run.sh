@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Static checks of the Terraform deployment (infra/): formatting (hclfmt, the formatter
-# `terraform fmt` is built on), parsing (python-hcl2), consistency with the Rust functions
-# (pytest), docs in sync, and checkov. Idempotent: installs what it needs once, into
-# ${STASHLESS_CACHE:-~/.cache/stashless}, and reuses it. Exits non-zero on any failure.
+# Static checks of the deployment (infra/): formatting (hclfmt, the formatter `terraform fmt`
+# is built on), parsing (python-hcl2), consistency with the Rust functions (pytest), docs in
+# sync, and checkov over every framework with files there. Idempotent: installs what it
+# needs once, into ${STASHLESS_CACHE:-~/.cache/stashless}, and reuses it. Exits non-zero on
+# any failure.
 #
 #   bash tests/infra/run.sh            # check
 #   bash tests/infra/run.sh --fix      # format every .tf and regenerate infra/README.md tables
@@ -98,6 +99,20 @@ TFRC
   echo "$mirror/cli.tfrc"
 }
 
+# kustomize, when neither kubectl nor kustomize is on PATH: built from the Go module proxy,
+# its version set the way its release builds set it (checkov reads `kustomize version`).
+KUSTOMIZE_VERSION=v5.5.0
+kustomize_dir() {
+  local dir="$CACHE/kustomize/$KUSTOMIZE_VERSION"
+  if [[ ! -x "$dir/kustomize" ]]; then
+    log "building kustomize $KUSTOMIZE_VERSION from the Go module proxy (once; about 1 min)" >&2
+    mkdir -p "$dir"
+    GOBIN="$dir" GOFLAGS= go install -ldflags "-X sigs.k8s.io/kustomize/api/provenance.version=$KUSTOMIZE_VERSION" \
+      "sigs.k8s.io/kustomize/kustomize/v5@$KUSTOMIZE_VERSION" >&2
+  fi
+  echo "$dir"
+}
+
 export PYTHONDONTWRITEBYTECODE=1
 start=$SECONDS
 HCLFMT=$(hclfmt_bin)
@@ -153,41 +168,87 @@ else
   export STASHLESS_TF_CLI_CONFIG=$CLI
 fi
 
+# checkov's kustomize framework and tests/infra/test_manifests.py render
+# infra/manifests/bridge with `kubectl kustomize` (checkov prefers kubectl) or `kustomize`.
+# Without either, kustomize is built once from the Go module proxy.
+if ! command -v kubectl >/dev/null && ! command -v kustomize >/dev/null; then
+  if KUSTOMIZE_DIR=$(kustomize_dir); then
+    export PATH="$KUSTOMIZE_DIR:$PATH"
+  else
+    echo "FAIL could not build kustomize $KUSTOMIZE_VERSION"; failed=1
+  fi
+fi
+
 log "pytest tests/infra"
 "$PY/bin/python" -m pytest -q -p no:cacheprovider tests/infra || failed=1
 
 log "checkov $CHECKOV_VERSION"
-# checkov -d infra --framework terraform --compact, as JSON (not --quiet, so the skips and
-# their reasons are in it); --skip-download: no Bridgecrew platform, the checks come with
-# the package. The summary below prints every failure and every skip with its reason.
+# checkov -d infra --compact over every framework that finds files there (terraform,
+# kubernetes, kustomize, secrets), as JSON (not --quiet, so the skips and their reasons are
+# in it); --skip-download: no Bridgecrew platform, the checks come with the package. The
+# summary below prints, per framework, every failure and every skip with its reason, and
+# fails when a framework that has files under infra/ did not report (checkov drops the
+# kustomize framework without a word when it finds neither kubectl nor kustomize).
 rm -f "$CACHE/infra/checkov.json"
-"$CHECKOV/bin/checkov" -d infra --framework terraform --compact --skip-download \
+"$CHECKOV/bin/checkov" -d infra --compact --skip-download \
   --download-external-modules false -o json >"$CACHE/infra/checkov.json" 2>"$CACHE/infra/checkov.err" || true
-"$PY/bin/python" - "$CACHE/infra/checkov.json" "$CACHE/infra/checkov.err" <<'PYEOF' || failed=1
-import json, sys
+"$PY/bin/python" - "$CACHE/infra/checkov.json" "$CACHE/infra/checkov.err" infra <<'PYEOF' || failed=1
+import json, pathlib, sys
+import yaml
 try:
     data = json.load(open(sys.argv[1]))
 except ValueError:
     sys.stdout.write(open(sys.argv[2]).read()[-4000:])
     print("checkov produced no JSON report")
     sys.exit(1)
+# One report per framework: a list when several ran, a bare report when one did.
 reports = data if isinstance(data, list) else [data]
-p = f = s = 0
-skips = {}
+
+# The frameworks that must have reported, from what is under infra/.
+infra = pathlib.Path(sys.argv[3])
+files = [p for p in infra.rglob("*") if p.is_file() and ".terraform" not in p.parts]
+want = {"secrets"}
+if any(p.suffix == ".tf" for p in files):
+    want.add("terraform")
+if any(p.name in ("kustomization.yaml", "kustomization.yml", "Kustomization") for p in files):
+    want.add("kustomize")
+for p in files:
+    if p.suffix in (".yaml", ".yml") and any(isinstance(d, dict) and "apiVersion" in d and "kind" in d for d in yaml.safe_load_all(p.read_text())):
+        want.add("kubernetes")
+        break
+
+bad = 0
+total = 0
+seen = set()
 for r in reports:
-    summ = r.get("summary", {})
-    p += summ.get("passed", 0); f += summ.get("failed", 0); s += summ.get("skipped", 0)
+    fw = r.get("check_type")
+    summ = r.get("summary")
+    if not fw or not isinstance(summ, dict):
+        print(f"FAIL checkov returned something other than a report: {json.dumps(r)[:500]}")
+        sys.stdout.write(open(sys.argv[2]).read()[-2000:])
+        bad += 1
+        continue
+    seen.add(fw)
+    p, f, s = summ.get("passed", 0), summ.get("failed", 0), summ.get("skipped", 0)
+    total += p
     if summ.get("parsing_errors"):
-        print(f"FAIL checkov could not parse {summ['parsing_errors']} file(s)"); f += 1
+        print(f"FAIL [{fw}] checkov could not parse {summ['parsing_errors']} file(s): {r.get('parsing_errors', [])}")
+        bad += 1
     for c in r.get("results", {}).get("failed_checks", []):
-        print(f"FAIL {c['check_id']} {c['check_name']}\n     {c['resource']} ({c['file_path']}:{c['file_line_range']})")
+        print(f"FAIL [{fw}] {c['check_id']} {c['check_name']}\n     {c['resource']} ({c['file_path']}:{c['file_line_range']})")
+    bad += f
+    skips = {}
     for c in r.get("results", {}).get("skipped_checks", []):
         res = c["resource"].split("module.stashless.", 1)[-1].split("[")[0]
-        skips.setdefault((c["check_id"], res), c.get("check_result", {}).get("suppress_comment", ""))
-for (check, res), why in sorted(skips.items()):
-    print(f"skip {check} {res}: {why}")
-print(f"checkov: {p} passed, {f} failed, {s} skipped")
-sys.exit(1 if f or not p else 0)
+        where = res if fw != "secrets" else c["file_path"]  # a secret's resource is its hash
+        skips.setdefault((c["check_id"], where), c.get("check_result", {}).get("suppress_comment", ""))
+    for (check, res), why in sorted(skips.items()):
+        print(f"skip [{fw}] {check} {res}: {why.strip()}")
+    print(f"checkov {fw}: {p} passed, {f} failed, {s} skipped")
+for fw in sorted(want - seen):
+    print(f"FAIL checkov reported nothing for {fw}, which has files under infra/ (see {sys.argv[2]})")
+    bad += 1
+sys.exit(1 if bad or not total else 0)
 PYEOF
 
 log "done in $((SECONDS - start)) s"

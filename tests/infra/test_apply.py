@@ -601,6 +601,21 @@ def test_the_bridge_is_deployed_by_digest_with_its_irsa_role(stack):
     assert sa["metadata"]["annotations"]["eks.amazonaws.com/role-arn"] == stack.outputs["bridge_role_arn"]
 
 
+def test_the_bridges_network_policy_selects_its_pods_and_opens_only_dns_https_and_health(stack):
+    """As the API server stored it: ports as numbers (the provider's strings parsed), HTTPS to
+    any address (bridge_https_egress_cidrs empty), no Pod Identity agent rule under IRSA."""
+    dep = stack.kube.get(f"/apis/apps/v1/namespaces/{BRIDGE_NS}/deployments/{NAME}-bridge")
+    spec = stack.kube.get(f"/apis/networking.k8s.io/v1/namespaces/{BRIDGE_NS}/networkpolicies/{NAME}-bridge")["spec"]
+    assert spec["podSelector"]["matchLabels"].items() <= dep["spec"]["template"]["metadata"]["labels"].items()
+    assert sorted(spec["policyTypes"]) == ["Egress", "Ingress"]
+    assert spec["ingress"] == [{"ports": [{"protocol": "TCP", "port": 8080}]}]
+    dns = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kube-system"}}, "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}}}
+    assert spec["egress"] == [
+        {"to": [dns], "ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}]},
+        {"ports": [{"protocol": "TCP", "port": 443}]},
+    ]
+
+
 # --------------------------------------------------------------------------- the functions, as their groups
 #
 # The backup and restore binaries (x86_64 debug builds: the arm64 zips come with the next

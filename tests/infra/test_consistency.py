@@ -588,6 +588,67 @@ def test_bridge_mirrors_the_reference_manifest():
     (container,) = by_kind["Deployment"]["spec"]["template"]["spec"]["containers"]
     assert {e["name"] for e in container["env"]} <= module_env()["bridge"]
     assert tf.granted_actions(rendered("bridge")) == {"events:PutEvents"}
+    # Same requests and limits (CPU included: CKV_K8S_11).
+    (deployment,) = tf.resources("kubernetes_deployment_v1").values()
+    (resources,) = deployment["spec"][0]["template"][0]["spec"][0]["container"][0]["resources"]
+    for kind in ("requests", "limits"):
+        assert {k: tf.unquote(v) for k, v in resources[kind].items()} == container["resources"][kind], kind
+    assert set(container["resources"]["limits"]) == {"cpu", "memory"}
+
+
+def hcl_peer(to: dict) -> dict:
+    """One `to` block of kubernetes_network_policy_v1, as the API's NetworkPolicyPeer."""
+    peer = {}
+    for block, field in (("namespace_selector", "namespaceSelector"), ("pod_selector", "podSelector")):
+        if block in to:
+            (sel,) = to[block]
+            peer[field] = {"matchLabels": {tf.unquote(k): tf.unquote(v) for k, v in sel["match_labels"].items() if not k.startswith("__")}}
+    if "ip_block" in to:
+        (ip,) = to["ip_block"]
+        peer["ipBlock"] = {"cidr": tf.unquote(ip["cidr"])}
+    assert peer, to
+    return peer
+
+
+def hcl_policy_rule(rule: dict, direction: str) -> dict:
+    """One ingress/egress block, as the API's rule; a dynamic `to` over
+    bridge_https_egress_cidrs is rendered with its default (empty: any address)."""
+    out = {"ports": [{"protocol": tf.unquote(p["protocol"]), "port": int(tf.unquote(p["port"]))} for p in rule["ports"]]}
+    peers = [hcl_peer(t) for t in rule.get(direction, [])]
+    for dyn in rule.get("dynamic", []):
+        ((label, body),) = [(k, v) for k, v in dyn.items() if not k.startswith("__")]
+        assert tf.unquote(label) == direction and body["for_each"] == "${var.bridge_https_egress_cidrs}", dyn
+        ((content,),) = [body["content"]]
+        assert content["ip_block"][0]["cidr"] == f"${{{direction}.value}}"
+    if peers:
+        out[direction] = peers
+    return out
+
+
+def test_bridge_network_policy_mirrors_the_reference_manifest():
+    """The module's NetworkPolicy, with its defaults (Pod Identity, HTTPS to any address), is
+    bridge.yaml's; each selects its own Deployment's pods."""
+    docs = {d["kind"]: d for d in yaml.safe_load_all((tf.INFRA / "manifests" / "bridge" / "bridge.yaml").read_text()) if d}
+    ref = docs["NetworkPolicy"]["spec"]
+    (policy,) = tf.resources("kubernetes_network_policy_v1").values()
+    assert policy["count"] == "${var.enable_bridge ? 1 : 0}"
+    (spec,) = policy["spec"]
+    assert [tf.unquote(t) for t in spec["policy_types"]] == ref["policyTypes"]
+    assert [hcl_policy_rule(r, "from") for r in spec["ingress"]] == ref["ingress"]
+    egress = [hcl_policy_rule(r, "to") for r in spec["egress"]]
+    # The Pod Identity agent's rule exists only with bridge_identity = pod_identity.
+    ((label, body),) = [(k, v) for d in spec["dynamic"] for k, v in d.items() if not k.startswith("__")]
+    assert tf.unquote(label) == "egress"
+    assert body["for_each"] == '${var.bridge_identity == "pod_identity" ? [1] : []}'
+    egress += [hcl_policy_rule(c, "to") for c in body["content"]]
+    assert egress == ref["egress"]
+    (selector,) = spec["pod_selector"]
+    (deployment,) = tf.resources("kubernetes_deployment_v1").values()
+    (dep_selector,) = deployment["spec"][0]["selector"]
+    assert selector["match_labels"] == dep_selector["match_labels"]
+    assert docs["NetworkPolicy"]["spec"]["podSelector"] == docs["Deployment"]["spec"]["selector"]
+    (meta,) = policy["metadata"]
+    assert meta["namespace"] == deployment["metadata"][0]["namespace"]
 
 
 def test_crds_are_the_generated_ones():

@@ -10,6 +10,7 @@ import tomllib
 from pathlib import Path
 
 import hcl2
+import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 INFRA = ROOT / "infra"
@@ -95,6 +96,52 @@ def hcl_keys(value) -> set[str]:
             if ref in module_locals():
                 names |= hcl_keys(module_locals()[ref])
     return names
+
+
+# --------------------------------------------------------------------------- checkov skips
+#
+# checkov reads a skip from a `#checkov:skip=<check>:<reason>` comment (Terraform; the secrets
+# framework, in any file, on the secret's line or next to it) and, for Kubernetes objects,
+# only from a `checkov.io/skip<n>: <check>=<reason>` annotation (comments there are ignored).
+
+SKIP_COMMENT = re.compile(r"#\s*checkov:skip=(.*)$")
+SKIP_ANNOTATION_PREFIXES = ("checkov.io/skip", "bridgecrew.io/skip", "cortex.io/skip")
+
+
+def yaml_files() -> list[Path]:
+    return sorted(p for p in INFRA.rglob("*") if p.suffix in (".yaml", ".yml") and ".terraform" not in p.parts)
+
+
+def skip_comments(path: Path) -> list[tuple[int, str]]:
+    """(line, text after `checkov:skip=`) of every skip comment in a file."""
+    return [(n, m.group(1)) for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1) if (m := SKIP_COMMENT.search(line))]
+
+
+def skip_annotations(path: Path) -> list[tuple[str, str]]:
+    """(object, annotation value) of every checkov skip annotation in a YAML file."""
+    out = []
+    for doc in yaml.safe_load_all(path.read_text(encoding="utf-8")):
+        if not isinstance(doc, dict):
+            continue
+        meta = doc.get("metadata") or {}
+        for key, value in (meta.get("annotations") or {}).items():
+            if any(p in key for p in SKIP_ANNOTATION_PREFIXES):
+                out.append((f"{doc.get('kind')}/{meta.get('name')}", value))
+    return out
+
+
+def checkov_skips() -> list[tuple[Path, str, str]]:
+    """(file, check, reason) of every checkov skip under infra/ (test_terraform.py checks their form)."""
+    out = []
+    for path in tf_files() + yaml_files():
+        for _, text in skip_comments(path):
+            check, _, reason = text.partition(":")
+            out.append((path, check.strip(), reason.strip()))
+        if path.suffix in (".yaml", ".yml"):
+            for _, value in skip_annotations(path):
+                check, _, reason = str(value).partition("=")
+                out.append((path, check.strip(), reason.strip()))
+    return out
 
 
 # --------------------------------------------------------------------------- policy templates

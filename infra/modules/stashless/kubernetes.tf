@@ -362,3 +362,91 @@ resource "kubernetes_deployment_v1" "bridge" {
     }
   }
 }
+
+# What the bridge may reach, where the cluster enforces NetworkPolicies (the VPC CNI with
+# network policy enabled, Calico, Cilium; elsewhere it is inert). A NetworkPolicy knows pods,
+# namespaces, CIDRs and ports, never host names (mirrors infra/manifests/bridge/bridge.yaml).
+resource "kubernetes_network_policy_v1" "bridge" {
+  count = var.enable_bridge ? 1 : 0
+
+  metadata {
+    name      = local.bridge_name
+    namespace = local.bridge_namespace
+    labels    = local.bridge_labels
+  }
+
+  spec {
+    pod_selector {
+      match_labels = { "app.kubernetes.io/name" = local.bridge_name }
+    }
+    policy_types = ["Ingress", "Egress"]
+
+    # /healthz for the kubelet's probes: the kubelet is not a pod and node addresses are not
+    # known here, so the port is open to any source (it answers only "ok" or "not yet").
+    ingress {
+      ports {
+        protocol = "TCP"
+        port     = "8080"
+      }
+    }
+
+    # Cluster DNS (CoreDNS keeps the kube-dns label), for the AWS endpoints' names.
+    egress {
+      to {
+        namespace_selector {
+          match_labels = { "kubernetes.io/metadata.name" = "kube-system" }
+        }
+        pod_selector {
+          match_labels = { "k8s-app" = "kube-dns" }
+        }
+      }
+      ports {
+        protocol = "UDP"
+        port     = "53"
+      }
+      ports {
+        protocol = "TCP"
+        port     = "53"
+      }
+    }
+
+    # HTTPS to the API server (EKS serves it on 443), EventBridge and STS: any address unless
+    # bridge_https_egress_cidrs narrows it (the API server's endpoints are not pods a
+    # selector could name, and EventBridge has no fixed addresses).
+    egress {
+      dynamic "to" {
+        for_each = var.bridge_https_egress_cidrs
+        content {
+          ip_block {
+            cidr = to.value
+          }
+        }
+      }
+      ports {
+        protocol = "TCP"
+        port     = "443"
+      }
+    }
+
+    # EKS Pod Identity: the node's agent serves credentials on these link-local addresses.
+    dynamic "egress" {
+      for_each = var.bridge_identity == "pod_identity" ? [1] : []
+      content {
+        to {
+          ip_block {
+            cidr = "169.254.170.23/32"
+          }
+        }
+        to {
+          ip_block {
+            cidr = "fd00:ec2::23/128"
+          }
+        }
+        ports {
+          protocol = "TCP"
+          port     = "80"
+        }
+      }
+    }
+  }
+}

@@ -493,6 +493,17 @@ variable "bridge_identity" {
   }
 }
 
+variable "bridge_https_egress_cidrs" {
+  description = "Where the bridge's NetworkPolicy lets it connect on TCP 443 (the API server, EventBridge, STS). Empty: any address, since a NetworkPolicy cannot name hosts and EventBridge's public addresses change. Narrow it, e.g. to the VPC's CIDR, when the cluster endpoint is private and the VPC has `events` and `sts` interface endpoints (some CNIs, e.g. Cilium, do not match the API server by CIDR)."
+  type        = list(string)
+  default     = []
+
+  validation {
+    condition     = alltrue([for c in var.bridge_https_egress_cidrs : can(cidrhost(c, 0))])
+    error_message = "bridge_https_egress_cidrs must hold CIDR blocks such as 10.0.0.0/16."
+  }
+}
+
 variable "oidc_provider_arn" {
   description = "ARN of the cluster's IAM OIDC provider, for bridge_identity = irsa."
   type        = string
