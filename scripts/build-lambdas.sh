@@ -16,9 +16,11 @@
 #   bash scripts/build-lambdas.sh --dry-run    # print the build command only
 #
 # The zips land in target/lambda of this repository even when CARGO_TARGET_DIR points
-# elsewhere (--lambda-dir), which is where the module looks by default. Not run in CI: a
-# release cross build takes ~15 minutes and needs the aarch64 standard library
-# (rustup target add aarch64-unknown-linux-gnu), which CI cannot count on.
+# elsewhere (--lambda-dir), which is where the module looks by default. The test command runs
+# it too (tests/run.sh: CARGO_TARGET_DIR and STASHLESS_LAMBDA_DIR under ~/.cache/stashless,
+# cargo-lambda and zig pinned by tests/setup.sh), then runs each arm64 `bootstrap` under qemu
+# (tests/tests/lambda_arm64.rs). The first release cross build takes 15-25 minutes on 2 cores
+# and needs the aarch64 standard library (rustup target add aarch64-unknown-linux-gnu).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD

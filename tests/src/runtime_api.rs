@@ -230,6 +230,43 @@ pub fn samples(dir: &str) -> Vec<(String, Value)> {
     out
 }
 
+/// How a function binary is started: directly, or under an emulator (qemu's user mode runs
+/// the arm64 packages on an x86_64 host exactly as built, `bootstrap` and all).
+#[derive(Clone, Debug)]
+pub struct Program {
+    pub program: std::ffi::OsString,
+    pub args: Vec<std::ffi::OsString>,
+}
+
+impl Program {
+    pub fn native(bin: impl AsRef<std::ffi::OsStr>) -> Program {
+        Program {
+            program: bin.as_ref().to_owned(),
+            args: Vec::new(),
+        }
+    }
+
+    /// `emulator [emulator_args..] bin`, e.g. `qemu-aarch64 -L /usr/aarch64-linux-gnu bootstrap`.
+    pub fn emulated(
+        emulator: impl AsRef<std::ffi::OsStr>,
+        emulator_args: &[&str],
+        bin: impl AsRef<std::ffi::OsStr>,
+    ) -> Program {
+        let mut args: Vec<std::ffi::OsString> = emulator_args.iter().map(Into::into).collect();
+        args.push(bin.as_ref().to_owned());
+        Program {
+            program: emulator.as_ref().to_owned(),
+            args,
+        }
+    }
+}
+
+impl From<&str> for Program {
+    fn from(bin: &str) -> Program {
+        Program::native(bin)
+    }
+}
+
 /// A function binary running under the local Runtime API, as Lambda runs it.
 pub struct LambdaProcess {
     pub api: RuntimeApi,
@@ -245,6 +282,15 @@ impl LambdaProcess {
         function: &str,
         env: &[(&str, String)],
     ) -> Result<LambdaProcess> {
+        LambdaProcess::start_program(&Program::native(bin), function, env).await
+    }
+
+    /// [`LambdaProcess::start`] for a [`Program`] (e.g. one run under an emulator).
+    pub async fn start_program(
+        program: &Program,
+        function: &str,
+        env: &[(&str, String)],
+    ) -> Result<LambdaProcess> {
         let api = RuntimeApi::start().await?;
         // Kept for the leak scan when the run collects logs.
         let log = crate::leaks::dir()
@@ -256,7 +302,8 @@ impl LambdaProcess {
             ));
         let file = std::fs::File::create(&log)?;
         let spawned = std::time::Instant::now();
-        let child = tokio::process::Command::new(bin)
+        let child = tokio::process::Command::new(&program.program)
+            .args(&program.args)
             .env("AWS_LAMBDA_RUNTIME_API", &api.addr)
             .env("AWS_LAMBDA_FUNCTION_NAME", function)
             .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "512")
@@ -353,7 +400,7 @@ pub async fn run_samples(f: &LambdaProcess, dir: &str) -> Result<Vec<Answer>> {
 /// failing API server (`failing_plural`) surfaced as a retryable error, and SIGTERM ending
 /// the process with exit 0 and a log line.
 pub async fn session_function_conformance(
-    bin: &str,
+    program: impl Into<Program>,
     function: &str,
     dir: &str,
     failing_plural: &str,
@@ -361,7 +408,8 @@ pub async fn session_function_conformance(
     // Failure injection: the in-memory server, whatever backend the run uses.
     let cluster = crate::Cluster::memory().await?;
     let url = cluster.url();
-    let f = LambdaProcess::start(bin, function, &[("STASHLESS_KUBE_URL", url)]).await?;
+    let f = LambdaProcess::start_program(&program.into(), function, &[("STASHLESS_KUBE_URL", url)])
+        .await?;
     let answers = run_samples(&f, dir).await?;
     // The valid samples name sessions this cluster does not hold: answered with named JSON
     // fields, nothing claimed, nothing written.
@@ -411,6 +459,118 @@ pub async fn session_function_conformance(
     }
     if !logs().contains("SIGTERM: shutting down") {
         bail!("no shutdown log line");
+    }
+    Ok(())
+}
+
+/// The scheduler's check under the Runtime API: every `events/scheduler` sample answered
+/// (malformed ones rejected), a tick creating the due session of an hourly configuration,
+/// and SIGTERM ending the process with exit 0 and a log line.
+pub async fn scheduler_function_conformance(program: impl Into<Program>) -> Result<()> {
+    let cluster = crate::Cluster::start().await?;
+    cluster
+        .backup_config(crate::ConfigBuilder::new("hourly").schedule("0 * * * *"))
+        .await?;
+    let f = LambdaProcess::start_program(&program.into(), "scheduler", &cluster.env()).await?;
+    run_samples(&f, "scheduler").await?;
+    println!("scheduler start-up: {:?}", f.startup().await);
+    let (_, r) = f
+        .api
+        .invoke(
+            serde_json::json!({"time": "2099-01-01T10:00:30Z"}),
+            Duration::from_secs(60),
+        )
+        .await?;
+    let v = match r {
+        Ok(v) => v,
+        Err(e) => bail!("the tick failed: {e}\n{}", f.logs()),
+    };
+    if v["tick"]["created"][0] != "vault/hourly-4070944800"
+        || !v["sweep"]["failed"].as_object().is_some_and(|m| m.is_empty())
+        // One session to run; no event bus in this environment, so none was sent.
+        || v["to_dispatch"] != 1
+        || v["dispatched"] != 0
+    {
+        bail!("unexpected tick answer: {v}");
+    }
+    let sessions = cluster.sessions().await?.len();
+    if sessions != 1 {
+        bail!("the tick should have created one session, the cluster holds {sessions}");
+    }
+    let logs = f.logs_handle();
+    let status = f.terminate().await?;
+    if !status.success() {
+        bail!("SIGTERM must end the function cleanly: {status:?}");
+    }
+    if !logs().contains("SIGTERM: shutting down") {
+        bail!("no shutdown log line");
+    }
+    Ok(())
+}
+
+/// One real backup and restore through the functions, whatever runs them (`invoke` sends an
+/// event to the named function and returns its answer): a secret written and backed up by
+/// session `cfg-1`, then changed, is back as it was after a RestoreSession of that snapshot.
+pub async fn backup_then_restore(
+    w: &crate::World,
+    invoke: impl AsyncFn(&'static str, Value) -> Result<Value>,
+) -> Result<()> {
+    let bao = w.bao();
+    bao.kv_put("app/cfg", serde_json::json!({"gen": "backed-up"}))
+        .await?;
+    w.cluster.new_session("cfg", "cfg-1").await?;
+    let v = invoke(
+        "backup",
+        serde_json::json!({"namespace": "vault", "name": "cfg-1"}),
+    )
+    .await?;
+    if v["phase"] != "Succeeded" {
+        bail!("the backup did not succeed: {v}");
+    }
+    let snapshot = v["snapshot"].as_str().unwrap_or_default().to_owned();
+    bao.kv_put("app/cfg", serde_json::json!({"gen": "changed"}))
+        .await?;
+    w.cluster
+        .new_restore("rs-1", "repo", "vault", Some(&snapshot), false)
+        .await?;
+    let v = invoke(
+        "restore",
+        serde_json::json!({"namespace": "vault", "name": "rs-1"}),
+    )
+    .await?;
+    if v["phase"] != "Succeeded" || v["snapshot"] != snapshot.as_str() {
+        bail!("the restore of {snapshot} did not succeed: {v}");
+    }
+    let now = bao.kv_get("app/cfg").await?;
+    if now.as_ref().map(|d| &d["gen"]) != Some(&Value::from("backed-up")) {
+        bail!("after the restore app/cfg holds {now:?}, not the backed-up value");
+    }
+    Ok(())
+}
+
+/// [`backup_then_restore`] with the backup and restore binaries each under its own Runtime
+/// API, as Lambda runs them.
+pub async fn backup_then_restore_under_the_runtime(
+    w: &crate::World,
+    backup: &Program,
+    restore: &Program,
+) -> Result<()> {
+    let env = w.cluster.env();
+    let b = LambdaProcess::start_program(backup, "backup", &env).await?;
+    let r = LambdaProcess::start_program(restore, "restore", &env).await?;
+    backup_then_restore(w, async |function, event| {
+        let f = if function == "backup" { &b } else { &r };
+        match f.api.invoke(event, Duration::from_secs(300)).await? {
+            (_, Ok(v)) => Ok(v),
+            (_, Err(e)) => bail!("{function} returned an error: {e}\n{}", f.logs()),
+        }
+    })
+    .await?;
+    for f in [b, r] {
+        let status = f.terminate().await?;
+        if !status.success() {
+            bail!("SIGTERM must end the function cleanly: {status:?}");
+        }
     }
     Ok(())
 }
