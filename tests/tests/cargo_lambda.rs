@@ -127,7 +127,10 @@ async fn every_sample_and_a_backup_and_restore_under_cargo_lambda_watch() {
     // A real backup and restore through the emulator, under its 1970 deadline.
     backup_then_restore(&w, async |function, event| {
         match watch.invoke(function, &event).await? {
-            Ok(v) => Ok(v),
+            Ok(v) => {
+                println!("cargo lambda invoke {function}: {v}");
+                Ok(v)
+            }
             Err(e) => bail!("{function}: {e}\n{}", watch.logs()),
         }
     })
