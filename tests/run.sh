@@ -20,7 +20,9 @@ STASHLESS_LEAK_DIR="$(mktemp -d "${TMPDIR:-/tmp}/stashless-leaks.XXXXXX")"
 export STASHLESS_LEAK_DIR
 # The apply test runs the backup and restore binaries against what Terraform applied.
 step "build the function binaries (dev profile, reused by the test passes)"
-cargo build --locked -p backup -p restore -p scheduler
+# One package at a time, as `cargo lambda watch` builds them (`cargo run --bin <function>`), so
+# its builds later find these artefacts (features are resolved per selection).
+for function in backup restore scheduler; do cargo build --locked -p "$function"; done
 # The arm64 Lambda packages as users deploy them, in a target directory of their own (a
 # release cross build: cached, and never waiting on the test builds' lock).
 export STASHLESS_LAMBDA_ARM64_DIR="$STASHLESS_CACHE/lambda-arm64"
