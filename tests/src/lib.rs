@@ -3,6 +3,7 @@
 //! Stash objects a test needs, and one test's whole world built from them (`world`).
 
 pub mod bao_extra;
+pub mod bridge_run;
 pub mod faults;
 pub mod hook_server;
 pub mod leaks;
