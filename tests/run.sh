@@ -29,6 +29,10 @@ export STASHLESS_LAMBDA_ARM64_DIR="$STASHLESS_CACHE/lambda-arm64"
 step "arm64 Lambda packages (scripts/build-lambdas.sh into $STASHLESS_LAMBDA_ARM64_DIR)"
 CARGO_TARGET_DIR="$STASHLESS_CACHE/target-cross" STASHLESS_LAMBDA_DIR="$STASHLESS_LAMBDA_ARM64_DIR" \
     bash scripts/build-lambdas.sh
+# The bridge's OCI image (static musl binaries for amd64 and arm64, target-cross as well).
+export STASHLESS_BRIDGE_IMAGE="$PWD/target/image/stashless-bridge"
+step "bridge OCI image (scripts/build-bridge-image.sh into $STASHLESS_BRIDGE_IMAGE)"
+bash scripts/build-bridge-image.sh
 step "infra: Terraform formatting, parsing, validate, apply and destroy, consistency with the code, checkov"
 bash tests/infra/run.sh
 step "all tests (Kubernetes API: in-memory)"
@@ -48,6 +52,8 @@ step "backup/restore tests (kube-apiserver 1.20, generated CRDs)"
 STASHLESS_KUBE_BACKEND=apiserver STASHLESS_KUBE_CRDS=generated cargo test --locked \
     -p stashless-tests --test backup --test restore --test sweep --test retention \
     -- --test-threads="$threads"
+step "the bridge image: read back with skopeo and umoci, run on amd64 (chroot, as 65532) and arm64 (qemu), pushed to a local registry"
+cargo test --locked -p stashless-tests --test bridge_image -- --ignored --test-threads="$threads"
 step "the arm64 packages under qemu's user mode: every events/ sample, a backup and a restore"
 cargo test --locked -p stashless-tests --test lambda_arm64 -- --ignored --test-threads="$threads"
 # Run as its own binary, not under `cargo test`, so the build `cargo lambda watch` starts does

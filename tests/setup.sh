@@ -45,12 +45,15 @@ command -v curl >/dev/null 2>&1 || apt_missing+=(curl)
 command -v restic >/dev/null 2>&1 || apt_missing+=(restic)
 command -v rclone >/dev/null 2>&1 || apt_missing+=(rclone)
 # The arm64 Lambda packages run under qemu's user mode with Debian's aarch64 C library as
-# their root; the bridge image is read back with skopeo and unpacked with umoci.
+# their root; the bridge image is read back with skopeo, unpacked with umoci and pushed to
+# Debian's docker-registry.
 command -v qemu-aarch64 >/dev/null 2>&1 || apt_missing+=(qemu-user)
 [ -e /usr/aarch64-linux-gnu/lib/ld-linux-aarch64.so.1 ] || apt_missing+=(libc6-arm64-cross)
 [ -e /usr/aarch64-linux-gnu/lib/libgcc_s.so.1 ] || apt_missing+=(libgcc-s1-arm64-cross)
 command -v skopeo >/dev/null 2>&1 || apt_missing+=(skopeo)
 command -v umoci >/dev/null 2>&1 || apt_missing+=(umoci)
+# A registry on loopback to push the bridge image to, as the README's skopeo copy does.
+command -v docker-registry >/dev/null 2>&1 || apt_missing+=(docker-registry)
 if [ "${#apt_missing[@]}" -gt 0 ]; then
     command -v apt-get >/dev/null 2>&1 || die "apt-get not found: install ${apt_missing[*]} by hand"
     say "apt-get install ${apt_missing[*]}"

@@ -454,7 +454,7 @@ variable "bridge_image_digest" {
 
   validation {
     condition     = var.bridge_image_digest == null || can(regex("^sha256:[0-9a-f]{64}$", coalesce(var.bridge_image_digest, "-")))
-    error_message = "bridge_image_digest must look like sha256:<64 hex digits> (docker buildx imagetools inspect, or the registry, shows it)."
+    error_message = "bridge_image_digest must look like sha256:<64 hex digits> (scripts/build-bridge-image.sh prints it; skopeo inspect --format '{{.Digest}}' docker://<image> shows a pushed one)."
   }
 }
 
