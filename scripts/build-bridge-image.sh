@@ -75,13 +75,15 @@ if ! $image_only; then
       rustup target add "$t"
     fi
   done
-  # Paths of this machine (checkout, cargo and rustup homes, the target directory's
-  # generated sources) end up in the panic locations the binary carries: map them to fixed
-  # ones, so the binary does not depend on where it was built. (aws-lc-sys maps its own C
+  # Paths of this machine (cargo and rustup homes, the target directory's generated
+  # sources) end up in the panic locations the binary carries: map them to fixed ones, so the
+  # binary does not depend on where it was built. The checkout needs no mapping (cargo names
+  # the workspace's files by relative paths) and must not get one: flags naming the clone's
+  # path would rebuild every dependency in each new clone. (aws-lc-sys maps its own C
   # sources' paths in release builds.)
   CARGO_HOME_DIR="${CARGO_HOME:-$HOME/.cargo}"
   RUSTUP_HOME_DIR="${RUSTUP_HOME:-$HOME/.rustup}"
-  remap=(--remap-path-prefix="$ROOT=/stashless" --remap-path-prefix="$CARGO_HOME_DIR=/cargo"
+  remap=(--remap-path-prefix="$CARGO_HOME_DIR=/cargo"
          --remap-path-prefix="$RUSTUP_HOME_DIR=/rustup" --remap-path-prefix="$CARGO_TARGET_DIR=/target")
   for arch in "${ARCHES[@]}"; do
     t="${TARGETS[$arch]}"

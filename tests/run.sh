@@ -25,17 +25,9 @@ step "build the function binaries (dev profile, reused by the test passes)"
 for function in backup restore scheduler; do cargo build --locked -p "$function"; done
 # The arm64 Lambda packages as users deploy them, in a target directory of their own (a
 # release cross build: cached, and never waiting on the test builds' lock).
-# Both release cross builds are kept by what they are built from: cargo would rebuild the
-# workspace's own crates in every fresh clone (their files are newer than its records), about
-# 15 minutes here. The key: the committed trees they are built from, the scripts and rustc.
-# Uncommitted changes there: no key, always built.
-cross_key() {
-    local from=(functions Cargo.toml Cargo.lock scripts/build-lambdas.sh scripts/build-bridge-image.sh scripts/build-bridge-image.py)
-    git rev-parse -q --verify HEAD >/dev/null 2>&1 || return 0
-    [ -z "$(git status --porcelain -- "${from[@]}")" ] || return 0
-    { for f in "${from[@]}"; do git rev-parse "HEAD:$f"; done; rustc -V; } | sha256sum | cut -c1-16
-}
-key=$(cross_key)
+# Both release cross builds are kept with the key of what they were built from
+# (tests/cross_key.sh): a fresh clone of the same code reuses them instead of rebuilding.
+key=$(bash tests/cross_key.sh scripts/build-lambdas.sh)
 export STASHLESS_LAMBDA_ARM64_DIR="$STASHLESS_CACHE/lambda-arm64"
 if [ -n "$key" ] && [ "$(cat "$STASHLESS_LAMBDA_ARM64_DIR/.built-from" 2>/dev/null)" = "$key" ]; then
     step "arm64 Lambda packages: kept in $STASHLESS_LAMBDA_ARM64_DIR, built from these sources ($key)"
@@ -49,6 +41,7 @@ fi
 # The bridge's OCI image (static musl binaries for amd64 and arm64, target-cross as well);
 # the image itself is always written again (seconds), from kept binaries when the key matches.
 export STASHLESS_BRIDGE_IMAGE="$PWD/target/image/stashless-bridge"
+key=$(bash tests/cross_key.sh scripts/build-bridge-image.sh scripts/build-bridge-image.py)
 if [ -n "$key" ] && [ "$(cat "$STASHLESS_CACHE/target-cross/bridge.built-from" 2>/dev/null)" = "$key" ]; then
     step "bridge OCI image from the bridge binaries built from these sources ($key)"
     bash scripts/build-bridge-image.sh --image-only
