@@ -41,7 +41,10 @@ impl Watch {
         let env_file = dir.join("functions.env");
         let lines: Vec<String> = env.iter().map(|(k, v)| format!("{k}={v}")).collect();
         std::fs::write(&env_file, lines.join("\n") + "\n")?;
-        let log = dir.join("watch.log");
+        // Into the run's leak-scan directory when there is one: the functions' logs are in it.
+        let log = stashless_tests::leaks::dir()
+            .unwrap_or_else(|| dir.to_path_buf())
+            .join(format!("stashless-cargo-lambda-watch-{port}.log"));
         let out = std::fs::File::create(&log)?;
         let child = tokio::process::Command::new("cargo")
             .args(["lambda", "watch", "--ignore-changes", "--locked", "--quiet"])
