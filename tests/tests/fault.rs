@@ -398,7 +398,23 @@ async fn fault_vault_leader_change_mid_snapshot() {
     }
     let secrets = vec![leader.root_token.clone(), w.s3().secret_key.clone()];
     invariants(&w, &secrets, Objects::AsStored).await;
-    // The next backup, through a node that is now a standby, finds the new leader.
+    // The next backup, through a node that is now a standby, finds the new leader, once that
+    // standby has learnt who it is (until then the backup's answer is an honest "election in
+    // progress: try again", which is not what this step checks).
+    stashless_tests::procs::poll_until(
+        "the old leader to know the new one",
+        std::time::Duration::from_secs(60),
+        || async {
+            let info = leader.leader_info().await?;
+            let known = info["is_self"] == json!(false)
+                && info["leader_address"]
+                    .as_str()
+                    .is_some_and(|a| !a.is_empty());
+            Ok(known.then_some(()))
+        },
+    )
+    .await
+    .unwrap();
     k.api::<stashless::api::AppBinding>()
         .patch(
             "vault",
