@@ -53,6 +53,9 @@ else
 fi
 step "infra: Terraform formatting, parsing, validate, apply and destroy, consistency with the code, checkov"
 bash tests/infra/run.sh
+# With the artefact tests: the bridge image (tests/tests/bridge_image.rs, STASHLESS_BRIDGE_IMAGE)
+# and the arm64 packages under qemu's user mode (tests/tests/lambda_arm64.rs,
+# STASHLESS_LAMBDA_ARM64_DIR), both exported above.
 step "all tests (Kubernetes API: in-memory)"
 cargo test --workspace --locked -- --test-threads="$threads"
 step "benchmark smoke (bash scripts/bench.sh --smoke: end to end, tiny, no timing asserted)"
@@ -63,27 +66,31 @@ bash scripts/fuzz.sh --seconds 45
 # its own etcd + kube-apiserver), then the backup/restore ones with the CRDs stashless
 # generates. Packages whose tests always use the in-memory server are not run again.
 step "end-to-end tests (Kubernetes API: kube-apiserver 1.20, Stash's CRDs)"
-# (The fault_ tests inject faults through the in-memory server and ran above.)
+# (The fault_ tests inject faults through the in-memory server and ran above. So did the
+# artefact tests, which do not depend on the backend: tests/tests/bridge_image.rs and
+# tests/tests/lambda_arm64.rs, skipped by their full names; --skip matches substrings, and no
+# other test name in these packages contains any of them.)
+artefact_tests=(
+    index_configs_and_layers_read_back_as_built
+    rebuilt_from_its_own_contents_the_image_is_byte_identical
+    amd64_binary_from_the_image_serves_as_the_bridge
+    arm64_binary_from_the_image_serves_as_the_bridge_under_qemu
+    pushed_with_skopeo_the_image_keeps_its_index_digest
+    arm64_packages_under_emulation
+    arm64_backup_and_restore_packages_round_trip_a_secret
+)
+skip_artefacts=()
+for t in "${artefact_tests[@]}"; do skip_artefacts+=(--skip "$t"); done
 STASHLESS_KUBE_BACKEND=apiserver cargo test --locked -p stashless-tests -p stashless-cli \
-    -p scheduler -p bridge -- --test-threads="$threads" --skip fault_
+    -p scheduler -p bridge -- --test-threads="$threads" --skip fault_ "${skip_artefacts[@]}"
 step "backup/restore tests (kube-apiserver 1.20, generated CRDs)"
 STASHLESS_KUBE_BACKEND=apiserver STASHLESS_KUBE_CRDS=generated cargo test --locked \
     -p stashless-tests --test backup --test restore --test sweep --test retention \
     -- --test-threads="$threads"
-step "the bridge image: read back with skopeo and umoci, run on amd64 (chroot, as 65532) and arm64 (qemu), pushed to a local registry"
-cargo test --locked -p stashless-tests --test bridge_image -- --ignored --test-threads="$threads"
-step "the arm64 packages under qemu's user mode: every events/ sample, a backup and a restore"
-cargo test --locked -p stashless-tests --test lambda_arm64 -- --ignored --test-threads="$threads"
-# Run as its own binary, not under `cargo test`, so the build `cargo lambda watch` starts does
-# not wait on the lock cargo test holds.
+# A program, not a test: the build `cargo lambda watch` starts would wait on the lock cargo test
+# holds (tests/src/bin/cargo_lambda_watch.rs).
 step "the functions under cargo lambda watch: cargo lambda invoke of every events/ sample, a backup and a restore"
-watch_test=$(cargo test --locked -p stashless-tests --test cargo_lambda --no-run --message-format=json \
-    | python3 -c 'import json, sys
-for line in sys.stdin:
-    m = json.loads(line)
-    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] == "cargo_lambda":
-        print(m["executable"])')
-"$watch_test" --ignored
+cargo run --locked -q -p stashless-tests --bin cargo_lambda_watch
 step "leak scan: no secret in any log line or status/Event text of the whole run"
 cargo run --locked -q -p stashless-tests --bin leak_scan -- "$STASHLESS_LEAK_DIR"
 step "done"

@@ -10,6 +10,7 @@ use serde_json::Value;
 use tokio::process::Command;
 
 use crate::Cluster;
+use crate::procs::poll_until;
 use crate::put_events::PutEventsServer;
 
 /// Run `cmd` (the bridge, or an emulator running it) against `cluster` and hold it to the
@@ -34,40 +35,28 @@ pub async fn bridge_binary_conformance(cluster: &Cluster, mut cmd: Command, star
         .spawn()
         .unwrap();
     let http = reqwest::Client::new();
-    let deadline = tokio::time::Instant::now() + startup;
-    loop {
-        let ok = http
-            .get(format!("http://127.0.0.1:{port}/healthz"))
-            .send()
-            .await
-            .is_ok_and(|r| r.status().is_success());
-        if ok {
-            break;
-        }
+    let healthz = format!("http://127.0.0.1:{port}/healthz");
+    poll_until("the bridge to become healthy", startup, || {
         // A bridge that died (a bad binary, a missing file) fails here, not at the deadline.
         if let Some(status) = child.try_wait().unwrap() {
             panic!("the bridge exited before becoming healthy: {status:?}");
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the bridge never became healthy"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        let (http, healthz) = (&http, &healthz);
+        async move {
+            let r = http.get(healthz).send().await?;
+            Ok(r.status().is_success().then_some(()))
+        }
+    })
+    .await
+    .expect("the bridge never became healthy");
     // A session stashless's scheduler created (a Stash CronJob's, of no configuration
     // here, would not be stashless's to dispatch).
     cluster.new_stashless_session("cfg", "cfg-1").await.unwrap();
-    let deadline = tokio::time::Instant::now() + startup;
-    let entry = loop {
-        if let Some(e) = bus.accepted().await.into_iter().next() {
-            break e;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no event reached the bus"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let entry = poll_until("an event on the bus", startup, || async {
+        Ok(bus.accepted().await.into_iter().next())
+    })
+    .await
+    .expect("no event reached the bus");
     assert_eq!(entry["DetailType"], "BackupSession Added");
     let detail: Value = serde_json::from_str(entry["Detail"].as_str().unwrap()).unwrap();
     assert_eq!(detail["name"], "cfg-1");

@@ -395,6 +395,20 @@ pub async fn run_samples(f: &LambdaProcess, dir: &str) -> Result<Vec<Answer>> {
     Ok(answers)
 }
 
+/// SIGTERM ends the function with exit 0 and its shutdown log line (the end of both
+/// conformance checks below).
+async fn terminate_cleanly(f: LambdaProcess) -> Result<()> {
+    let logs = f.logs_handle();
+    let status = f.terminate().await?;
+    if !status.success() {
+        bail!("SIGTERM must end the function cleanly: {status:?}");
+    }
+    if !logs().contains("SIGTERM: shutting down") {
+        bail!("no shutdown log line");
+    }
+    Ok(())
+}
+
 /// The conformance check every session function passes under the Runtime API: all samples
 /// of `events/<dir>` answered (malformed ones rejected), JSON logs with the request id, a
 /// failing API server (`failing_plural`) surfaced as a retryable error, and SIGTERM ending
@@ -452,15 +466,7 @@ pub async fn session_function_conformance(
         other => bail!("a failing API server must surface as a retryable error, got {other:?}"),
     }
     cluster.mem().clear_failures();
-    let logs = f.logs_handle();
-    let status = f.terminate().await?;
-    if !status.success() {
-        bail!("SIGTERM must end the function cleanly: {status:?}");
-    }
-    if !logs().contains("SIGTERM: shutting down") {
-        bail!("no shutdown log line");
-    }
-    Ok(())
+    terminate_cleanly(f).await
 }
 
 /// The scheduler's check under the Runtime API: every `events/scheduler` sample answered
@@ -497,15 +503,7 @@ pub async fn scheduler_function_conformance(program: impl Into<Program>) -> Resu
     if sessions != 1 {
         bail!("the tick should have created one session, the cluster holds {sessions}");
     }
-    let logs = f.logs_handle();
-    let status = f.terminate().await?;
-    if !status.success() {
-        bail!("SIGTERM must end the function cleanly: {status:?}");
-    }
-    if !logs().contains("SIGTERM: shutting down") {
-        bail!("no shutdown log line");
-    }
-    Ok(())
+    terminate_cleanly(f).await
 }
 
 /// One real backup and restore through the functions, whatever runs them (`invoke` sends an

@@ -3,29 +3,24 @@
 //! `events/` sample sent with `cargo lambda invoke`, then one real backup and restore through
 //! it. cargo-lambda 1.9 sends a constant deadline in 1970; the functions must not obey it.
 //!
-//! Ignored by default (it builds the functions with cargo from inside the test): `tests/run.sh`
-//! runs the test binary directly, with cargo-lambda on PATH, so that cargo's build lock is
-//! free for the build `cargo lambda watch` starts.
+//! A program, not a test: `cargo lambda watch` builds the functions with cargo, and under
+//! `cargo test` that build would wait on the lock cargo test holds. `tests/run.sh` runs it as
+//! `cargo run --locked -q -p stashless-tests --bin cargo_lambda_watch`, with cargo-lambda on
+//! PATH and the servers `tests/setup.sh` installs; it exits 0 when every check passed, and
+//! otherwise non-zero, saying which check failed (with the watch's log where it helps).
 
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
+use std::process::{ExitCode, Stdio};
 use std::time::Duration;
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Context as _, Result, bail, ensure};
 use serde_json::Value;
 use stashless_tests::World;
+use stashless_tests::procs::{free_port, poll_until};
 use stashless_tests::runtime_api::{backup_then_restore, samples};
 
 fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// `cargo lambda watch` on a free port, serving the workspace's functions with `env`.
@@ -37,7 +32,7 @@ struct Watch {
 
 impl Watch {
     async fn start(env: &[(&str, String)], dir: &Path) -> Result<Watch> {
-        let port = free_port();
+        let port = free_port()?;
         let env_file = dir.join("functions.env");
         let lines: Vec<String> = env.iter().map(|(k, v)| format!("{k}={v}")).collect();
         std::fs::write(&env_file, lines.join("\n") + "\n")?;
@@ -46,7 +41,7 @@ impl Watch {
             .unwrap_or_else(|| dir.to_path_buf())
             .join(format!("stashless-cargo-lambda-watch-{port}.log"));
         let out = std::fs::File::create(&log)?;
-        let child = tokio::process::Command::new("cargo")
+        let mut child = tokio::process::Command::new("cargo")
             .args(["lambda", "watch", "--ignore-changes", "--locked", "--quiet"])
             .args(["--invoke-address", "127.0.0.1", "--invoke-port"])
             .arg(port.to_string())
@@ -59,19 +54,32 @@ impl Watch {
             .kill_on_drop(true)
             .spawn()
             .context("cargo lambda watch (pip install cargo-lambda)")?;
+        // Ready when its invoke endpoint accepts connections (`None`); `Some(status)` if it
+        // exited first (not installed, a bad flag): no wait for the deadline then.
+        let ready = poll_until(
+            "cargo lambda watch to listen",
+            Duration::from_secs(120),
+            || {
+                let exited = child.try_wait();
+                async move {
+                    if let Some(status) = exited? {
+                        return Ok(Some(Some(status)));
+                    }
+                    let up = tokio::net::TcpStream::connect(("127.0.0.1", port)).await;
+                    Ok(up.is_ok().then_some(None))
+                }
+            },
+        )
+        .await;
         let w = Watch { child, port, log };
-        // Ready when its invoke endpoint accepts connections.
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
-        while tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_err()
-        {
-            if tokio::time::Instant::now() > deadline {
-                bail!("cargo lambda watch never listened:\n{}", w.logs());
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+        match ready {
+            Ok(None) => Ok(w),
+            Ok(Some(status)) => bail!(
+                "cargo lambda watch exited ({status}) before it listened:\n{}",
+                w.logs()
+            ),
+            Err(e) => Err(e).context(format!("cargo lambda watch never listened:\n{}", w.logs())),
         }
-        Ok(w)
     }
 
     fn logs(&self) -> String {
@@ -120,12 +128,10 @@ impl Drop for Watch {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "runs cargo lambda watch, which builds the functions; tests/run.sh runs it"]
-async fn every_sample_and_a_backup_and_restore_under_cargo_lambda_watch() {
-    let dir = tempfile::tempdir().unwrap();
+async fn every_sample_and_a_backup_and_restore_under_cargo_lambda_watch() -> Result<()> {
+    let dir = tempfile::tempdir()?;
     let w = World::standard("cargolambda", "cargolambda").await;
-    let watch = Watch::start(&w.cluster.env(), dir.path()).await.unwrap();
+    let watch = Watch::start(&w.cluster.env(), dir.path()).await?;
 
     // A real backup and restore through the emulator, under its 1970 deadline.
     backup_then_restore(&w, async |function, event| {
@@ -138,30 +144,51 @@ async fn every_sample_and_a_backup_and_restore_under_cargo_lambda_watch() {
         }
     })
     .await
-    .unwrap();
+    .context("a backup and restore under cargo lambda watch")?;
     // Every sample, as `cargo lambda invoke` sends it: malformed ones answered `rejected`
     // (not an error Lambda would retry), the rest answered about sessions this cluster does
     // not hold, or (the scheduler's, after the backup so its tick cannot interfere) a tick.
     for function in ["backup", "restore", "scheduler"] {
         for (name, event) in samples(function) {
-            let v = match watch.invoke(function, &event).await.unwrap() {
+            let v = match watch
+                .invoke(function, &event)
+                .await
+                .with_context(|| format!("cargo lambda invoke {function} {name}"))?
+            {
                 Ok(v) => v,
-                Err(e) => panic!("{function}/{name}: {e}\n{}", watch.logs()),
+                Err(e) => bail!("{function}/{name}: {e}\n{}", watch.logs()),
             };
             if name.starts_with("malformed") {
-                assert_eq!(v["status"], "rejected", "{function}/{name}: {v}");
+                ensure!(v["status"] == "rejected", "{function}/{name}: {v}");
             } else {
-                assert_ne!(v["status"], "rejected", "{function}/{name}: {v}");
+                ensure!(v["status"] != "rejected", "{function}/{name}: {v}");
                 if function != "scheduler" {
-                    assert_eq!(v["outcome"], "NotClaimed", "{function}/{name}: {v}");
+                    ensure!(v["outcome"] == "NotClaimed", "{function}/{name}: {v}");
                 }
             }
         }
     }
 
     let logs = watch.logs();
-    assert!(
+    ensure!(
         logs.contains("the invocation's deadline is already past"),
         "the functions should have warned about cargo-lambda's past deadline:\n{logs}"
     );
+    Ok(())
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> ExitCode {
+    match every_sample_and_a_backup_and_restore_under_cargo_lambda_watch().await {
+        Ok(()) => {
+            println!(
+                "cargo_lambda_watch: every events/ sample and a backup and restore under cargo lambda watch: ok"
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("cargo_lambda_watch: FAILED: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
 }
