@@ -60,4 +60,16 @@ impl OpenBao {
         }
         Ok(Some(v["data"]["data"].clone()))
     }
+
+    /// `sys/seal-status` of this node.
+    pub async fn seal_status(&self) -> Result<Value> {
+        Ok(self
+            .http()
+            .get(self.url("sys/seal-status"))
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?)
+    }
 }

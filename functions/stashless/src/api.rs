@@ -49,6 +49,15 @@ pub mod condition {
     /// stashless's own: whether `spec.retryConfig` retries a failed backup, and as which
     /// session when.
     pub const BACKUP_RETRY_SCHEDULED: &str = "BackupRetryScheduled";
+    /// stashless's own: whether the cluster's unseal keys were escrowed with the snapshot,
+    /// and if not, why.
+    pub const UNSEAL_KEYS_ESCROWED: &str = "UnsealKeysEscrowed";
+    /// stashless's own: a forced restore wrote the snapshot's keys into the target's
+    /// unsealer store and unsealed it (or why not).
+    pub const UNSEAL_KEYS_RESTORED: &str = "UnsealKeysRestored";
+    /// stashless's own: the snapshot a restore took of its target before applying another
+    /// (restoring it undoes the restore).
+    pub const PRE_RESTORE_SNAPSHOT: &str = "PreRestoreSnapshotTaken";
 }
 
 /// kmodules `Condition` (`kmapi.Condition`), the shape every Stash status uses.

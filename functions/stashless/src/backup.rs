@@ -11,29 +11,27 @@
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use futures::StreamExt;
 use kube::{Api, ResourceExt};
 
 use crate::api::{
     self, BackupConfiguration, BackupSession, Condition, Repository, condition, go_duration,
     human_size, set_condition,
 };
-use crate::archive::{SnapshotInfo, SnapshotVerifier};
 use crate::cluster::{EventType, record_event};
 use crate::config;
 use crate::config::hooks::{Ended, Hooks, Summary, ended};
-use crate::context::{Context, Progress};
+use crate::context::Context;
 use crate::error::{Error, ErrorKind, Result};
 use crate::events::SessionRef;
 use crate::hooks::{self, Site};
 use crate::metrics::{self, BackupMeasure};
-use crate::repository::{Invoker, Manifest, MultipartUpload, ObjectId, Store, TargetId};
+use crate::repository::{Invoker, Manifest, ObjectId, Store};
 use crate::resolve;
 use crate::retention::{self, Candidate};
 use crate::serve::Owners;
 use crate::session::{self, Claim, HasPhase, Outcome, RetryPlan};
+use crate::snapshot;
 use crate::status::{self, FailedTarget, RepositoryTotals};
-use crate::vault::Vault;
 
 /// Handle one event naming a BackupSession. `lambda_deadline`: when the runtime will stop us.
 /// Returns Err only when nothing could be recorded on the session (retrying may help then).
@@ -325,9 +323,10 @@ async fn backup(
         .as_ref()
         .ok_or_else(|| Error::invalid("BackupConfiguration spec.repository is not set"))?;
     let target_ref = config.target_ref().cloned();
-    let (repository, store, mut vault) = ctx
+    let opened = ctx
         .open_store_and_vault(&ns, repo_ref, target_ref.as_ref())
         .await?;
+    let (repository, store, mut vault) = (opened.repository, opened.store, opened.vault);
     site.set_target(vault.target());
 
     // The pre-hook runs once everything is resolved, right before the snapshot: a failing
@@ -345,82 +344,9 @@ async fn backup(
     }
     let node = vault.active_node().await?;
     ctx.vault_login(&mut vault, &node).await?;
-    let health = vault.health(Some(&node)).await.ok();
-    let name = format!("{ns}/{}", session.name_any());
-    make_room(&store, &name, &session.uid().unwrap_or_default()).await?;
-    let transfer_started = Instant::now();
-    let mut upload = store
-        .begin_upload(&name, &session.uid().unwrap_or_default())
-        .await?;
-    let mut verifier = SnapshotVerifier::new();
-    let transfer = tokio::time::timeout_at(
-        deadline.into(),
-        stream_into(
-            &vault,
-            &node,
-            &mut upload,
-            &mut verifier,
-            ctx.settings.progress.clone(),
-        ),
-    )
-    .await;
-    let info: SnapshotInfo = match transfer {
-        Err(_) => {
-            upload.abort().await;
-            return Err(Error::Deadline(format!(
-                "the snapshot was not finished within the session's time limit ({} elapsed); the partial upload was aborted",
-                go_duration(started.elapsed())
-            )));
-        }
-        Ok(Err(e)) => {
-            upload.abort().await;
-            return Err(e);
-        }
-        Ok(Ok(())) => match verifier.finish() {
-            Ok(info) => info,
-            Err(e) => {
-                upload.abort().await;
-                return Err(e.into());
-            }
-        },
-    };
-    let key = upload.key().to_string();
-    // The last parts and CompleteMultipartUpload are bounded by the deadline too: a stalled
-    // store must not keep the session Running until the Lambda is killed.
-    let stored = match tokio::time::timeout_at(deadline.into(), upload.complete()).await {
-        Ok(Ok(stored)) => stored,
-        failed => {
-            upload.abort().await;
-            // Completed but not confirmed: do not leave an object without its manifest.
-            let _ = store.delete_snapshot(&name).await;
-            return Err(match failed {
-                Ok(Err(e)) => e,
-                _ => Error::Deadline(format!(
-                    "the upload was not completed within the session's time limit ({} elapsed); it was aborted",
-                    go_duration(started.elapsed())
-                )),
-            });
-        }
-    };
-    if stored.size != info.size {
-        let _ = store.delete_snapshot(&name).await;
-        // The store kept other bytes than were sent: not a glitch to retry blindly.
-        return Err(Error::Storage {
-            bucket: store.bucket().into(),
-            message: format!(
-                "stored object {key} is {} bytes, the snapshot was {} bytes",
-                stored.size, info.size
-            ),
-            kind: ErrorKind::Integrity,
-            source: None,
-        });
-    }
-    let transfer = transfer_started.elapsed();
     let t = target_ref.clone().unwrap_or_default();
-    let manifest = Manifest {
-        format_version: 1,
-        name: name.clone(),
-        key,
+    let request = snapshot::Request {
+        name: format!("{ns}/{}", session.name_any()),
         session: ObjectId {
             namespace: ns.clone(),
             name: session.name_any(),
@@ -431,87 +357,62 @@ async fn backup(
             kind: "BackupConfiguration".into(),
             name: config.name_any(),
         },
-        target: TargetId {
-            namespace: t.namespace.clone().unwrap_or_else(|| ns.clone()),
-            kind: "AppBinding".into(),
-            name: t.name.clone(),
-            address: node.clone(),
-        },
-        created_at: Utc::now(),
-        size: info.size,
-        sha256: info.sha256.clone(),
-        etag: stored.etag.clone(),
-        version_id: stored.version_id.clone(),
-        duration_seconds: transfer.as_secs_f64(),
-        vault_version: health.as_ref().and_then(|h| h.version.clone()),
-        vault_cluster_name: health.as_ref().and_then(|h| h.cluster_name.clone()),
-        raft: info.meta.clone(),
-        files: info.files.clone(),
+        target: (
+            t.namespace.clone().unwrap_or_else(|| ns.clone()),
+            t.name.clone(),
+        ),
+        pre_restore: None,
     };
-    if let Err(e) = store.put_manifest(&manifest).await {
-        // Without its manifest the snapshot is invisible; do not leave it behind.
-        let _ = store.delete_snapshot(&name).await;
-        return Err(e);
-    }
-    tracing::info!(snapshot = %name, size = info.size, secs = transfer.as_secs_f64(), "snapshot stored and verified");
+    let taken = Box::pin(snapshot::take(
+        ctx,
+        &store,
+        &vault,
+        &opened.app_binding,
+        &node,
+        request,
+        started,
+        deadline,
+    ))
+    .await?;
     Ok(Done {
         store,
         repository,
-        manifest,
+        manifest: taken.manifest,
         target_ref: t,
-        transfer,
+        transfer: taken.transfer,
     })
 }
 
-/// Before uploading snapshot `name`: a snapshot stored under that name by another session (a
-/// BackupSession deleted and created again with the same name) is never overwritten, so the
-/// session is refused before Vault is read. An object this same session left without its
-/// manifest (the function stopped between the two writes) is removed first; the upload's
-/// If-None-Match would refuse it otherwise.
-async fn make_room(store: &Store, name: &str, session_uid: &str) -> Result<()> {
-    if let Some(m) = store.manifest_of(name).await? {
-        return Err(Error::invalid(format!(
-            "snapshot {name} is stored already, from an earlier BackupSession of the same name (uid {}, {}): stashless never overwrites a stored snapshot; delete this BackupSession and create one with a new name (the scheduler's names carry the time)",
-            m.session.uid.as_deref().unwrap_or("unknown"),
-            m.created_at
-                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
-        )));
+/// `UnsealKeysEscrowed`: what was escrowed where, or why nothing was.
+fn escrow_condition(seal: &crate::repository::SealRecord) -> Condition {
+    match &seal.escrow {
+        Some(e) => Condition::new(
+            condition::UNSEAL_KEYS_ESCROWED,
+            true,
+            "UnsealKeysEscrowed",
+            format!(
+                "{} unseal key(s){} from {} sealed under KMS key {} beside the snapshot ({})",
+                e.keys,
+                if e.root_token {
+                    " and the root token"
+                } else {
+                    ""
+                },
+                e.source,
+                e.kms_key_id,
+                e.key
+            ),
+        ),
+        None => Condition::new(
+            condition::UNSEAL_KEYS_ESCROWED,
+            false,
+            "UnsealKeysNotEscrowed",
+            format!(
+                "the unseal keys were not escrowed: {}; a restore into a new cluster will need them from elsewhere",
+                seal.not_escrowed.as_deref().unwrap_or("unknown")
+            ),
+        ),
     }
-    let key = store.snapshot_key(name);
-    if let Some(orphan) = store.object_info(&key).await? {
-        if orphan.session_uid.as_deref() != Some(session_uid) {
-            return Err(Error::invalid(format!(
-                "S3 holds {key} without a manifest, uploaded by another session ({}): stashless never overwrites a stored object; remove it or give this BackupSession a new name",
-                orphan.session_uid.as_deref().unwrap_or("unknown")
-            )));
-        }
-        tracing::info!(snapshot = %name, "removing this session's own snapshot object left without a manifest");
-        store.delete_object(&key).await?;
-    }
-    Ok(())
-}
-
-/// Vault → verifier → multipart upload, chunk by chunk.
-async fn stream_into(
-    vault: &Vault,
-    node: &str,
-    upload: &mut MultipartUpload,
-    verifier: &mut SnapshotVerifier,
-    progress: Option<Progress>,
-) -> Result<()> {
-    let mut stream = std::pin::pin!(vault.snapshot(node).await?);
-    let mut moved = 0u64;
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk?;
-        // Verify before the bytes can reach S3: a bad stream fails here and is aborted.
-        verifier.update(&chunk)?;
-        upload.write(&chunk).await?;
-        moved += chunk.len() as u64;
-        if let Some(p) = &progress {
-            p(moved);
-        }
-    }
-    Ok(())
 }
 
 struct RetentionResult {
@@ -560,6 +461,19 @@ async fn apply_retention(
         }
         removed.push(d.id.clone());
     }
+    // The undo snapshots restores took are kept until their keepUntil, then go with the
+    // next backup's retention (whatever configuration's: they belong to no schedule).
+    let now = Utc::now();
+    for m in all.iter().filter(|m| {
+        m.pre_restore.as_ref().is_some_and(|p| p.keep_until < now)
+            && m.target.namespace == newest.target.namespace
+            && m.target.name == newest.target.name
+    }) {
+        if !dry_run {
+            store.delete_snapshot(&m.name).await?;
+        }
+        removed.push(m.name.clone());
+    }
     let remaining = if dry_run {
         all
     } else {
@@ -598,6 +512,10 @@ async fn finish_succeeded(
             ),
         ),
     );
+
+    if let Some(seal) = &done.manifest.seal {
+        set_condition(&mut conditions, escrow_condition(seal));
+    }
 
     // Retention, then Repository totals from the listing it made.
     let retention = apply_retention(&done.store, config, &done.manifest).await;

@@ -264,13 +264,13 @@ pub fn check_restore_refused(rs: &RestoreSession) -> Result<()> {
             "the rules name {snapshots} snapshots: a Vault restore takes exactly one; name only the snapshot to restore"
         ));
     }
-    if let Some(p) = spec
-        .task
-        .as_ref()
-        .and_then(|t| t.params.iter().find(|p| p.name != "force"))
-    {
+    if let Some(p) = spec.task.as_ref().and_then(|t| {
+        t.params
+            .iter()
+            .find(|p| !["force", "keyPrefix", "oldKeyPrefix"].contains(&p.name.as_str()))
+    }) {
         return refuse(format!(
-            "spec.task.params names {:?}: stashless's restore reads only the parameter force; remove the others",
+            "spec.task.params names {:?}: stashless's restore reads only the parameters force, keyPrefix and oldKeyPrefix; remove the others",
             p.name.chars().take(100).collect::<String>()
         ));
     }

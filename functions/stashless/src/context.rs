@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use kube::{Api, Client, Resource};
 
-use crate::api::{ObjectRef, Repository, TargetRef};
+use crate::api::{AppBinding, ObjectRef, Repository, TargetRef};
 use crate::error::{Error, Result};
 use crate::repository::{Store, Tuning};
 use crate::resolve;
@@ -122,6 +122,32 @@ pub struct Settings {
     /// Namespaces this function serves; a session elsewhere is left untouched, as the
     /// scheduler and sweep leave it.
     pub namespaces: NamespaceScope,
+    /// The key unseal-key escrows are sealed with (`STASHLESS_ESCROW_KMS_KEY_ID`); None:
+    /// backups escrow nothing and say so.
+    pub escrow_key: Option<EscrowKey>,
+    /// AWS SDK configuration for KMS and SSM; loaded from the environment (the function's
+    /// role, `AWS_ENDPOINT_URL`) on first use when None.
+    pub aws: Option<aws_config::SdkConfig>,
+    /// How long retention keeps the snapshot a restore takes of its target first.
+    pub pre_restore_keep: Duration,
+}
+
+/// What seals escrows.
+#[derive(Clone, PartialEq)]
+pub enum EscrowKey {
+    /// A KMS key id, ARN or alias.
+    Kms(String),
+    /// A key held by this process only: the local demo's. Never for production.
+    LocalDemo([u8; 32]),
+}
+
+impl std::fmt::Debug for EscrowKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            EscrowKey::Kms(id) => write!(f, "Kms({id})"),
+            EscrowKey::LocalDemo(_) => write!(f, "{}", crate::keys::LOCAL_DEMO_KEY_ID),
+        }
+    }
 }
 
 impl Default for Settings {
@@ -133,6 +159,9 @@ impl Default for Settings {
             deadline_margin: Duration::from_secs(20),
             progress: None,
             namespaces: NamespaceScope::all(),
+            escrow_key: None,
+            aws: None,
+            pre_restore_keep: Duration::from_secs(7 * 24 * 3600),
         }
     }
 }
@@ -140,7 +169,8 @@ impl Default for Settings {
 impl Settings {
     /// From the function's environment: `STASHLESS_PART_SIZE_MIB`, `STASHLESS_PARTS_IN_FLIGHT`,
     /// `STASHLESS_PUSHGATEWAY_URL` (or Stash's `PROMETHEUS_PUSHGATEWAY_URL`),
-    /// `STASHLESS_NAMESPACES`.
+    /// `STASHLESS_NAMESPACES`, `STASHLESS_ESCROW_KMS_KEY_ID`,
+    /// `STASHLESS_PRE_RESTORE_KEEP_HOURS` (default 168: a week).
     pub fn from_env() -> Settings {
         let mut s = Settings::default();
         if let Some(mib) = env_num("STASHLESS_PART_SIZE_MIB") {
@@ -154,6 +184,13 @@ impl Settings {
             .ok()
             .filter(|u| !u.is_empty());
         s.namespaces = NamespaceScope::from_env();
+        s.escrow_key = std::env::var("STASHLESS_ESCROW_KMS_KEY_ID")
+            .ok()
+            .filter(|k| !k.trim().is_empty())
+            .map(|k| EscrowKey::Kms(k.trim().to_string()));
+        if let Some(hours) = env_num("STASHLESS_PRE_RESTORE_KEEP_HOURS") {
+            s.pre_restore_keep = Duration::from_secs(hours * 3600);
+        }
         s
     }
 }
@@ -172,6 +209,15 @@ pub struct Context {
     /// The process's AWS identity, for Vault IAM logins: loaded on first use from the
     /// default chain (on Lambda, the function's role) unless given.
     aws_credentials: tokio::sync::OnceCell<CredentialsProvider>,
+    aws_config: tokio::sync::OnceCell<aws_config::SdkConfig>,
+}
+
+/// A session's Repository and target, opened.
+pub struct Opened {
+    pub repository: Repository,
+    pub store: Store,
+    pub vault: Vault,
+    pub app_binding: AppBinding,
 }
 
 impl Context {
@@ -199,7 +245,34 @@ impl Context {
             http: reqwest::Client::new(),
             settings,
             aws_credentials: tokio::sync::OnceCell::new_with(credentials),
+            aws_config: tokio::sync::OnceCell::new(),
         })
+    }
+
+    /// The AWS configuration KMS and SSM clients are built from.
+    pub async fn aws(&self) -> crate::keys::Aws {
+        let config = self
+            .aws_config
+            .get_or_init(|| async {
+                match &self.settings.aws {
+                    Some(c) => c.clone(),
+                    None => aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await,
+                }
+            })
+            .await
+            .clone();
+        crate::keys::Aws { config }
+    }
+
+    /// What seals and opens escrows, when a key is configured.
+    pub async fn sealer(&self) -> Option<crate::keys::Sealer> {
+        match self.settings.escrow_key.clone()? {
+            EscrowKey::Kms(key_id) => Some(crate::keys::Sealer::Kms {
+                key_id,
+                aws: self.aws().await,
+            }),
+            EscrowKey::LocalDemo(k) => Some(crate::keys::Sealer::LocalDemo(k)),
+        }
     }
 
     /// Current credentials of the process's AWS identity.
@@ -231,10 +304,15 @@ impl Context {
         ns: &str,
         repo_ref: &ObjectRef,
         target_ref: Option<&TargetRef>,
-    ) -> Result<(Repository, Store, Vault)> {
-        let (_, vault_target) = resolve::vault_target(&self.kube, ns, target_ref).await?;
+    ) -> Result<Opened> {
+        let (app_binding, vault_target) = resolve::vault_target(&self.kube, ns, target_ref).await?;
         let (repository, store) = self.open_store(ns, repo_ref).await?;
-        Ok((repository, store, Vault::new(vault_target)?))
+        Ok(Opened {
+            repository,
+            store,
+            vault: Vault::new(vault_target)?,
+            app_binding,
+        })
     }
 
     /// The session's Repository opened as a snapshot store.

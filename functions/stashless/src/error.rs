@@ -94,12 +94,29 @@ pub enum Error {
         #[source]
         source: Option<BoxError>,
     },
+    /// Unseal-key escrow: the unsealer store, KMS or SSM refused or failed, or an escrow
+    /// does not belong to its snapshot.
+    #[error("unseal keys: {message}")]
+    Keys {
+        message: String,
+        kind: ErrorKind,
+        #[source]
+        source: Option<BoxError>,
+    },
     /// The snapshot stream failed verification.
     #[error("snapshot verification failed: {0}")]
     Archive(#[from] ArchiveError),
     /// The function's deadline (Lambda's or the session's `timeOut`) came first.
     #[error("deadline exceeded: {0}")]
     Deadline(String),
+    /// A step failed; `message` says which and what it means (e.g. what was already done).
+    #[error("{message}")]
+    Step {
+        message: String,
+        kind: ErrorKind,
+        #[source]
+        source: Box<Error>,
+    },
     /// The invocation payload is not one we accept.
     #[error("malformed event: {0}")]
     BadEvent(String),
@@ -147,6 +164,16 @@ impl Error {
         }
     }
 
+    /// This error as the failure of a step: `what` (what failed, what it means) and then
+    /// this error's reason; the kind stays this error's.
+    pub fn within(self, what: impl std::fmt::Display) -> Self {
+        Error::Step {
+            message: format!("{what}: {}", self.reason()),
+            kind: self.kind(),
+            source: Box::new(self),
+        }
+    }
+
     /// What a caller can do about it.
     pub fn kind(&self) -> ErrorKind {
         match self {
@@ -162,8 +189,11 @@ impl Error {
             Error::Conflict(_) => ErrorKind::Conflict,
             Error::Integrity(_) | Error::Archive(_) => ErrorKind::Integrity,
             Error::Unavailable { .. } => ErrorKind::Unavailable,
-            Error::Vault { kind, .. } | Error::Storage { kind, .. } => *kind,
+            Error::Vault { kind, .. } | Error::Storage { kind, .. } | Error::Keys { kind, .. } => {
+                *kind
+            }
             Error::Deadline(_) => ErrorKind::Deadline,
+            Error::Step { kind, .. } => *kind,
         }
     }
 

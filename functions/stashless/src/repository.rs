@@ -29,6 +29,8 @@ use crate::error::{Error, ErrorKind, Result};
 
 pub const SNAPSHOT_EXT: &str = ".snap";
 pub const MANIFEST_EXT: &str = ".json";
+/// The sealed unseal keys beside a snapshot (not `.json`: listings take those as manifests).
+pub const ESCROW_EXT: &str = ".escrow";
 /// Object metadata (`x-amz-meta-…`) naming the session that uploaded a snapshot.
 pub const SESSION_UID_METADATA: &str = "stashless-session-uid";
 
@@ -164,6 +166,63 @@ pub struct Manifest {
     pub vault_cluster_name: Option<String>,
     pub raft: SnapshotMeta,
     pub files: Vec<ArchiveFile>,
+    /// The cluster's seal and what of its unseal keys was escrowed beside the snapshot
+    /// (never key material).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seal: Option<SealRecord>,
+    /// Set on the snapshot a restore takes of its target before applying another one: the
+    /// undo. Retention keeps it until `keepUntil`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pre_restore: Option<PreRestore>,
+}
+
+/// The seal of the cluster a snapshot came from, and the escrow of its keys.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct SealRecord {
+    /// Vault's seal type (`shamir`, `awskms`, ...), from `sys/seal-status`.
+    #[serde(rename = "type")]
+    pub type_: String,
+    /// Key shares and threshold (Shamir), from `sys/seal-status`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shares: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub threshold: Option<u32>,
+    /// The auto-unseal KMS key (from the AppBinding annotation `stashless.io/seal-kms-key-id`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seal_key_id: Option<String>,
+    /// What was escrowed; None with `notEscrowed` saying why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub escrow: Option<EscrowRecord>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_escrowed: Option<String>,
+}
+
+/// Where an escrow is and what it holds (counts, never keys).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct EscrowRecord {
+    pub key: String,
+    /// The unsealer store the keys were read from: `kubernetesSecret` or `awsKmsSsm`.
+    pub store: String,
+    /// Where in it, for a person (`Secret demo/vault-keys (keys k8s...-unseal-key-<i>)`).
+    pub source: String,
+    pub key_prefix: String,
+    pub keys: u32,
+    pub root_token: bool,
+    /// The KMS key the escrow's data key is sealed under.
+    pub kms_key_id: String,
+}
+
+/// The snapshot a restore took of its target first.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct PreRestore {
+    /// `<namespace>/<name>` of the RestoreSession.
+    pub restore_session: String,
+    /// The snapshot that restore applied.
+    pub replaced_by: String,
+    pub keep_until: DateTime<Utc>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -290,6 +349,58 @@ impl Store {
 
     pub fn manifest_key(&self, name: &str) -> String {
         self.under_prefix(&format!("snapshots/{name}{MANIFEST_EXT}"))
+    }
+
+    pub fn escrow_key(&self, name: &str) -> String {
+        self.under_prefix(&format!("snapshots/{name}{ESCROW_EXT}"))
+    }
+
+    /// Write a snapshot's escrow (never over an existing one).
+    pub async fn put_escrow(&self, name: &str, envelope: &crate::keys::Envelope) -> Result<String> {
+        let key = self.escrow_key(name);
+        let body = serde_json::to_vec_pretty(envelope).expect("an envelope serialises");
+        self.s3
+            .put_object()
+            .bucket(self.bucket())
+            .key(&key)
+            .content_type("application/json")
+            .if_none_match("*")
+            .body(ByteStream::from(body))
+            .send()
+            .await
+            .map_err(|e| self.err("writing the unseal-key escrow", e))?;
+        Ok(key)
+    }
+
+    /// A snapshot's escrow: None when its object is gone.
+    pub async fn escrow_of(&self, record: &EscrowRecord) -> Result<Option<crate::keys::Envelope>> {
+        let out = match self
+            .s3
+            .get_object()
+            .bucket(self.bucket())
+            .key(&record.key)
+            .send()
+            .await
+        {
+            Ok(out) => out,
+            Err(SdkError::ServiceError(e))
+                if e.raw().status().as_u16() == 404 && e.err().code() != Some("NoSuchBucket") =>
+            {
+                return Ok(None);
+            }
+            Err(e) => return Err(self.err(&format!("reading the escrow {}", record.key), e)),
+        };
+        let body = out.body.collect().await.map_err(|e| {
+            self.plain_err(&format!("reading the escrow {}: {e}", record.key), true)
+        })?;
+        serde_json::from_slice(&body.into_bytes())
+            .map(Some)
+            .map_err(|e| {
+                Error::Integrity(format!(
+                    "the escrow {} is not an escrow object: {e}",
+                    record.key
+                ))
+            })
     }
 
     fn err<E>(&self, what: &str, e: SdkError<E>) -> Error
@@ -487,7 +598,11 @@ impl Store {
     /// Remove a snapshot: manifest first, so an interruption leaves at worst an orphan
     /// object nobody lists, never a manifest pointing at nothing.
     pub async fn delete_snapshot(&self, name: &str) -> Result<()> {
-        for key in [self.manifest_key(name), self.snapshot_key(name)] {
+        for key in [
+            self.manifest_key(name),
+            self.snapshot_key(name),
+            self.escrow_key(name),
+        ] {
             self.delete_object(&key).await?;
         }
         Ok(())

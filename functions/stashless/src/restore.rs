@@ -15,7 +15,7 @@ use bytes::Bytes;
 use kube::{Api, ResourceExt};
 use tokio::sync::mpsc;
 
-use crate::api::{RestoreSession, go_duration, human_size};
+use crate::api::{self, AppBinding, Condition, RestoreSession, condition, go_duration, human_size};
 use crate::archive::SnapshotVerifier;
 use crate::cluster::{EventType, record_event};
 use crate::config;
@@ -24,11 +24,13 @@ use crate::context::Context;
 use crate::error::{Error, ErrorKind, Result};
 use crate::events::SessionRef;
 use crate::hooks::{self, Site};
+use crate::keys::{self, UnsealKeys, UnsealerStore};
 use crate::metrics;
-use crate::repository::{Manifest, Store};
+use crate::repository::{Invoker, Manifest, ObjectId, PreRestore, Store};
 use crate::resolve;
 use crate::serve::{Owners, VAULT_RESTORE_TASK};
 use crate::session::{self, Claim, HasPhase, Outcome};
+use crate::snapshot;
 use crate::status;
 use crate::vault::Vault;
 
@@ -85,7 +87,8 @@ pub async fn run(
     let mut rs = rs;
     let result = match session::check_restore_exclusive(&ctx.kube, &rs).await {
         Err(e) => Err(e),
-        Ok(()) => restore(ctx, &mut rs, started, deadline, &hooks, &mut site).await,
+        // Boxed: the flow's future is large (it holds a whole snapshot step).
+        Ok(()) => Box::pin(restore(ctx, &mut rs, started, deadline, &hooks, &mut site)).await,
     };
     let result = result.map_err(|e| {
         tracing::warn!(error = %e.reason(), kind = ?e.kind(), "restore failed");
@@ -128,6 +131,8 @@ struct Done {
     manifest: Manifest,
     transfer: Duration,
     sealed_after: bool,
+    /// What a forced restore did with the snapshot's unseal keys.
+    keys: Option<String>,
 }
 
 /// The snapshot a RestoreSession asks for: `target.rules[].snapshots` (or the older
@@ -151,6 +156,8 @@ pub fn pick_snapshot<'a>(
             // is skipped). Taking one must be asked for by name.
             let newest = manifests
                 .iter()
+                // The undo snapshots a restore takes are restored only by name.
+                .filter(|m| m.pre_restore.is_none())
                 .filter(|m| {
                     target
                         .is_none_or(|(ns, name)| m.target.namespace == ns && m.target.name == name)
@@ -214,6 +221,36 @@ fn force_requested(rs: &RestoreSession) -> bool {
         .is_some_and(|v| v.eq_ignore_ascii_case("true"))
 }
 
+/// RestoreSession annotation, stashless's own: `"false"` writes the snapshot's unseal keys
+/// into the target's store but leaves unsealing to a person.
+pub const ANNOTATION_UNSEAL: &str = "stashless.io/unseal";
+/// RestoreSession annotation, stashless's own: `"false"` skips the snapshot of the target
+/// taken before the restore (the undo).
+pub const ANNOTATION_PRE_RESTORE: &str = "stashless.io/pre-restore-snapshot";
+
+fn opted_out(rs: &RestoreSession, annotation: &str) -> bool {
+    rs.annotations()
+        .get(annotation)
+        .is_some_and(|v| v.eq_ignore_ascii_case("false"))
+}
+
+fn task_param(rs: &RestoreSession, name: &str) -> Option<String> {
+    rs.spec
+        .task
+        .as_ref()
+        .and_then(|t| t.param(name))
+        .filter(|v| !v.is_empty())
+        .map(str::to_string)
+}
+
+/// The snapshot's own unseal keys, opened from its escrow, and where they go.
+struct Carried {
+    keys: UnsealKeys,
+    store: UnsealerStore,
+    prefix: String,
+    unseal: bool,
+}
+
 async fn restore(
     ctx: &Context,
     rs: &mut RestoreSession,
@@ -232,9 +269,10 @@ async fn restore(
         .repository
         .as_ref()
         .ok_or_else(|| Error::invalid("RestoreSession spec.repository is not set"))?;
-    let (_, store, mut vault) = ctx
+    let opened = ctx
         .open_store_and_vault(&ns, repo_ref, rs.target_ref())
         .await?;
+    let (store, mut vault, target_ab) = (opened.store, opened.vault, opened.app_binding);
     site.set_target(vault.target());
 
     let manifests = store.list_manifests().await?;
@@ -273,6 +311,14 @@ async fn restore(
             manifest.name
         )));
     }
+    let force = force_requested(rs);
+    // Into another cluster: the snapshot's own keys, opened and checked against it before
+    // anything is sent, and the target's store they will go to, found.
+    let carried = if force {
+        carried_keys(ctx, &store, &manifest, rs, &target_ab).await?
+    } else {
+        None
+    };
 
     // The pre-hook runs once the snapshot checked out, right before Vault is touched: a
     // failing one fails the session with Vault as it was.
@@ -288,10 +334,37 @@ async fn restore(
     }
     let node = vault.active_node().await?;
     ctx.vault_login(&mut vault, &node).await?;
+    // Listed while the target's own token is valid: after the restore it is not.
+    let nodes = match &carried {
+        Some(c) if c.unseal => vault.node_addresses(&node).await.unwrap_or_else(|e| {
+            tracing::warn!(error = %e.reason(), "could not list the cluster's nodes; unsealing the active node only");
+            vec![node.clone()]
+        }),
+        _ => Vec::new(),
+    };
+    if !opted_out(rs, ANNOTATION_PRE_RESTORE) {
+        let taken = Box::pin(take_undo(ctx, &store, &vault, &target_ab, &node, rs, &manifest, started, deadline))
+            .await
+            .map_err(|e| e.within("taking the pre-restore snapshot of the target (the undo) failed, so nothing was restored"))?;
+        rs.set_condition(Condition::new(
+            condition::PRE_RESTORE_SNAPSHOT,
+            true,
+            "PreRestoreSnapshotTaken",
+            format!(
+                "snapshot {} holds the target as it was before this restore; restoring it (with force, if the keys differ) undoes this restore. Retention keeps it until {}",
+                taken.name,
+                taken
+                    .pre_restore
+                    .as_ref()
+                    .map(|p| p.keep_until.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+                    .unwrap_or_default()
+            ),
+        ));
+    };
     let transfer_started = Instant::now();
     let transfer = tokio::time::timeout_at(
         deadline.into(),
-        stream_to_vault(ctx, &store, &vault, &node, &manifest, force_requested(rs)),
+        stream_to_vault(ctx, &store, &vault, &node, &manifest, force),
     )
     .await;
     match transfer {
@@ -305,11 +378,216 @@ async fn restore(
     }
     let transfer = transfer_started.elapsed();
     let health = vault.settle_after_restore(&node).await.ok();
+    let mut sealed_after = health.is_some_and(|h| h.sealed);
+    let keys = match carried {
+        None => None,
+        Some(c) => {
+            let done = apply_keys(ctx, &mut vault, &nodes, c, deadline)
+                .await
+                .map_err(|e| {
+                    e.within(format!(
+                        "snapshot {} was restored into Vault, but its unseal keys were not fully applied (they stay in the escrow)",
+                        manifest.name
+                    ))
+                })?;
+            sealed_after = done.sealed;
+            Some(done.message)
+        }
+    };
     Ok(Done {
         manifest,
         transfer,
-        sealed_after: health.is_some_and(|h| h.sealed),
+        sealed_after,
+        keys,
     })
+}
+
+/// With `force`: the keys escrowed with `manifest`, opened (KMS checks they belong to this
+/// snapshot), and the target's unsealer store and prefix they will be written to. None when
+/// the snapshot carries no escrow (older snapshots, clusters whose keys were not escrowed).
+async fn carried_keys(
+    ctx: &Context,
+    store: &Store,
+    manifest: &Manifest,
+    rs: &RestoreSession,
+    target_ab: &AppBinding,
+) -> Result<Option<Carried>> {
+    let Some(escrow) = manifest.seal.as_ref().and_then(|s| s.escrow.as_ref()) else {
+        return Ok(None);
+    };
+    let name = &manifest.name;
+    // Stash's oldKeyPrefix names the source cluster's prefix: it must be the escrowed one.
+    if let Some(old) = task_param(rs, "oldKeyPrefix")
+        && old != escrow.key_prefix
+    {
+        return Err(Error::invalid(format!(
+            "spec.task.params oldKeyPrefix is {old:?} but snapshot {name} escrowed the keys of prefix {:?}; nothing was restored",
+            escrow.key_prefix
+        )));
+    }
+    let sealer = ctx.sealer().await.ok_or_else(|| {
+        Error::invalid(format!(
+            "snapshot {name} carries escrowed unseal keys but this function has no escrow key configured (STASHLESS_ESCROW_KMS_KEY_ID); nothing was restored"
+        ))
+    })?;
+    let envelope = store.escrow_of(escrow).await?.ok_or_else(|| {
+        Error::Integrity(format!(
+            "the escrow of snapshot {name} ({}) is missing from the Repository, so its unseal keys cannot come with it; nothing was restored",
+            escrow.key
+        ))
+    })?;
+    let keys = sealer
+        .open(&envelope, name, &manifest.sha256)
+        .await
+        .map_err(|e| {
+            e.within(format!(
+                "opening the escrowed unseal keys of snapshot {name} failed; nothing was restored"
+            ))
+        })?;
+    if keys.keys.len() != escrow.keys as usize {
+        return Err(Error::Integrity(format!(
+            "the escrow of snapshot {name} holds {} key(s), its manifest says {}; nothing was restored",
+            keys.keys.len(),
+            escrow.keys
+        )));
+    }
+    let label = format!(
+        "target AppBinding {}/{}",
+        target_ab.namespace().unwrap_or_default(),
+        target_ab.name_any()
+    );
+    let target_store = keys::store_of(target_ab)
+        .map_err(|why| Error::invalid(format!("{label}: {why}; nothing was restored")))?
+        .ok_or_else(|| {
+            Error::invalid(format!(
+                "{label} names no unsealer store to write snapshot {name}'s unseal keys into (spec.parameters.unsealer.mode, or the annotation {}); nothing was restored",
+                keys::ANNOTATION_KEYS_SECRET
+            ))
+        })?;
+    let configured = task_param(rs, "keyPrefix").or_else(|| keys::configured_prefix(target_ab));
+    let prefix = keys::target_prefix(
+        &ctx.kube,
+        &target_store,
+        configured.as_deref(),
+        &escrow.key_prefix,
+    )
+    .await
+    .map_err(|e| {
+        e.within(format!(
+            "finding where {label}'s unseal keys go failed; nothing was restored"
+        ))
+    })?;
+    Ok(Some(Carried {
+        keys,
+        store: target_store,
+        prefix,
+        unseal: !opted_out(rs, ANNOTATION_UNSEAL),
+    }))
+}
+
+struct KeysApplied {
+    message: String,
+    sealed: bool,
+}
+
+/// After a forced restore: the snapshot's keys into the target's store, then (unless opted
+/// out) every node unsealed with them, an active node waited for, and one authenticated
+/// request with the snapshot's root token.
+async fn apply_keys(
+    ctx: &Context,
+    vault: &mut Vault,
+    nodes: &[String],
+    c: Carried,
+    deadline: Instant,
+) -> Result<KeysApplied> {
+    let aws = ctx.aws().await;
+    let written = keys::write(&ctx.kube, Some(&aws), &c.store, &c.prefix, &c.keys).await?;
+    if !c.unseal {
+        return Ok(KeysApplied {
+            message: format!(
+                "{written}; not unsealed ({ANNOTATION_UNSEAL}: \"false\"): unseal with them"
+            ),
+            sealed: true,
+        });
+    }
+    for addr in nodes {
+        vault.unseal(addr, &c.keys.keys).await?;
+    }
+    let active = loop {
+        match vault.active_node().await {
+            Ok(n) => break n,
+            Err(e) if e.is_retryable() && Instant::now() + Duration::from_secs(1) < deadline => {
+                tracing::info!(error = %e.reason(), "waiting for an active node after unsealing");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(e) => return Err(e),
+        }
+    };
+    // The AppBinding's own token belonged to the data just replaced.
+    let own_token = match vault.check_token(&active).await {
+        Ok(()) => "",
+        Err(_) => {
+            "; the AppBinding's token belonged to the replaced data and is no longer valid: put a token of the restored cluster into its Secret before the next backup"
+        }
+    };
+    let check = match c.keys.root_token {
+        Some(token) => {
+            vault.set_token(token);
+            vault.check_token(&active).await?;
+            "an authenticated request with the snapshot's root token succeeded"
+        }
+        None => "no root token was escrowed, so no authenticated request was made",
+    };
+    Ok(KeysApplied {
+        message: format!(
+            "{written}; Vault is unsealed: {} node(s) unsealed with the snapshot's keys, active node {active}; {check}{own_token}",
+            nodes.len()
+        ),
+        sealed: false,
+    })
+}
+
+/// Snapshot the target as it is, before another snapshot replaces it: the undo.
+#[allow(clippy::too_many_arguments)]
+async fn take_undo(
+    ctx: &Context,
+    store: &Store,
+    vault: &Vault,
+    target_ab: &AppBinding,
+    node: &str,
+    rs: &RestoreSession,
+    replaced_by: &Manifest,
+    started: Instant,
+    deadline: Instant,
+) -> Result<Manifest> {
+    let ns = rs.namespace().unwrap_or_default();
+    let rs_name = rs.name_any();
+    let request = snapshot::Request {
+        name: format!("{ns}/{rs_name}-pre-restore"),
+        session: ObjectId {
+            namespace: ns.clone(),
+            name: rs_name.clone(),
+            uid: rs.uid(),
+        },
+        invoker: Invoker {
+            namespace: ns.clone(),
+            kind: "RestoreSession".into(),
+            name: rs_name.clone(),
+        },
+        target: rs.target_key().unwrap_or_default(),
+        pre_restore: Some(PreRestore {
+            restore_session: format!("{ns}/{rs_name}"),
+            replaced_by: replaced_by.name.clone(),
+            keep_until: chrono::Utc::now()
+                + chrono::Duration::from_std(ctx.settings.pre_restore_keep)
+                    .unwrap_or_else(|_| chrono::Duration::days(7)),
+        }),
+    };
+    let taken = Box::pin(snapshot::take(
+        ctx, store, vault, target_ab, node, request, started, deadline,
+    ))
+    .await?;
+    Ok(taken.manifest)
 }
 
 /// S3 → verifier → Vault. The last chunk is held back until the whole object verified.
@@ -411,19 +689,51 @@ async fn finish(
     metrics::report(&ctx.http, gateway, &emf, &group, &mut conditions).await;
     let (status, outcome, event) = match result {
         Ok(done) => {
-            let sealed_note = done.sealed_after.then_some(
-                "Vault is SEALED now: the snapshot came from a cluster with other unseal keys. Unseal it with the unseal keys (or KMS) of the cluster the snapshot was taken from.",
-            );
+            let sealed_note = done.sealed_after.then(|| match &done.keys {
+                Some(_) => "Vault is SEALED: the snapshot's unseal keys were written to its unsealer store but not used (stashless.io/unseal: \"false\"); unseal it with them.".to_string(),
+                None => format!(
+                    "Vault is SEALED now: the snapshot came from a cluster with other unseal keys{}. Unseal it with the unseal keys (or KMS) of the cluster the snapshot was taken from.",
+                    done.manifest
+                        .seal
+                        .as_ref()
+                        .and_then(|s| s.not_escrowed.as_deref())
+                        .map(|why| format!(", and they were not escrowed with it ({why})"))
+                        .unwrap_or_default()
+                ),
+            });
+            if let Some(keys) = &done.keys {
+                api::set_condition(
+                    &mut conditions,
+                    Condition::new(
+                        condition::UNSEAL_KEYS_RESTORED,
+                        true,
+                        "UnsealKeysRestored",
+                        keys,
+                    ),
+                );
+            }
             let msg = format!(
-                "restored snapshot {} ({}, raft index {}) in {}.{}",
+                "restored snapshot {} ({}, raft index {}) in {}.{}{}",
                 done.manifest.name,
                 human_size(done.manifest.size),
                 done.manifest.raft.index,
                 go_duration(done.transfer),
-                sealed_note.map(|n| format!(" {n}")).unwrap_or_default()
+                done.keys
+                    .as_ref()
+                    .map(|k| format!(" {k}."))
+                    .unwrap_or_default(),
+                sealed_note
+                    .as_ref()
+                    .map(|n| format!(" {n}"))
+                    .unwrap_or_default()
             );
-            let status =
-                status::restore_succeeded(conditions, &msg, sealed_note, done.transfer, duration);
+            let status = status::restore_succeeded(
+                conditions,
+                &msg,
+                sealed_note.as_deref(),
+                done.transfer,
+                duration,
+            );
             let kind = if done.sealed_after {
                 EventType::Warning
             } else {

@@ -68,6 +68,25 @@ pub struct Health {
     pub cluster_name: Option<String>,
 }
 
+/// `GET /v1/sys/seal-status`: the seal's type, and for Shamir its shares and threshold.
+#[derive(Debug, Clone, Deserialize, Default)]
+pub struct SealStatus {
+    #[serde(rename = "type", default)]
+    pub type_: String,
+    #[serde(default)]
+    pub initialized: bool,
+    #[serde(default)]
+    pub sealed: bool,
+    /// Threshold.
+    #[serde(default)]
+    pub t: u32,
+    /// Shares.
+    #[serde(default)]
+    pub n: u32,
+    #[serde(default)]
+    pub progress: u32,
+}
+
 #[derive(Debug, Clone, Deserialize)]
 struct Leader {
     #[serde(default)]
@@ -402,6 +421,136 @@ impl Vault {
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
         self.health(Some(node)).await
+    }
+
+    /// `GET /v1/sys/seal-status` on `addr` (unauthenticated).
+    pub async fn seal_status(&self, addr: &str) -> Result<SealStatus> {
+        let resp = self
+            .http
+            .get(format!("{addr}/v1/sys/seal-status"))
+            .send()
+            .await
+            .map_err(|e| self.transport_err(addr, "reading the seal status", e))?;
+        let status = resp.status();
+        if !status.is_success() {
+            let body = resp.text().await.unwrap_or_default();
+            return Err(self.api_error(addr, status, &body, "reading the seal status"));
+        }
+        resp.json()
+            .await
+            .map_err(|e| self.transport_err(addr, "reading the seal status", e))
+    }
+
+    /// The API address of every node of the cluster (`GET /v1/sys/ha-status` on `node`),
+    /// `node` first.
+    pub async fn node_addresses(&self, node: &str) -> Result<Vec<String>> {
+        let what = "listing the cluster's nodes (sys/ha-status)";
+        let resp = self
+            .http
+            .get(format!("{node}/v1/sys/ha-status"))
+            .header("X-Vault-Token", self.token_header())
+            .send()
+            .await
+            .map_err(|e| self.transport_err(node, what, e))?;
+        let status = resp.status();
+        let body = resp.text().await.unwrap_or_default();
+        if !status.is_success() {
+            return Err(self.api_error(node, status, &body, what));
+        }
+        let v: serde_json::Value = serde_json::from_str(&body)
+            .map_err(|_| self.err(node, format!("{what}: the answer is not JSON"), true))?;
+        let mut nodes = vec![node.to_string()];
+        for n in v["nodes"].as_array().into_iter().flatten() {
+            if let Some(a) = n["api_address"].as_str().map(|a| a.trim_end_matches('/'))
+                && !a.is_empty()
+                && !nodes.iter().any(|x| x == a)
+            {
+                nodes.push(a.to_string());
+            }
+        }
+        Ok(nodes)
+    }
+
+    /// Unseal `addr` with `keys`, one share at a time, until it reports unsealed. Vault
+    /// discards a partial attempt that another caller left (`reset` first).
+    pub async fn unseal(&self, addr: &str, keys: &[String]) -> Result<SealStatus> {
+        let what = "unsealing";
+        let mut last = self.seal_status(addr).await?;
+        if !last.sealed {
+            return Ok(last);
+        }
+        let put = |body: serde_json::Value| {
+            self.http
+                .put(format!("{addr}/v1/sys/unseal"))
+                .json(&body)
+                .send()
+        };
+        // The node may expect another number of shares than the escrow holds (its seal
+        // configuration is still its own after another cluster's snapshot): the shares it
+        // takes are made from the key the escrowed ones combine into.
+        let shares = crate::keys::shares_for(keys, last.t).ok_or_else(|| {
+            self.err(
+                addr,
+                "the unseal keys are not Shamir shares that combine into one key",
+                false,
+            )
+        })?;
+        let keys = &shares[..];
+        if last.progress > 0 {
+            put(serde_json::json!({"reset": true}))
+                .await
+                .map_err(|e| self.transport_err(addr, what, e))?;
+        }
+        for key in keys {
+            let resp = put(serde_json::json!({ "key": key }))
+                .await
+                .map_err(|e| self.transport_err(addr, what, e))?;
+            let status = resp.status();
+            let body = resp.text().await.unwrap_or_default();
+            if !status.is_success() {
+                // Vault's answer names the problem ("invalid key"), never the key.
+                return Err(self.api_error(addr, status, &body, what));
+            }
+            last = serde_json::from_str(&body)
+                .map_err(|_| self.err(addr, format!("{what}: the answer is not JSON"), true))?;
+            if !last.sealed {
+                return Ok(last);
+            }
+        }
+        Err(self.err(
+            addr,
+            format!(
+                "still sealed after {} unseal key(s) (threshold {}, progress {}): these keys do not open this cluster",
+                keys.len(),
+                last.t,
+                last.progress
+            ),
+            false,
+        ))
+    }
+
+    /// Use `token` from now on (after a restore, the tokens of the snapshot's cluster are
+    /// the valid ones).
+    pub fn set_token(&mut self, token: String) {
+        self.target.token = token;
+    }
+
+    /// One authenticated request (`auth/token/lookup-self`) on `node` succeeds.
+    pub async fn check_token(&self, node: &str) -> Result<()> {
+        let what = "an authenticated request (auth/token/lookup-self)";
+        let resp = self
+            .http
+            .get(format!("{node}/v1/auth/token/lookup-self"))
+            .header("X-Vault-Token", self.token_header())
+            .send()
+            .await
+            .map_err(|e| self.transport_err(node, what, e))?;
+        let status = resp.status();
+        if status.is_success() {
+            return Ok(());
+        }
+        let body = resp.text().await.unwrap_or_default();
+        Err(self.api_error(node, status, &body, what))
     }
 
     /// Turn a Vault error answer into a message a person can act on.

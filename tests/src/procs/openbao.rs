@@ -258,10 +258,17 @@ impl OpenBao {
 
     /// `PUT /v1/sys/init` with 1 share, threshold 1 → (root token, unseal key).
     async fn init(&self) -> Result<(String, String)> {
+        let (token, mut keys) = self.init_shares(1, 1).await?;
+        Ok((token, keys.remove(0)))
+    }
+
+    /// `PUT /v1/sys/init` with `shares` Shamir shares and `threshold` → (root token, keys),
+    /// all registered with the leak scan.
+    async fn init_shares(&self, shares: u32, threshold: u32) -> Result<(String, Vec<String>)> {
         let resp = self
             .http
             .put(self.url("sys/init"))
-            .json(&json!({"secret_shares": 1, "secret_threshold": 1}))
+            .json(&json!({"secret_shares": shares, "secret_threshold": threshold}))
             .send()
             .await?;
         let body: Value = expect_success("initializing openbao", resp)
@@ -271,12 +278,42 @@ impl OpenBao {
         let token = body["root_token"]
             .as_str()
             .context("no root_token in sys/init answer")?;
-        let key = body["keys"][0]
-            .as_str()
-            .context("no keys[0] in sys/init answer")?;
+        let keys: Vec<String> = body["keys"]
+            .as_array()
+            .context("no keys in sys/init answer")?
+            .iter()
+            .filter_map(|k| k.as_str().map(str::to_string))
+            .collect();
+        if keys.len() != shares as usize {
+            bail!("sys/init gave {} keys, not {shares}", keys.len());
+        }
         crate::leaks::secret("Vault root token", token);
-        crate::leaks::secret("Vault unseal key", key);
-        Ok((token.to_string(), key.to_string()))
+        for key in &keys {
+            crate::leaks::secret("Vault unseal key", key);
+        }
+        Ok((token.to_string(), keys))
+    }
+
+    /// A single node initialised with `shares` Shamir shares and `threshold`, unsealed with
+    /// the first `threshold` of them, kv v2 at `secret/`: the node and all its keys
+    /// (`unseal_key` is the first; [`OpenBao::unseal`] cannot unseal it alone).
+    pub async fn start_shamir(shares: u32, threshold: u32) -> Result<(OpenBao, Vec<String>)> {
+        let mut bao = OpenBao::spawn_node("node0", None, None, None).await?;
+        let (root_token, keys) = bao.init_shares(shares, threshold).await?;
+        bao.root_token = root_token;
+        bao.unseal_key = keys[0].clone();
+        for key in keys.iter().take(threshold as usize) {
+            let resp = bao
+                .http
+                .put(bao.url("sys/unseal"))
+                .json(&json!({ "key": key }))
+                .send()
+                .await?;
+            expect_success("unsealing", resp).await?;
+        }
+        bao.wait_health(false).await?;
+        bao.mount_kv().await?;
+        Ok((bao, keys))
     }
 
     async fn mount_kv(&self) -> Result<()> {
