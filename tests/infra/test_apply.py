@@ -49,6 +49,12 @@ REGION = "eu-west-1"
 CLUSTER = "prod"
 NAME = "stashless"  # the module's default name prefix
 VAULT_NS = "vault"  # the example's namespaces default
+# The example's unsealer settings, as the apply gives them: its default Secret name, and a
+# KubeVault awsKmsSsm store (prefix and key; the key need not exist for IAM).
+UNSEALER_SECRET = "vault-keys"
+UNSEALER_SSM_PREFIX = "/vault-unsealer/"
+UNSEALER_KMS_KEY = "arn:aws:kms:eu-west-1:123456789012:key/0f0f0f0f-0000-4000-8000-000000000001"
+PRE_RESTORE_KEEP_HOURS = 14 * 24  # the example: as long as its Object Lock (14 days)
 BRIDGE_NS = "stashless"  # the module's default bridge namespace
 
 # Resource types the module creates that moto's server does not implement: the test below
@@ -321,6 +327,8 @@ def stack(tmp_path_factory):
                     "bridge_image": "registry.example/stashless/bridge",
                     "bridge_image_digest": bridge_image_digest(),
                     "alarm_email": "oncall@example.com",
+                    "unsealer_ssm_key_prefix": UNSEALER_SSM_PREFIX,
+                    "unsealer_kms_key_arn": UNSEALER_KMS_KEY,
                 }
             )
         )
@@ -446,6 +454,9 @@ def test_each_function_gets_exactly_the_environment_it_reads(stack):
         assert env["STASHLESS_NAMESPACES"] == VAULT_NS
         if "STASHLESS_EVENT_BUS" in env:
             assert env["STASHLESS_EVENT_BUS"] == stack.outputs["event_bus_name"]
+        if fn in ("backup", "restore"):
+            assert env["STASHLESS_ESCROW_KMS_KEY_ID"] == stack.outputs["escrow_kms_key_arn"]
+            assert env["STASHLESS_PRE_RESTORE_KEEP_HOURS"] == str(PRE_RESTORE_KEEP_HOURS)
         assert conf["Runtime"] == "provided.al2023" and conf["Handler"] == "bootstrap"
         assert conf["Architectures"] == ["arm64"]
         assert conf["VpcConfig"]["SubnetIds"], f"{name} is not in the VPC"
@@ -494,6 +505,16 @@ def test_each_role_allows_every_call_its_code_makes_and_nothing_more(stack):
                     assert all(stack.outputs["bucket_name"] in r for r in resources), (fn, action, resources)
                 if action == "sqs:SendMessage":
                     assert all(r.endswith(f"{NAME}-{fn}-dlq") for r in resources), (fn, resources)
+                if action.startswith("ssm:"):
+                    assert resources == [f"arn:aws:ssm:{REGION}:123456789012:parameter{UNSEALER_SSM_PREFIX}*"], (fn, action, resources)
+                if action.startswith("kms:"):
+                    assert len(resources) == 1, (fn, action, resources)
+                    if resources == [UNSEALER_KMS_KEY]:
+                        assert st["Condition"] == consistency.UNSEALER_CONDITION, (fn, st)
+                    elif resources == [stack.outputs["escrow_kms_key_arn"]]:
+                        assert st["Condition"] == consistency.ESCROW_CONDITION, (fn, st)
+                    else:
+                        assert resources == [stack.outputs["bucket_kms_key_arn"]], (fn, action, resources)
         granted_all |= actions
     missing = consistency.actions_called() - granted_all
     assert not missing, f"the code calls {missing}, no applied policy grants it"
@@ -626,10 +647,71 @@ def test_each_function_group_holds_exactly_its_rules(stack):
         assert subjects == [("Group", f"stashless:functions:{fn}")], subjects
         if any(x[1] == "secrets" for x in want):
             stack.kube.get(f"/apis/rbac.authorization.k8s.io/v1/namespaces/{VAULT_NS}/rolebindings/{NAME}-{fn}-secrets")
+            role = stack.kube.get(f"/apis/rbac.authorization.k8s.io/v1/namespaces/{VAULT_NS}/roles/{NAME}-{fn}-secrets")
+            rules = [(r.get("apiGroups"), r["resources"], r["verbs"], r.get("resourceNames")) for r in role["rules"]]
+            # The file's `get` on Secrets, by any name; restore also `patch`, on the example's
+            # unsealer Secret only (unsealer_secret_names).
+            expected = [([""], ["secrets"], ["get"], None)]
+            if fn == "restore":
+                expected.append(([""], ["secrets"], ["patch"], [UNSEALER_SECRET]))
+            assert rules == expected, (fn, rules)
     mapping = stack.outputs["aws_auth_map_roles"]
     assert {m["rolearn"]: m["groups"] for m in mapping} == {
         stack.outputs["function_role_arns"][fn]: [f"stashless:functions:{fn}"] for fn in consistency.rbac_functions()
     }
+
+
+def test_only_restore_may_patch_and_only_the_named_unsealer_secret_in_the_listed_namespace(stack):
+    """What a forced restore does to the new cluster's unsealer Secret (a JSON merge patch,
+    src/keys.rs), tried as each function's group against the applied RBAC."""
+    kube = stack.kube
+    made = [(VAULT_NS, UNSEALER_SECRET), (VAULT_NS, "not-the-unsealer"), ("default", UNSEALER_SECRET)]
+    for ns, name in made:
+        code, body = kube.request("POST", f"/api/v1/namespaces/{ns}/secrets", {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name}, "stringData": {"unseal-key-0": "old"}})
+        assert code == 201, body
+    patch = {"data": {"unseal-key-0": base64.b64encode(b"new").decode()}}
+    merge = "application/merge-patch+json"
+    try:
+        def as_(fn, method, ns, name, body=None):
+            return kube_as(stack, fn).request(method, f"/api/v1/namespaces/{ns}/secrets/{name}", body, content_type=merge)[0]
+
+        assert as_("restore", "PATCH", VAULT_NS, UNSEALER_SECRET, patch) == 200
+        assert base64.b64decode(kube.get(f"/api/v1/namespaces/{VAULT_NS}/secrets/{UNSEALER_SECRET}")["data"]["unseal-key-0"]) == b"new"
+        assert as_("restore", "PATCH", VAULT_NS, "not-the-unsealer", patch) == 403, "restore may patch a Secret not in unsealer_secret_names"
+        assert as_("restore", "PATCH", "default", UNSEALER_SECRET, patch) == 403, "restore may patch Secrets outside `namespaces`"
+        for fn in ("backup", "scheduler"):
+            assert as_(fn, "PATCH", VAULT_NS, UNSEALER_SECRET, patch) == 403, f"{fn} may write unseal keys"
+        # Reading the keys stays what it was: backup and restore, any name, listed namespaces.
+        assert as_("backup", "GET", VAULT_NS, UNSEALER_SECRET) == 200
+        assert as_("scheduler", "GET", VAULT_NS, UNSEALER_SECRET) == 403
+    finally:
+        for ns, name in made:
+            kube.request("DELETE", f"/api/v1/namespaces/{ns}/secrets/{name}")
+
+
+def test_the_escrow_key_is_its_own_and_only_backup_and_restore_may_use_it(stack):
+    kms = stack.moto.client("kms")
+    arn = stack.outputs["escrow_kms_key_arn"]
+    assert arn not in (stack.outputs["kms_key_arn"], stack.outputs["bucket_kms_key_arn"])
+    meta = kms.describe_key(KeyId=arn)["KeyMetadata"]
+    assert (meta["KeyState"], meta["KeyUsage"], meta["KeySpec"]) == ("Enabled", "ENCRYPT_DECRYPT", "SYMMETRIC_DEFAULT"), meta
+    assert kms.get_key_rotation_status(KeyId=arn)["KeyRotationEnabled"] is True
+    aliases = [a for a in kms.list_aliases()["Aliases"] if a.get("TargetKeyId") == meta["KeyId"]]
+    assert [a["AliasName"] for a in aliases] == [f"alias/{NAME}-escrow"], aliases
+    # Its key policy: the account administers it; no service may use it.
+    policy = json.loads(kms.get_key_policy(KeyId=arn, PolicyName="default")["Policy"])
+    (st,) = policy["Statement"]
+    assert (st["Effect"], st["Principal"], st["Action"]) == ("Allow", {"AWS": "arn:aws:iam::123456789012:root"}, "kms:*"), st
+    # Who may use it (role policies): backup seals, restore opens and seals its undo's.
+    iam = stack.moto.client("iam")
+    for fn, role_arn in stack.outputs["function_role_arns"].items():
+        docs, _ = role_policies(iam, role_arn.rsplit("/", 1)[1])
+        on_key = [st for d in docs.values() for st in tf.statements(d) if arn in tf.as_list(st["Resource"])]
+        assert {a for st in on_key for a in tf.as_list(st["Action"])} == consistency.ESCROW_KMS.get(fn, set()), fn
+        assert all(st["Condition"] == consistency.ESCROW_CONDITION for st in on_key), fn
+    for role_arn in (stack.outputs["bridge_role_arn"], stack.outputs["schedule_role_arn"]):
+        docs, attached = role_policies(iam, role_arn.rsplit("/", 1)[1])
+        assert arn not in json.dumps(docs) and not attached, role_arn
 
 
 def test_the_bridge_is_deployed_by_digest_with_its_irsa_role(stack):
@@ -980,10 +1062,10 @@ def test_backup_and_restore_run_as_their_groups_into_the_applied_bucket(stack):
 def kube_as(stack, fn: str):
     """The admin client impersonating the function's group."""
     class As:
-        def request(self, method, path, body=None):
+        def request(self, method, path, body=None, content_type="application/json"):
             req = urllib.request.Request(
                 stack.kube.url + path, method=method, data=None if body is None else json.dumps(body).encode(),
-                headers={"Authorization": f"Bearer {stack.kube.token}", "Content-Type": "application/json",
+                headers={"Authorization": f"Bearer {stack.kube.token}", "Content-Type": content_type,
                          "Impersonate-User": f"{NAME}-{fn}", "Impersonate-Group": f"stashless:functions:{fn}"},
             )
             try:

@@ -84,8 +84,11 @@ def test_every_function_has_async_retries_and_a_dead_letter_queue():
 # What each deployed component gets (README: Function configuration), and nothing else.
 EXPECTED_ENV = {
     "scheduler": {"STASHLESS_EKS_CLUSTER", "STASHLESS_NAMESPACES", "STASHLESS_EVENT_BUS", "STASHLESS_STARTING_DEADLINE_SECONDS"},
-    "backup": {"STASHLESS_EKS_CLUSTER", "STASHLESS_NAMESPACES", "STASHLESS_PART_SIZE_MIB", "STASHLESS_PARTS_IN_FLIGHT", "STASHLESS_PUSHGATEWAY_URL"},
-    "restore": {"STASHLESS_EKS_CLUSTER", "STASHLESS_NAMESPACES", "STASHLESS_PUSHGATEWAY_URL"},
+    "backup": {
+        "STASHLESS_EKS_CLUSTER", "STASHLESS_NAMESPACES", "STASHLESS_PART_SIZE_MIB", "STASHLESS_PARTS_IN_FLIGHT", "STASHLESS_PUSHGATEWAY_URL",
+        "STASHLESS_ESCROW_KMS_KEY_ID", "STASHLESS_PRE_RESTORE_KEEP_HOURS",
+    },
+    "restore": {"STASHLESS_EKS_CLUSTER", "STASHLESS_NAMESPACES", "STASHLESS_PUSHGATEWAY_URL", "STASHLESS_ESCROW_KMS_KEY_ID", "STASHLESS_PRE_RESTORE_KEEP_HOURS"},
     "bridge": {"STASHLESS_EVENT_BUS", "STASHLESS_NAMESPACES", "STASHLESS_HEALTH_ADDR", "AWS_REGION"},
 }
 # Set only when the variable is non-empty.
@@ -144,6 +147,30 @@ def test_pushgateway_is_only_set_when_given():
     assert "STASHLESS_PUSHGATEWAY_URL" not in tf.hcl_keys(tf.module_locals()["common_environment"])
     expr = tf.module_locals()["pushgateway_environment"]
     assert re.search(r'var\.pushgateway_url == ""\s*\?\s*\{\}', expr), expr
+
+
+def test_escrow_environment_is_the_escrow_key_and_the_undo_retention():
+    """Backup and restore (Settings::from_env, src/context.rs) get the escrow key's ARN and
+    pre_restore_keep_hours; the scheduler neither (it never touches keys or snapshots)."""
+    loc = tf.module_locals()
+    env = {k: v for k, v in loc["escrow_environment"].items() if not k.startswith("__")}
+    assert env == {
+        "STASHLESS_ESCROW_KMS_KEY_ID": "${local.escrow_kms_key_arn}",
+        "STASHLESS_PRE_RESTORE_KEEP_HOURS": "${tostring(var.pre_restore_keep_hours)}",
+    }, env
+    for fn in ("backup", "restore"):
+        assert "local.escrow_environment" in loc["functions"][fn]["environment"], fn
+    assert "escrow_environment" not in loc["functions"]["scheduler"]["environment"]
+    assert not {k for k in tf.hcl_keys(loc["common_environment"]) if "ESCROW" in k or "PRE_RESTORE" in k}, "the scheduler must not get the escrow key"
+    # The module's own key unless the caller names one; never the logs or the bucket key.
+    escrow = (tf.MODULE / "escrow.tf").read_text()
+    assert re.search(r"create_escrow_kms_key\s*=\s*var\.escrow_kms_key_arn == null", escrow)
+    assert re.search(r"escrow_kms_key_arn\s*=\s*local\.create_escrow_kms_key \? aws_kms_key\.escrow\[0\]\.arn : var\.escrow_kms_key_arn", escrow)
+    defaults = {n: b.get("default") for n, b, _ in tf.module_blocks("variable")}
+    assert defaults["pre_restore_keep_hours"] == 168, "the code's default (context.rs: 7 days)"
+    context_rs = (tf.FUNCTIONS / "stashless" / "src" / "context.rs").read_text()
+    assert "Duration::from_secs(7 * 24 * 3600)" in context_rs, "the code's default undo retention changed: update pre_restore_keep_hours' default"
+    assert re.search(r'env_num\("STASHLESS_PRE_RESTORE_KEEP_HOURS"\)', context_rs), "the code no longer reads the hours as a number"
 
 
 def test_module_sets_nothing_local_or_forbidden():
@@ -213,16 +240,41 @@ SDK_ACTIONS = {
     "describe_cluster": {"eks:DescribeCluster"},
     # aws-sdk-sts: GetCallerIdentity needs no permission (Vault AWS auth, EKS tokens)
     "get_caller_identity": set(),
+    # aws-sdk-kms: the escrow envelope (src/keys.rs Sealer) and KubeVault's awsKmsSsm values
+    "generate_data_key": {"kms:GenerateDataKey"},
+    "decrypt": {"kms:Decrypt"},
+    "encrypt": {"kms:Encrypt"},
+    # aws-sdk-ssm: KubeVault's awsKmsSsm unsealer store (src/keys.rs read/write)
+    "get_parameters": {"ssm:GetParameters"},
+    "put_parameter": {"ssm:PutParameter"},
+    "delete_parameters": {"ssm:DeleteParameters"},
 }
 
 # Which data-plane actions each component is meant to have (the code is shared, so which
 # function calls what is a design decision; the tests below hold the policies to it).
+# KMS and SSM are held separately below, by the resource they are granted on. Restore writes
+# too: it snapshots its target first (the undo, src/snapshot.rs, shared with backup), and
+# removes what it wrote when that fails; it never lists open uploads (backup's cleanup).
 DESIGN = {
     "scheduler": {"events:PutEvents", "eks:DescribeCluster"},
     "backup": {"s3:PutObject", "s3:GetObject", "s3:DeleteObject", "s3:AbortMultipartUpload", "s3:ListBucket", "s3:ListBucketMultipartUploads", "eks:DescribeCluster"},
-    "restore": {"s3:GetObject", "s3:ListBucket", "eks:DescribeCluster"},
+    "restore": {"s3:PutObject", "s3:GetObject", "s3:DeleteObject", "s3:AbortMultipartUpload", "s3:ListBucket", "eks:DescribeCluster"},
     "bridge": {"events:PutEvents"},
 }
+
+# On the escrow key, always (only with the encryption context stashless:purpose =
+# unseal-keys): backup seals (GenerateDataKey) and may not open; restore opens (Decrypt)
+# and seals the escrow of its undo snapshot (GenerateDataKey: without it the undo of a
+# forced restore could not bring back the keys the restore overwrote).
+ESCROW_KMS = {"backup": {"kms:GenerateDataKey"}, "restore": {"kms:Decrypt", "kms:GenerateDataKey"}}
+# With unsealer_ssm_parameter_arns / unsealer_kms_key_arns set (KubeVault awsKmsSsm): backup
+# reads the keys to escrow them; restore reads them (its undo's escrow) and writes a forced
+# restore's. On the unsealer keys only with KubeVault's context Tool = vault-unsealer.
+UNSEALER_SSM = {"backup": {"ssm:GetParameters"}, "restore": {"ssm:GetParameters", "ssm:PutParameter", "ssm:DeleteParameters"}}
+UNSEALER_KMS = {"backup": {"kms:Decrypt"}, "restore": {"kms:Decrypt", "kms:Encrypt"}}
+ESCROW_CONDITION = {"StringEquals": {"kms:EncryptionContext:stashless:purpose": "unseal-keys"}}
+UNSEALER_CONDITION = {"StringEquals": {"kms:EncryptionContext:Tool": "vault-unsealer"}}
+NO_UNSEALER = {"unsealer_ssm_parameter_arns": "", "unsealer_kms_key_arns": ""}
 
 # Granted without a call in the code, and why.
 INFRASTRUCTURE = {
@@ -273,21 +325,55 @@ def rendered(component: str, **overrides) -> dict:
     return tf.policy(component, **overrides)
 
 
+def resource_kind(resources) -> str:
+    """What a statement's resources are, by the template variable they come from."""
+    v = tf.SAMPLE_VARS
+    resources = set(resources) if isinstance(resources, (set, list)) else {resources}
+    for kind, want in [
+        ("bucket key", {v["kms_key_arn"]}),
+        ("escrow key", {v["escrow_kms_key_arn"]}),
+        ("unsealer keys", set(json.loads(v["unsealer_kms_key_arns"]))),
+        ("unsealer parameters", set(json.loads(v["unsealer_ssm_parameter_arns"]))),
+    ]:
+        if resources == want:
+            return kind
+    return "other"
+
+
+def grants_on(doc: dict, kind: str) -> set[str]:
+    return {a for st in tf.statements(doc) if resource_kind(st["Resource"]) == kind for a in tf.as_list(st["Action"])}
+
+
 def test_sdk_scan_finds_the_known_call_sites():
     ops = sdk_operations()
-    for op in ["create_multipart_upload", "upload_part", "complete_multipart_upload", "abort_multipart_upload", "get_object", "put_events"]:
+    for op in [
+        "create_multipart_upload", "upload_part", "complete_multipart_upload", "abort_multipart_upload", "get_object", "put_events",
+        "generate_data_key", "decrypt", "encrypt", "get_parameters", "put_parameter", "delete_parameters",
+    ]:
         assert op in ops, f"the SDK call scan no longer finds {op}: the scanner is broken"
 
 
+@pytest.mark.parametrize("unsealer", ["ssm-and-kms", "ssm-only", "kms-only", "none"])
 @pytest.mark.parametrize("kms", [True, False], ids=["sse-kms", "sse-s3"])
 @pytest.mark.parametrize("component", components())
-def test_policy_templates_render_to_valid_policies(component, kms):
-    doc = rendered(component, **({} if kms else {"kms_key_arn": ""}))
+def test_policy_templates_render_to_valid_policies(component, kms, unsealer):
+    overrides = {} if kms else {"kms_key_arn": ""}
+    if unsealer in ("kms-only", "none"):
+        overrides["unsealer_ssm_parameter_arns"] = ""
+    if unsealer in ("ssm-only", "none"):
+        overrides["unsealer_kms_key_arns"] = ""
+    doc = rendered(component, **overrides)
     assert doc["Version"] == "2012-10-17"
     sids = [st.get("Sid") for st in tf.statements(doc)]
     assert all(sids) and len(sids) == len(set(sids)), f"{component}: every statement needs a unique Sid"
-    has_kms = any(a.startswith("kms:") for a in tf.granted_actions(doc))
-    assert has_kms == (kms and component in ("backup", "restore"))
+    keys = component in ("backup", "restore")
+    assert bool(grants_on(doc, "bucket key")) == (kms and keys)
+    assert bool(grants_on(doc, "escrow key")) == keys
+    assert bool(grants_on(doc, "unsealer parameters")) == (keys and unsealer in ("ssm-and-kms", "ssm-only"))
+    assert bool(grants_on(doc, "unsealer keys")) == (keys and unsealer in ("ssm-and-kms", "kms-only"))
+    assert {a for a in tf.granted_actions(doc) if a.startswith("kms:")} == (
+        grants_on(doc, "bucket key") | grants_on(doc, "escrow key") | grants_on(doc, "unsealer keys")
+    ), f"{component}: a KMS grant on something else"
 
 
 def test_every_call_the_code_makes_is_granted():
@@ -300,18 +386,28 @@ def test_every_call_the_code_makes_is_granted():
 def test_policy_grants_exactly_the_design(component):
     doc = rendered(component)
     granted = tf.granted_actions(doc)
-    data_plane = {a for a in granted if a not in INFRASTRUCTURE and not a.startswith("kms:")}
+    held = {"bucket key", "escrow key", "unsealer keys", "unsealer parameters"}
+    data_plane = {
+        a for st in tf.statements(doc) if resource_kind(st["Resource"]) not in held for a in tf.as_list(st["Action"]) if a not in INFRASTRUCTURE
+    }
     assert data_plane == DESIGN[component]
     kms_needed = set().union(*(KMS_FOR_S3.get(a, set()) for a in data_plane))
-    assert {a for a in granted if a.startswith("kms:")} == kms_needed
+    assert grants_on(doc, "bucket key") == kms_needed
+    assert grants_on(doc, "escrow key") == ESCROW_KMS.get(component, set())
+    assert grants_on(doc, "unsealer parameters") == UNSEALER_SSM.get(component, set())
+    assert grants_on(doc, "unsealer keys") == UNSEALER_KMS.get(component, set())
     if component != "bridge":
         assert set(INFRASTRUCTURE) <= granted, f"{component} lacks {set(INFRASTRUCTURE) - granted}"
+
+
+def designed(component: str) -> set[str]:
+    return DESIGN[component] | ESCROW_KMS.get(component, set()) | UNSEALER_SSM.get(component, set()) | UNSEALER_KMS.get(component, set())
 
 
 def test_nothing_is_granted_that_no_code_calls():
     called = actions_called()
     for component in components():
-        for action in DESIGN[component]:
+        for action in designed(component):
             if action in called:
                 continue
             assert action in GRANTED_BY_DESIGN, f"{component} is granted {action}, which no code calls"
@@ -338,7 +434,14 @@ def test_policy_resources_are_scoped(component):
             elif service == "s3":
                 assert resources == {f"{v['bucket_arn']}/{v['prefix']}*"}
             elif service == "kms":
-                assert resources == {v["kms_key_arn"]}
+                kind = resource_kind(resources)
+                assert kind in ("bucket key", "escrow key", "unsealer keys"), f"{component}: {a} on {resources}"
+                if kind == "escrow key":
+                    assert st.get("Condition") == ESCROW_CONDITION, f"{component}: {a} on the escrow key without its context"
+                elif kind == "unsealer keys":
+                    assert st.get("Condition") == UNSEALER_CONDITION, f"{component}: {a} on an unsealer key without its context"
+            elif service == "ssm":
+                assert resource_kind(resources) == "unsealer parameters", f"{component}: {a} on {resources}"
             elif service == "eks":
                 assert resources == {v["cluster_arn"]}
             elif service == "events":
@@ -349,6 +452,56 @@ def test_policy_resources_are_scoped(component):
                 assert resources == {v["dlq_arn"]}
             else:
                 pytest.fail(f"{component}: unexpected action {a}")
+
+
+def test_escrow_key_seals_in_backup_and_opens_only_in_restore():
+    """Backup may seal escrows, never open them; restore opens them (and seals its undo's);
+    the scheduler and the bridge have nothing on the key. Every grant is bound to the
+    encryption context the code sends."""
+    escrow = tf.SAMPLE_VARS["escrow_kms_key_arn"]
+    for component in components():
+        doc = rendered(component)
+        on_key = [st for st in tf.statements(doc) if escrow in tf.as_list(st["Resource"])]
+        actions = {a for st in on_key for a in tf.as_list(st["Action"])}
+        if component == "backup":
+            assert "kms:GenerateDataKey" in actions and "kms:Decrypt" not in actions, actions
+        elif component == "restore":
+            assert "kms:Decrypt" in actions, actions
+            assert "kms:GenerateDataKey" in actions, "restore seals the escrow of its undo snapshot (src/snapshot.rs)"
+        else:
+            assert not on_key, f"{component} may use the escrow key"
+        for st in on_key:
+            assert tf.as_list(st["Resource"]) == [escrow], f"{component}: the escrow key shares a statement: {st}"
+            assert st.get("Condition") == ESCROW_CONDITION, st
+        assert not {a for a in tf.granted_actions(doc) if a.startswith("kms:") and ("*" in a)}, f"{component}: KMS wildcard action"
+    # The context the code binds (src/keys.rs encryption_context) is the one the grants name.
+    keys_rs = (tf.FUNCTIONS / "stashless" / "src" / "keys.rs").read_text()
+    ((key, value),) = ESCROW_CONDITION["StringEquals"].items()
+    purpose = key.removeprefix("kms:EncryptionContext:")
+    assert re.search(rf'\("{re.escape(purpose)}"\.to_string\(\),\s*"{re.escape(value)}"\.to_string\(\)\)', keys_rs), "keys.rs no longer sends stashless:purpose = unseal-keys"
+    ((key, value),) = UNSEALER_CONDITION["StringEquals"].items()
+    tool = key.removeprefix("kms:EncryptionContext:")
+    assert re.search(rf'KUBEVAULT_KMS_CONTEXT:\s*\(&str,\s*&str\)\s*=\s*\("{tool}",\s*"{value}"\)', keys_rs), "keys.rs no longer uses KubeVault's Tool = vault-unsealer"
+
+
+def test_unsealer_grants_exist_only_when_the_variables_are_set():
+    """SSM and the unsealer's KMS keys: nothing by default; only what is listed, when listed."""
+    defaults = {n: b.get("default") for n, b, _ in tf.module_blocks("variable")}
+    assert defaults["unsealer_ssm_parameter_arns"] == [] and defaults["unsealer_kms_key_arns"] == []
+    vars_expr = tf.module_locals()["policy_template_vars"]
+    for name in ("unsealer_ssm_parameter_arns", "unsealer_kms_key_arns"):
+        assert re.search(rf'{name}\s*=\s*length\(var\.{name}\) == 0 \? "" : jsonencode\(var\.{name}\)', vars_expr), f"{name}: the module must pass \"\" for an empty list"
+    for component in components():
+        bare = rendered(component, **NO_UNSEALER)
+        assert not {a for a in tf.granted_actions(bare) if a.startswith("ssm:")}, component
+        assert not grants_on(bare, "unsealer keys"), component
+        full = rendered(component)
+        if component in UNSEALER_SSM:
+            ssm = [st for st in tf.statements(full) if any(a.startswith("ssm:") for a in tf.as_list(st["Action"]))]
+            assert ssm and all(st["Resource"] == json.loads(tf.SAMPLE_VARS["unsealer_ssm_parameter_arns"]) for st in ssm)
+        else:
+            assert not {a for a in tf.granted_actions(full) if a.startswith("ssm:")}, f"{component} gets SSM"
+            assert not grants_on(full, "unsealer keys"), f"{component} gets an unsealer key"
 
 
 def test_no_permission_for_sts_get_caller_identity():
@@ -534,6 +687,39 @@ def test_rbac_is_split_as_the_threat_model_says():
     }
     assert holders("backupconfigurations", "delete") == {"scheduler"}, "only the blueprint step deletes configurations"
     assert not any(r.startswith("backupsessions") and v not in {"list", "get"} for _, r, v in g["restore"])
+
+
+def test_restore_may_patch_only_the_named_unsealer_secrets_and_only_when_named():
+    """A forced restore writes the snapshot's unseal keys into the target's unsealer Secret
+    (src/keys.rs write: a JSON merge patch). That `patch` is not in the restore's file (every
+    deployment gets what the file says): the module adds it for restore alone, by name
+    (resourceNames = unsealer_secret_names), scoped like `get` on Secrets (per namespace when
+    `namespaces` is set), and adds no rule at all when no name is given."""
+    loc = tf.module_locals()
+    defaults = {n: b.get("default") for n, b, _ in tf.module_blocks("variable")}
+    assert defaults["unsealer_secret_names"] == []
+    rules = re.sub(r"\s+", " ", loc["unsealer_secret_rules"])
+    assert rules.startswith("${length(var.unsealer_secret_names) == 0 ? [] : [{"), rules
+    for needle in ['apiGroups = [""]', 'resources = ["secrets"]', 'verbs = ["patch"]', "resourceNames = var.unsealer_secret_names"]:
+        assert needle in rules, needle
+    assert rules.count(" = ") == 4, f"the opt-in rule grants something else too: {rules}"
+    function_rules = re.sub(r"\s+", " ", loc["function_rules"])
+    assert 'f == "restore" ? local.unsealer_secret_rules : []' in function_rules, function_rules
+    assert function_rules.count("unsealer_secret_rules") == 1
+    # Both the ClusterRole and the per-namespace Roles carry a rule's names.
+    for rtype in ("kubernetes_cluster_role_v1", "kubernetes_role_v1"):
+        body = tf.resources(rtype)["function" if rtype == "kubernetes_cluster_role_v1" else "secrets"]
+        (rule,) = body["dynamic"]
+        (content,) = rule['"rule"']["content"]
+        assert content["resource_names"] == "${try(rule.value.resourceNames, null)}", rtype
+    # Its own resource is Secrets only, so the module's Secrets split moves it whole.
+    assert "if contains(r.resources, \"secrets\")" in loc["namespaced_rules"]
+    # The code writes with a merge patch, nothing else (no update, no create).
+    keys_rs = (tf.FUNCTIONS / "stashless" / "src" / "keys.rs").read_text()
+    assert "api.patch(name, &PatchParams::default(), &Patch::Merge(&patch))" in keys_rs
+    assert not re.search(r"Api<Secret>.*\n.*\.(create|replace|delete)\(", keys_rs)
+    for f in rbac_functions():
+        assert not any(r == "secrets" and v == "patch" for _, r, v in rbac_grants(f)), f"{f}-clusterrole.yaml grants patch on Secrets to every deployment"
 
 
 def test_each_function_is_bound_to_its_own_group():

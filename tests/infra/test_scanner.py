@@ -1,5 +1,7 @@
 """The Rust scanning the consistency tests rely on, on snippets with known answers."""
 
+import json
+
 import pytest
 
 import test_consistency as c
@@ -21,6 +23,7 @@ async fn f(s3: &Client, http: &reqwest::Client) {
     let pages = s3.list_objects_v2().bucket(b).into_paginator().send();
     let r = http.get(url).bearer_auth(t).send().await?;
     let req = sts.get_caller_identity().presigned(cfg).await?;
+    let key = aws.kms(None, Some(e)).generate_data_key().key_id(k).send().await?;
     let v = std::env::var("STASHLESS_REAL");
 }
 #[cfg(test)]
@@ -40,7 +43,7 @@ def scan(src):
 def test_sdk_calls_are_found_and_nothing_else():
     raw, masked = scan(SNIPPET)
     ops = [op for _, op in tf.sdk_calls(masked)]
-    assert ops == ["create_multipart_upload", "get_object", "list_objects_v2", "get_caller_identity"]
+    assert ops == ["create_multipart_upload", "get_object", "list_objects_v2", "get_caller_identity", "generate_data_key"]
 
 
 def test_env_names_come_from_production_string_literals():
@@ -51,7 +54,7 @@ def test_env_names_come_from_production_string_literals():
 
 def test_every_mapped_operation_has_a_known_service():
     for op, actions in c.SDK_ACTIONS.items():
-        assert all(a.split(":")[0] in {"s3", "events", "eks"} for a in actions), op
+        assert all(a.split(":")[0] in {"s3", "events", "eks", "kms", "ssm"} for a in actions), op
 
 
 def test_pending_eks_permission_is_accepted_without_a_call_site(monkeypatch):
@@ -66,6 +69,16 @@ def test_pending_eks_permission_is_accepted_without_a_call_site(monkeypatch):
 
 def test_template_renderer_handles_the_kms_conditional():
     with_kms = tf.policy("backup")
-    without = tf.policy("backup", kms_key_arn="")
+    without = tf.policy("backup", kms_key_arn="", unsealer_kms_key_arns="")
     assert {"kms:GenerateDataKey", "kms:Decrypt"} <= tf.granted_actions(with_kms)
-    assert not {a for a in tf.granted_actions(without) if a.startswith("kms:")}
+    # What is left is the escrow key's, which every rendering has.
+    escrow = tf.SAMPLE_VARS["escrow_kms_key_arn"]
+    assert {st["Resource"] for st in tf.statements(without) if any(a.startswith("kms:") for a in tf.as_list(st["Action"]))} == {escrow}
+
+
+def test_template_renderer_inserts_json_lists_raw():
+    """iam.tf passes lists as JSON arrays: inserted as they are, a Resource array."""
+    doc = tf.policy("restore")
+    (ssm,) = [st for st in tf.statements(doc) if "ssm:PutParameter" in tf.as_list(st["Action"])]
+    assert ssm["Resource"] == json.loads(tf.SAMPLE_VARS["unsealer_ssm_parameter_arns"])
+    assert not [st for st in tf.statements(tf.policy("restore", unsealer_ssm_parameter_arns="")) if "ssm:PutParameter" in tf.as_list(st["Action"])]

@@ -190,6 +190,10 @@ SAMPLE_VARS = {
     "bucket_arn": "arn:aws:s3:::stashless-111122223333-eu-west-1",
     "prefix": "vault/",
     "kms_key_arn": "arn:aws:kms:eu-west-1:111122223333:key/00000000-0000-0000-0000-000000000000",
+    "escrow_kms_key_arn": "arn:aws:kms:eu-west-1:111122223333:key/11111111-1111-1111-1111-111111111111",
+    # Lists go in as JSON arrays ("" when empty), as iam.tf passes them.
+    "unsealer_ssm_parameter_arns": json.dumps(["arn:aws:ssm:eu-west-1:111122223333:parameter/vault-unsealer/k8s.prod.vault.vault-*"]),
+    "unsealer_kms_key_arns": json.dumps(["arn:aws:kms:eu-west-1:111122223333:key/22222222-2222-2222-2222-222222222222"]),
     "cluster_arn": "arn:aws:eks:eu-west-1:111122223333:cluster/prod",
     "bus_arn": "arn:aws:events:eu-west-1:111122223333:event-bus/stashless",
     "dlq_arn": "arn:aws:sqs:eu-west-1:111122223333:stashless-x-dlq",
@@ -364,7 +368,8 @@ def sdk_calls(masked: str) -> list[tuple[int, str]]:
                 break
             i -= 1
         chain = masked[i + 1 : end]
-        # The first method call at depth 0 of the chain.
+        # The first zero-argument method call at depth 0 of the chain (calls with
+        # arguments before it build the client).
         depth = 0
         for k, ch in enumerate(chain):
             if ch in "([{":
@@ -373,8 +378,7 @@ def sdk_calls(masked: str) -> list[tuple[int, str]]:
                 depth -= 1
             elif ch == "." and depth == 0:
                 mm = re.match(r"\.\s*([a-z_][a-z0-9_]*)\s*\(\s*(\)?)", chain[k:])
-                if mm:
-                    if mm.group(2):
-                        found.append((i + 1 + k, mm.group(1)))
+                if mm and mm.group(2):
+                    found.append((i + 1 + k, mm.group(1)))
                     break
     return found

@@ -572,3 +572,31 @@ async fn a_backup_whose_keys_cannot_be_read_succeeds_and_says_why_nothing_was_es
     );
     let _ = b;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_removes_a_snapshots_escrow_with_it() {
+    let d = drill("escrow-retention").await;
+    d.w.cluster
+        .api::<stashless::api::BackupConfiguration>()
+        .patch(
+            "cfg",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(
+                json!({"spec": {"retentionPolicy": {"name": "one", "keepLast": 1, "prune": true}}}),
+            ),
+        )
+        .await
+        .unwrap();
+    let first = d.backup("cfg-1").await;
+    let escrow = d.manifest(&first).await.seal.unwrap().escrow.unwrap().key;
+    let second = d.backup("cfg-2").await;
+    let listed =
+        d.w.s3()
+            .keys(d.w.bucket(), "escrow/snapshots/")
+            .await
+            .unwrap();
+    assert!(!listed.contains(&escrow), "{listed:?}");
+    assert!(!listed.iter().any(|k| k.contains("/cfg-1.")), "{listed:?}");
+    let kept = d.manifest(&second).await.seal.unwrap().escrow.unwrap().key;
+    assert!(listed.contains(&kept), "{listed:?}");
+}

@@ -8,12 +8,24 @@ use stashless::api::Repository;
 use stashless::archive::SnapshotMeta;
 use stashless::backup;
 use stashless::repository::{
-    Invoker, Location, Manifest, ObjectId, StaticCredentials, Store, TargetId, Tuning,
+    Invoker, Location, Manifest, ObjectId, PreRestore, StaticCredentials, Store, TargetId, Tuning,
 };
 use stashless::session::Outcome;
 use stashless_tests::{ConfigBuilder, NS, S3Target, World, failed_reason, session_ref};
 
 async fn history(store: &Store, s3: &S3Target, config: &str, days: &[i64]) -> Vec<String> {
+    history_of(store, s3, config, days, None).await
+}
+
+/// Like [`history`]; with `undo_expired_days`, each is a restore's undo snapshot (taken by
+/// RestoreSession `<config>-hist-<d>`) whose keepUntil is that many days from now.
+async fn history_of(
+    store: &Store,
+    s3: &S3Target,
+    config: &str,
+    days: &[i64],
+    undo_keep_days: Option<i64>,
+) -> Vec<String> {
     let mut names = Vec::new();
     for d in days {
         let name = format!("{NS}/{config}-hist-{d}");
@@ -47,6 +59,12 @@ async fn history(store: &Store, s3: &S3Target, config: &str, days: &[i64]) -> Ve
             vault_cluster_name: None,
             raft: SnapshotMeta::default(),
             files: vec![],
+            seal: None,
+            pre_restore: undo_keep_days.map(|k| PreRestore {
+                restore_session: format!("{NS}/{config}-hist-{d}"),
+                replaced_by: format!("{NS}/elsewhere"),
+                keep_until: Utc::now() + Duration::days(k),
+            }),
         };
         s3.client()
             .put_object()
@@ -92,6 +110,39 @@ async fn setup(tag: &str, policy: serde_json::Value) -> (World, Store) {
     .unwrap();
     w.cluster.new_session("cfg", "cfg-now").await.unwrap();
     (w, store)
+}
+
+/// A restore's undo snapshot stays until its keepUntil, whatever the configuration's
+/// policy, and goes with the first backup of its target after that.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn undo_snapshots_stay_until_their_keep_until() {
+    let (w, store) = setup(
+        "ret-undo",
+        json!({"name": "p", "keepLast": 1, "prune": true}),
+    )
+    .await;
+    let (cluster, s3) = (&w.cluster, w.s3());
+    let expired = history_of(&store, s3, "undo-old", &[9], Some(-1)).await;
+    let kept = history_of(&store, s3, "undo-new", &[1], Some(3)).await;
+    let ctx = cluster.backup_context(None);
+    let outcome = backup::run(&ctx, &session_ref("cfg-now"), None)
+        .await
+        .unwrap();
+    let Outcome::Succeeded { snapshot, .. } = outcome else {
+        panic!("{outcome:?}")
+    };
+    let left = names(&store.list_manifests().await.unwrap());
+    let mut expected = vec![snapshot, kept[0].clone()];
+    expected.sort();
+    assert_eq!(
+        left, expected,
+        "expired undo {expired:?} removed, the other kept"
+    );
+    let keys = s3
+        .keys(&store.location.bucket, "r/snapshots/")
+        .await
+        .unwrap();
+    assert!(!keys.iter().any(|k| k.contains("undo-old")), "{keys:?}");
 }
 
 fn names(ms: &[Manifest]) -> Vec<String> {

@@ -15,7 +15,7 @@ use stashless::api::{
     BackupConfiguration, BackupSession, RestoreSession, SessionPhase, parse_go_duration,
 };
 use stashless::cluster::ClusterSource;
-use stashless::context::{Context, Settings};
+use stashless::context::{Context, EscrowKey, Settings};
 use stashless::events::Tick;
 use stashless::manifests;
 use stashless::schedule::Schedule;
@@ -130,6 +130,15 @@ pub async fn run(data_dir: PathBuf, secrets: usize) -> Result<Summary> {
     docs[ab_i]["spec"]["clientConfig"]["url"] = json!(bao.addr);
     let tok_i = find(&mut docs, "Secret", "vault-backup-token").context("example token Secret")?;
     docs[tok_i]["stringData"]["token"] = json!(bao.root_token);
+    // The unseal key in a Secret the AppBinding names, as a Vault installed without
+    // KubeVault keeps it: each backup escrows it (sealed with the demo's local key).
+    docs[ab_i]["metadata"]["annotations"][stashless::keys::ANNOTATION_KEYS_SECRET] =
+        json!("vault-unseal-keys");
+    docs.push(json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": "vault-unseal-keys", "namespace": docs[ab_i]["metadata"]["namespace"]},
+        "stringData": {"unseal-key-0": bao.unseal_key, "root-token": bao.root_token},
+    }));
     for d in &docs {
         manifests::create(&client, d).await?;
         eprintln!(
@@ -157,8 +166,13 @@ pub async fn run(data_dir: PathBuf, secrets: usize) -> Result<Summary> {
     eprintln!("    wrote secret/{secret_path} = before-backup and {secrets} more secrets");
 
     let progress = Progress::new();
+    // Escrows are sealed with a key that lives in this process only, named plainly as not
+    // for production (on AWS: the Terraform module's KMS key).
+    let mut local_key = [0u8; 32];
+    getrandom_fill(&mut local_key)?;
     let settings = Settings {
         progress: Some(progress.callback()),
+        escrow_key: Some(EscrowKey::LocalDemo(local_key)),
         ..Settings::from_env()
     };
     let ctx = Context::new(client.clone(), settings);
@@ -372,4 +386,11 @@ pub fn print_table(s: &Summary) {
         },
         s.secret_path
     );
+}
+
+/// Random bytes from the kernel.
+fn getrandom_fill(buf: &mut [u8]) -> Result<()> {
+    use std::io::Read;
+    std::fs::File::open("/dev/urandom")?.read_exact(buf)?;
+    Ok(())
 }

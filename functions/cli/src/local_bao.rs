@@ -12,6 +12,8 @@ use tokio::process::{Child, Command};
 pub struct LocalBao {
     pub addr: String,
     pub root_token: String,
+    /// The single unseal key (the demo escrows it with each snapshot).
+    pub unseal_key: String,
     http: reqwest::Client,
     _child: Child,
 }
@@ -114,6 +116,7 @@ ui = false
         let mut me = LocalBao {
             addr,
             root_token: String::new(),
+            unseal_key: String::new(),
             http,
             _child: child,
         };
@@ -136,6 +139,7 @@ ui = false
             .or_else(|| init["keys"][0].as_str())
             .context("init returned no unseal key")?
             .to_string();
+        me.unseal_key = key.clone();
         me.http
             .put(format!("{}/v1/sys/unseal", me.addr))
             .json(&json!({ "key": key }))

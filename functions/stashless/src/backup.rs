@@ -444,20 +444,17 @@ async fn apply_retention(
     let dry_run = rp.dry_run.unwrap_or(false);
     let mut removed = Vec::new();
     for d in decisions.iter().filter(|d| !d.keep && d.id != newest.name) {
-        if !dry_run {
-            store
-                .delete_snapshot(&d.id)
-                .await
-                .map_err(|e| Error::Storage {
-                    bucket: store.bucket().into(),
-                    message: format!(
-                        "retention stopped after removing {} snapshot(s) ({}): {e}",
-                        removed.len(),
-                        removed.join(", ")
-                    ),
-                    kind: e.kind(),
-                    source: Some(Box::new(e)),
-                })?;
+        if !dry_run && let Some(m) = mine.iter().find(|m| m.name == d.id) {
+            store.delete_stored(m).await.map_err(|e| Error::Storage {
+                bucket: store.bucket().into(),
+                message: format!(
+                    "retention stopped after removing {} snapshot(s) ({}): {e}",
+                    removed.len(),
+                    removed.join(", ")
+                ),
+                kind: e.kind(),
+                source: Some(Box::new(e)),
+            })?;
         }
         removed.push(d.id.clone());
     }
@@ -470,7 +467,7 @@ async fn apply_retention(
             && m.target.name == newest.target.name
     }) {
         if !dry_run {
-            store.delete_snapshot(&m.name).await?;
+            store.delete_stored(m).await?;
         }
         removed.push(m.name.clone());
     }

@@ -264,6 +264,14 @@ impl Context {
         crate::keys::Aws { config }
     }
 
+    /// The AWS configuration when `store` needs one (SSM and KMS; a Secret does not).
+    pub async fn aws_for(&self, store: &crate::keys::UnsealerStore) -> Option<crate::keys::Aws> {
+        match store {
+            crate::keys::UnsealerStore::AwsKmsSsm { .. } => Some(self.aws().await),
+            crate::keys::UnsealerStore::KubernetesSecret { .. } => None,
+        }
+    }
+
     /// What seals and opens escrows, when a key is configured.
     pub async fn sealer(&self) -> Option<crate::keys::Sealer> {
         match self.settings.escrow_key.clone()? {

@@ -963,16 +963,19 @@ mod tests {
     #[test]
     fn keys_stop_at_the_first_gap_and_never_print() {
         let data = map(&[
-            ("p-unseal-key-0", "k0"),
-            ("p-unseal-key-1", "k1\n"),
-            ("p-unseal-key-3", "k3"),
-            ("p-root-token", "tok"),
+            ("p-unseal-key-0", "share0"),
+            ("p-unseal-key-1", "share1\n"),
+            ("p-unseal-key-3", "share3"),
+            ("p-root-token", "s.rootvalue"),
         ]);
         let keys = keys_in(&data, "p", "Secret v/keys").unwrap();
-        assert_eq!(keys.keys, vec!["k0", "k1"]);
-        assert_eq!(keys.root_token.as_deref(), Some("tok"));
+        assert_eq!(keys.keys, vec!["share0", "share1"]);
+        assert_eq!(keys.root_token.as_deref(), Some("s.rootvalue"));
         let shown = format!("{keys:?}");
-        assert!(!shown.contains("k0") && !shown.contains("tok"), "{shown}");
+        assert!(
+            !shown.contains("share0") && !shown.contains("s.rootvalue"),
+            "{shown}"
+        );
         assert!(
             keys_in(&data, "q", "Secret v/keys")
                 .unwrap_err()

@@ -595,14 +595,20 @@ impl Store {
         Ok(())
     }
 
+    /// Remove a stored snapshot with its escrow (last: an interruption leaves at worst a
+    /// sealed escrow nobody lists).
+    pub async fn delete_stored(&self, manifest: &Manifest) -> Result<()> {
+        self.delete_snapshot(&manifest.name).await?;
+        if let Some(escrow) = manifest.seal.as_ref().and_then(|s| s.escrow.as_ref()) {
+            self.delete_object(&escrow.key).await?;
+        }
+        Ok(())
+    }
+
     /// Remove a snapshot: manifest first, so an interruption leaves at worst an orphan
     /// object nobody lists, never a manifest pointing at nothing.
     pub async fn delete_snapshot(&self, name: &str) -> Result<()> {
-        for key in [
-            self.manifest_key(name),
-            self.snapshot_key(name),
-            self.escrow_key(name),
-        ] {
+        for key in [self.manifest_key(name), self.snapshot_key(name)] {
             self.delete_object(&key).await?;
         }
         Ok(())

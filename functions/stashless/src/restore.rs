@@ -500,8 +500,8 @@ async fn apply_keys(
     c: Carried,
     deadline: Instant,
 ) -> Result<KeysApplied> {
-    let aws = ctx.aws().await;
-    let written = keys::write(&ctx.kube, Some(&aws), &c.store, &c.prefix, &c.keys).await?;
+    let aws = ctx.aws_for(&c.store).await;
+    let written = keys::write(&ctx.kube, aws.as_ref(), &c.store, &c.prefix, &c.keys).await?;
     if !c.unseal {
         return Ok(KeysApplied {
             message: format!(

@@ -150,8 +150,9 @@ pub async fn take(
         pre_restore: req.pre_restore,
     };
     if let Err(e) = store.put_manifest(&manifest).await {
-        // Without its manifest the snapshot is invisible; do not leave it behind.
-        let _ = store.delete_snapshot(&name).await;
+        // Without its manifest the snapshot is invisible; do not leave it (or its escrow)
+        // behind.
+        let _ = store.delete_stored(&manifest).await;
         return Err(e);
     }
     tracing::info!(snapshot = %name, size = info.size, secs = transfer.as_secs_f64(), "snapshot stored and verified");
@@ -226,9 +227,9 @@ async fn sealed_escrow(
     let sealer = ctx.sealer().await.ok_or(
         "no escrow key is configured (STASHLESS_ESCROW_KMS_KEY_ID, the Terraform module's escrow KMS key)".to_string(),
     )?;
-    let aws = ctx.aws().await;
+    let aws = ctx.aws_for(&unsealer).await;
     let prefix = keys::configured_prefix(ab);
-    let (prefix, unseal) = keys::read(&ctx.kube, Some(&aws), &unsealer, prefix.as_deref())
+    let (prefix, unseal) = keys::read(&ctx.kube, aws.as_ref(), &unsealer, prefix.as_deref())
         .await
         .map_err(|e| e.reason())?;
     if let Some(t) = seal.threshold
@@ -242,6 +243,12 @@ async fn sealed_escrow(
     }
     let envelope = sealer
         .seal(&unseal, name, sha256)
+        .await
+        .map_err(|e| e.reason())?;
+    // No manifest names this snapshot (make_room checked): an escrow under its name is one
+    // this session left when it stopped before the manifest.
+    store
+        .delete_object(&store.escrow_key(name))
         .await
         .map_err(|e| e.reason())?;
     let key = store
@@ -284,8 +291,6 @@ async fn make_room(store: &Store, name: &str, session_uid: &str) -> Result<()> {
         tracing::info!(snapshot = %name, "removing this session's own snapshot object left without a manifest");
         store.delete_object(&key).await?;
     }
-    // An escrow this session left without a manifest goes too (it is written before it).
-    store.delete_object(&store.escrow_key(name)).await?;
     Ok(())
 }
 

@@ -23,6 +23,18 @@ provider "kubernetes" {
   }
 }
 
+data "aws_partition" "current" {}
+data "aws_caller_identity" "current" {}
+
+locals {
+  # A KubeVault awsKmsSsm unsealer keeps each key in SSM parameter
+  # `<ssmKeyPrefix><prefix>-unseal-key-<i>` (and `...-root-token`); a parameter ARN omits
+  # the name's leading '/'. Everything under the prefix: keep it for the unsealer alone.
+  unsealer_ssm_parameter_arns = var.unsealer_ssm_key_prefix == null ? [] : [
+    "arn:${data.aws_partition.current.partition}:ssm:${var.region}:${data.aws_caller_identity.current.account_id}:parameter/${trimprefix(var.unsealer_ssm_key_prefix, "/")}*",
+  ]
+}
+
 module "stashless" {
   source = "../../modules/stashless"
 
@@ -40,6 +52,15 @@ module "stashless" {
   noncurrent_version_expiration_days = 30
   object_lock_mode                   = "GOVERNANCE"
   object_lock_days                   = 14
+
+  # Unseal keys: escrowed with each snapshot under the module's own KMS key (output
+  # escrow_kms_key_arn). A forced restore into another cluster writes them into that
+  # cluster's unsealer Secret (these names only) or SSM parameters (with their KMS key).
+  # The undo snapshot a restore takes first is kept as long as Object Lock holds it anyway.
+  unsealer_secret_names       = var.unsealer_secret_names
+  unsealer_ssm_parameter_arns = local.unsealer_ssm_parameter_arns
+  unsealer_kms_key_arns       = var.unsealer_kms_key_arn == null ? [] : [var.unsealer_kms_key_arn]
+  pre_restore_keep_hours      = 14 * 24
 
   enable_bridge       = true
   bridge_image        = var.bridge_image

@@ -27,3 +27,8 @@ output "sns_topic_arn" {
   description = "Alarm topic."
   value       = module.stashless.sns_topic_arn
 }
+
+output "escrow_kms_key_arn" {
+  description = "KMS key the unseal-key escrows are sealed with (only the restore function may decrypt with it)."
+  value       = module.stashless.escrow_kms_key_arn
+}

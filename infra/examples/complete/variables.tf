@@ -49,3 +49,21 @@ variable "backup_configurations" {
   }))
   default = [{ namespace = "vault", name = "vault-backup", max_age_hours = 26 }]
 }
+
+variable "unsealer_secret_names" {
+  description = "Secrets a KubeVault kubernetesSecret unsealer keeps the unseal keys in (the VaultServer's spec.unsealer.mode.kubernetesSecret.secretName): the restore function may patch these, by name, in the namespaces above."
+  type        = list(string)
+  default     = ["vault-keys"]
+}
+
+variable "unsealer_ssm_key_prefix" {
+  description = "With a KubeVault awsKmsSsm unsealer: its ssmKeyPrefix (parameters in var.region). Null: no SSM permission."
+  type        = string
+  default     = null
+}
+
+variable "unsealer_kms_key_arn" {
+  description = "With a KubeVault awsKmsSsm unsealer: ARN of its kmsKeyID (the key the SSM values are encrypted with). Null: no permission on an unsealer key."
+  type        = string
+  default     = null
+}

@@ -29,16 +29,20 @@ resource "aws_iam_role" "function" {
 }
 
 locals {
-  # Everything the policy templates may refer to; each template uses what it needs.
+  # Everything the policy templates may refer to; each template uses what it needs. Lists
+  # go in as JSON arrays, or "" when empty: a template grants nothing on an empty one.
   policy_template_vars = {
     for f in local.function_names : f => {
-      bucket_arn    = local.bucket_arn
-      prefix        = var.s3_key_prefix
-      kms_key_arn   = local.bucket_kms_key_arn == null ? "" : local.bucket_kms_key_arn
-      cluster_arn   = local.cluster_arn
-      bus_arn       = aws_cloudwatch_event_bus.this.arn
-      dlq_arn       = aws_sqs_queue.dlq[f].arn
-      log_group_arn = aws_cloudwatch_log_group.function[f].arn
+      bucket_arn                  = local.bucket_arn
+      prefix                      = var.s3_key_prefix
+      kms_key_arn                 = local.bucket_kms_key_arn == null ? "" : local.bucket_kms_key_arn
+      escrow_kms_key_arn          = local.escrow_kms_key_arn
+      unsealer_ssm_parameter_arns = length(var.unsealer_ssm_parameter_arns) == 0 ? "" : jsonencode(var.unsealer_ssm_parameter_arns)
+      unsealer_kms_key_arns       = length(var.unsealer_kms_key_arns) == 0 ? "" : jsonencode(var.unsealer_kms_key_arns)
+      cluster_arn                 = local.cluster_arn
+      bus_arn                     = aws_cloudwatch_event_bus.this.arn
+      dlq_arn                     = aws_sqs_queue.dlq[f].arn
+      log_group_arn               = aws_cloudwatch_log_group.function[f].arn
     }
   }
 }

@@ -13,13 +13,29 @@ locals {
   # `<kubernetes_group>:<function>`, e.g. stashless:functions:backup.
   kubernetes_groups = { for f in local.function_names : f => "${var.kubernetes_group}:${f}" }
 
-  # Each function's rules (shape: rules: [{apiGroups, resources, verbs}]; a Rust test
-  # compares each file with the calls that function makes and runs it with only these).
-  function_rules = { for f in local.function_names : f => yamldecode(file("${path.module}/rbac/${f}-clusterrole.yaml")).rules }
+  # restore's `patch` on the unsealer Secrets it writes a new cluster's unseal keys into (a
+  # forced restore carrying escrowed keys): only on the Secrets unsealer_secret_names names,
+  # and no rule at all when it is empty. Opt-in, so not in the restore's file, which holds
+  # what every deployment needs.
+  unsealer_secret_rules = length(var.unsealer_secret_names) == 0 ? [] : [{
+    apiGroups     = [""]
+    resources     = ["secrets"]
+    verbs         = ["patch"]
+    resourceNames = var.unsealer_secret_names
+  }]
 
-  # Rules on Secrets (backup and restore: `get` the AppBinding's token and the Repository's
-  # storage credentials) are cluster-wide when the functions act in all namespaces, else
-  # granted by a Role in each listed namespace.
+  # Each function's rules (shape: rules: [{apiGroups, resources, verbs}]; a Rust test
+  # compares each file with the calls that function makes and runs it with only these),
+  # and restore's opt-in rule above.
+  function_rules = { for f in local.function_names : f => concat(
+    yamldecode(file("${path.module}/rbac/${f}-clusterrole.yaml")).rules,
+    f == "restore" ? local.unsealer_secret_rules : [],
+  ) }
+
+  # Rules on Secrets (backup and restore: `get` the AppBinding's token, the Repository's
+  # storage credentials and the unseal keys; restore: `patch` the unsealer Secrets by name)
+  # are cluster-wide when the functions act in all namespaces, else granted by a Role in
+  # each listed namespace.
   cluster_rules = {
     for f, rules in local.function_rules : f => [
       for r in rules : r if length(var.namespaces) == 0 || !contains(r.resources, "secrets")
@@ -56,9 +72,10 @@ resource "kubernetes_cluster_role_v1" "function" {
   dynamic "rule" {
     for_each = local.cluster_rules[each.key]
     content {
-      api_groups = rule.value.apiGroups
-      resources  = rule.value.resources
-      verbs      = rule.value.verbs
+      api_groups     = rule.value.apiGroups
+      resources      = rule.value.resources
+      resource_names = try(rule.value.resourceNames, null)
+      verbs          = rule.value.verbs
     }
   }
 }
@@ -96,9 +113,10 @@ resource "kubernetes_role_v1" "secrets" {
   dynamic "rule" {
     for_each = local.namespaced_rules[each.value.function]
     content {
-      api_groups = rule.value.apiGroups
-      resources  = rule.value.resources
-      verbs      = rule.value.verbs
+      api_groups     = rule.value.apiGroups
+      resources      = rule.value.resources
+      resource_names = try(rule.value.resourceNames, null)
+      verbs          = rule.value.verbs
     }
   }
 }

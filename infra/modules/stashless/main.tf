@@ -27,6 +27,13 @@ locals {
   pushgateway_environment = var.pushgateway_url == "" ? {} : {
     STASHLESS_PUSHGATEWAY_URL = var.pushgateway_url
   }
+  # Backup seals the unseal keys it escrows with this key, restore opens them (and seals
+  # those of its undo snapshot); restore stamps keepUntil on the undo, backup's retention
+  # removes it after that (escrow.tf).
+  escrow_environment = {
+    STASHLESS_ESCROW_KMS_KEY_ID      = local.escrow_kms_key_arn
+    STASHLESS_PRE_RESTORE_KEEP_HOURS = tostring(var.pre_restore_keep_hours)
+  }
 
   functions = {
     scheduler = {
@@ -44,17 +51,17 @@ locals {
       memory_size          = var.backup_memory_size
       timeout              = var.backup_timeout
       reserved_concurrency = var.backup_reserved_concurrency
-      environment = merge(local.common_environment, local.pushgateway_environment, {
+      environment = merge(local.common_environment, local.pushgateway_environment, local.escrow_environment, {
         STASHLESS_PART_SIZE_MIB   = tostring(var.part_size_mib)
         STASHLESS_PARTS_IN_FLIGHT = tostring(var.parts_in_flight)
       })
     }
     restore = {
-      description          = "stashless restore: streams a verified snapshot from S3 into Vault/OpenBao"
+      description          = "stashless restore: snapshots the target (the undo), then streams a verified snapshot from S3 into Vault/OpenBao"
       memory_size          = var.restore_memory_size
       timeout              = var.restore_timeout
       reserved_concurrency = var.restore_reserved_concurrency
-      environment          = merge(local.common_environment, local.pushgateway_environment)
+      environment          = merge(local.common_environment, local.pushgateway_environment, local.escrow_environment)
     }
   }
 
@@ -71,7 +78,7 @@ resource "aws_lambda_function" "this" {
   for_each = local.functions
 
   #checkov:skip=CKV_AWS_116:Failed asynchronous invocations go to an SQS queue through aws_lambda_function_event_invoke_config's on-failure destination, which records the request, response and error; a legacy dead_letter_config on top would deliver each failure twice.
-  #checkov:skip=CKV_AWS_173:The environment holds no secret (cluster and bus names, namespaces, upload tuning; tests/infra checks the exact list) and Lambda encrypts it at rest with its service key; a customer key would add a KMS call to every cold start for no gain.
+  #checkov:skip=CKV_AWS_173:The environment holds no secret (cluster and bus names, namespaces, upload tuning, the escrow key's ARN; tests/infra checks the exact list) and Lambda encrypts it at rest with its service key; a customer key would add a KMS call to every cold start for no gain.
   #checkov:skip=CKV_AWS_272:Code signing is opt-in through var.code_signing_config_arn: it needs an AWS Signer profile the caller owns, and cargo-lambda's zips are unsigned.
 
   function_name = "${var.name}-${each.key}"

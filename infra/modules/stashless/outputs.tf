@@ -48,6 +48,11 @@ output "kms_key_arn" {
   value       = local.kms_key_arn
 }
 
+output "escrow_kms_key_arn" {
+  description = "ARN of the KMS key the unseal-key escrows are sealed with (STASHLESS_ESCROW_KMS_KEY_ID): the module's own, or escrow_kms_key_arn."
+  value       = local.escrow_kms_key_arn
+}
+
 output "event_bus_name" {
   description = "Name of the EventBridge bus for session events (STASHLESS_EVENT_BUS)."
   value       = aws_cloudwatch_event_bus.this.name

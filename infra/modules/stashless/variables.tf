@@ -29,7 +29,7 @@ variable "cluster_name" {
 }
 
 variable "namespaces" {
-  description = "Namespaces the functions and the bridge act in (STASHLESS_NAMESPACES). Empty means all namespaces; when set, backup and restore get `get` on Secrets only in these namespaces (the scheduler gets none anywhere)."
+  description = "Namespaces the functions and the bridge act in (STASHLESS_NAMESPACES). Empty means all namespaces; when set, backup and restore get `get` on Secrets (and restore `patch` on the unsealer_secret_names) only in these namespaces (the scheduler gets none anywhere)."
   type        = list(string)
   default     = []
 
@@ -400,6 +400,65 @@ variable "cloudwatch_logs_retention_in_days" {
   validation {
     condition     = contains([0, 1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827, 2192, 2557, 2922, 3288, 3653], var.cloudwatch_logs_retention_in_days)
     error_message = "cloudwatch_logs_retention_in_days must be 0 or one of 1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827, 2192, 2557, 2922, 3288, 3653."
+  }
+}
+
+################################################################################
+# Unseal keys: escrow and the unsealer's stores
+################################################################################
+
+variable "escrow_kms_key_arn" {
+  description = "ARN of a symmetric KMS key that seals the unseal-key escrow stored beside each snapshot (STASHLESS_ESCROW_KMS_KEY_ID of backup and restore). Null: the module creates one (`alias/<name>-escrow`, rotation on, administered by the account root, no service grants). A key of your own must let the backup role `kms:GenerateDataKey` and the restore role `kms:Decrypt` and `kms:GenerateDataKey` (the module's IAM policies grant exactly these, with the encryption context `stashless:purpose = unseal-keys`; AWS's default key policy, which defers to IAM, suffices). Deleting this key makes every escrow unreadable: keep it as long as the snapshots."
+  type        = string
+  default     = null
+
+  validation {
+    condition     = var.escrow_kms_key_arn == null || can(regex("^arn:[a-z-]+:kms:[a-z0-9-]+:[0-9]{12}:key/[A-Za-z0-9-]+$", coalesce(var.escrow_kms_key_arn, "-")))
+    error_message = "escrow_kms_key_arn must be a KMS key ARN (arn:<partition>:kms:<region>:<account>:key/<id>): IAM grants on an alias ARN do not cover the key."
+  }
+}
+
+variable "pre_restore_keep_hours" {
+  description = "STASHLESS_PRE_RESTORE_KEEP_HOURS: how long (hours) the snapshot a restore takes of its target first (the undo) is kept; backup's retention removes it after that, whatever the retention policy keeps."
+  type        = number
+  default     = 168
+
+  validation {
+    condition     = var.pre_restore_keep_hours >= 1 && floor(var.pre_restore_keep_hours) == var.pre_restore_keep_hours
+    error_message = "pre_restore_keep_hours must be a whole number of at least 1."
+  }
+}
+
+variable "unsealer_secret_names" {
+  description = "Names of the Kubernetes Secrets the restore function may `patch` (the AppBinding's `spec.parameters.unsealer.mode.kubernetesSecret.secretName`, as KubeVault writes it, or its annotation `stashless.io/unseal-keys-secret`): a forced restore into another cluster writes the snapshot's escrowed unseal keys there. Granted like `get` on Secrets (in each of `namespaces`, or cluster-wide when that is empty), by name only. Empty: restore may patch no Secret, so no restore can write unseal keys into the cluster (a forced restore of a snapshot with escrowed keys then fails after the data is restored: the keys stay in the escrow and Vault stays sealed). Backup only reads these Secrets (`get`, which it has already)."
+  type        = list(string)
+  default     = []
+
+  validation {
+    condition     = length(distinct(var.unsealer_secret_names)) == length(var.unsealer_secret_names) && alltrue([for n in var.unsealer_secret_names : can(regex("^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$", n)) && length(n) <= 253])
+    error_message = "unsealer_secret_names must be distinct Kubernetes object names (lower-case letters, digits, '-' and '.', at most 253 characters)."
+  }
+}
+
+variable "unsealer_ssm_parameter_arns" {
+  description = "ARNs (wildcards allowed) of the SSM parameters a KubeVault `awsKmsSsm` unsealer keeps the unseal keys and root token in (`<ssmKeyPrefix><prefix>-unseal-key-<i>`, `<ssmKeyPrefix><prefix>-root-token`; an ARN omits the name's leading `/`), e.g. `arn:aws:ssm:eu-west-1:111122223333:parameter/vault-unsealer/k8s.prod.vault.vault-*`. Backup gets `ssm:GetParameters` on them (to escrow the keys), restore `ssm:GetParameters`, `ssm:PutParameter` and `ssm:DeleteParameters` (its undo snapshot escrows the target's keys; a forced restore writes the snapshot's). Empty: no SSM permission at all."
+  type        = list(string)
+  default     = []
+
+  validation {
+    condition     = alltrue([for a in var.unsealer_ssm_parameter_arns : can(regex("^arn:[a-z-]+:ssm:[a-z0-9*-]+:[0-9]{12}:parameter/.+$", a))])
+    error_message = "unsealer_ssm_parameter_arns must hold SSM parameter ARNs (arn:<partition>:ssm:<region>:<account>:parameter/<name>)."
+  }
+}
+
+variable "unsealer_kms_key_arns" {
+  description = "ARNs of the KMS keys a KubeVault `awsKmsSsm` unsealer encrypts each SSM value with (its `kmsKeyID`, as a key ARN). Backup gets `kms:Decrypt`, restore `kms:Decrypt` and `kms:Encrypt` on them, only with the encryption context `Tool = vault-unsealer` that KubeVault uses. Empty: no permission on any unsealer key."
+  type        = list(string)
+  default     = []
+
+  validation {
+    condition     = alltrue([for a in var.unsealer_kms_key_arns : can(regex("^arn:[a-z-]+:kms:[a-z0-9-]+:[0-9]{12}:key/[A-Za-z0-9-]+$", a))])
+    error_message = "unsealer_kms_key_arns must hold KMS key ARNs (arn:<partition>:kms:<region>:<account>:key/<id>): IAM grants on an alias ARN do not cover the key."
   }
 }
 
