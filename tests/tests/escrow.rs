@@ -164,7 +164,7 @@ impl Drill {
     /// marker secret, and its keys in Secret `target-keys`.
     async fn target(&self) -> OpenBao {
         let b = OpenBao::start().await.unwrap();
-        self.bind_target(&b.addr, &b.root_token, &[b.unseal_key.clone()])
+        self.bind_target(&b.addr, &b.root_token, std::slice::from_ref(&b.unseal_key))
             .await;
         b.kv_put("b/marker", json!({"v": "cluster-b"}))
             .await
@@ -372,7 +372,7 @@ async fn a_forced_restore_unseals_every_node_of_a_raft_cluster() {
     d.bind_target(
         &leader.addr,
         &leader.root_token,
-        &[leader.unseal_key.clone()],
+        std::slice::from_ref(&leader.unseal_key),
     )
     .await;
     let o = d.restore("rs-raft", "target", &snapshot).await;

@@ -277,7 +277,7 @@ impl Context {
         match self.settings.escrow_key.clone()? {
             EscrowKey::Kms(key_id) => Some(crate::keys::Sealer::Kms {
                 key_id,
-                aws: self.aws().await,
+                aws: Box::new(self.aws().await),
             }),
             EscrowKey::LocalDemo(k) => Some(crate::keys::Sealer::LocalDemo(k)),
         }

@@ -659,7 +659,7 @@ pub async fn write(
 pub enum Sealer {
     Kms {
         key_id: String,
-        aws: Aws,
+        aws: Box<Aws>,
     },
     /// The local demo's key: never for production (it lives in the demo's process).
     LocalDemo([u8; 32]),
@@ -932,7 +932,7 @@ mod tests {
         }
         // One unseal key is the key itself.
         assert_eq!(
-            combine_shares(&shares_for(&[want.clone()], 3).unwrap()).unwrap(),
+            combine_shares(&shares_for(std::slice::from_ref(&want), 3).unwrap()).unwrap(),
             want
         );
         assert_eq!(combine_shares(&["zz".into()]), None);
