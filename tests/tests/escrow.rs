@@ -600,3 +600,193 @@ async fn retention_removes_a_snapshots_escrow_with_it() {
     let kept = d.manifest(&second).await.seal.unwrap().escrow.unwrap().key;
     assert!(listed.contains(&kept), "{listed:?}");
 }
+
+/// moto's SSM over its JSON protocol, written the way KubeVault's unsealer writes (base64 of a
+/// KMS ciphertext under the unsealer's key, context `Tool=vault-unsealer`): independent of
+/// stashless's own SSM code.
+async fn ssm_call(moto: &Moto, action: &str, body: Value) -> Value {
+    let resp = reqwest::Client::new()
+        .post(&moto.endpoint)
+        .header("X-Amz-Target", format!("AmazonSSM.{action}"))
+        .header("Content-Type", "application/x-amz-json-1.1")
+        .header(
+            "Authorization",
+            "AWS4-HMAC-SHA256 Credential=testing/20260101/us-east-1/ssm/aws4_request, SignedHeaders=host, Signature=0",
+        )
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status();
+    let v: Value = resp.json().await.unwrap_or(Value::Null);
+    assert!(status.is_success(), "SSM {action}: {status} {v}");
+    v
+}
+
+async fn unsealer_put(
+    moto: &Moto,
+    kms: &aws_sdk_kms::Client,
+    key_id: &str,
+    name: &str,
+    value: &str,
+) {
+    use base64::Engine;
+    let blob = kms
+        .encrypt()
+        .key_id(key_id)
+        .plaintext(aws_sdk_kms::primitives::Blob::new(value.as_bytes()))
+        .encryption_context("Tool", "vault-unsealer")
+        .send()
+        .await
+        .unwrap()
+        .ciphertext_blob
+        .unwrap()
+        .into_inner();
+    let b64 = base64::engine::general_purpose::STANDARD.encode(blob);
+    ssm_call(
+        moto,
+        "PutParameter",
+        json!({"Name": name, "Value": b64, "Type": "String", "Overwrite": true}),
+    )
+    .await;
+}
+
+async fn unsealer_get(moto: &Moto, kms: &aws_sdk_kms::Client, name: &str) -> String {
+    use base64::Engine;
+    let v = ssm_call(moto, "GetParameter", json!({"Name": name})).await;
+    let blob = base64::engine::general_purpose::STANDARD
+        .decode(v["Parameter"]["Value"].as_str().unwrap())
+        .unwrap();
+    let plain = kms
+        .decrypt()
+        .ciphertext_blob(aws_sdk_kms::primitives::Blob::new(blob))
+        .encryption_context("Tool", "vault-unsealer")
+        .send()
+        .await
+        .unwrap()
+        .plaintext
+        .unwrap()
+        .into_inner();
+    String::from_utf8(plain).unwrap()
+}
+
+async fn name_ssm_store(
+    cluster: &Cluster,
+    binding: &str,
+    kms_key: &str,
+    ssm_prefix: &str,
+    key_prefix: &str,
+) {
+    let patch = json!({
+        "metadata": {"annotations": {"stashless.io/unseal-key-prefix": key_prefix}},
+        "spec": {"parameters": {
+            "apiVersion": "config.kubevault.com/v1alpha1", "kind": "VaultServerConfiguration",
+            "unsealer": {"secretShares": 5, "secretThreshold": 3, "mode": {"kubernetesSecret": null, "awsKmsSsm": {
+                "kmsKeyID": kms_key, "region": "us-east-1", "ssmKeyPrefix": ssm_prefix}}}}}});
+    cluster
+        .api::<AppBinding>()
+        .patch(
+            binding,
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(&patch),
+        )
+        .await
+        .unwrap();
+}
+
+/// KubeVault's awsKmsSsm store on both sides: A's keys read from SSM at backup, written into
+/// B's SSM parameters (under B's unsealer key) by the forced restore, B unsealed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubevault_aws_kms_ssm_keys_travel_from_one_cluster_to_another() {
+    let d = drill("escrow-ssm").await;
+    let kms = aws_sdk_kms::Client::new(&d.moto.sdk_config());
+    let unsealer_key = |desc: &'static str| {
+        let kms = kms.clone();
+        async move {
+            kms.create_key()
+                .description(desc)
+                .send()
+                .await
+                .unwrap()
+                .key_metadata
+                .unwrap()
+                .key_id
+        }
+    };
+    let (a_unsealer, b_unsealer) = (
+        unsealer_key("A's unsealer").await,
+        unsealer_key("B's unsealer").await,
+    );
+    let a = d.w.bao();
+    for (i, k) in d.a_keys.iter().enumerate() {
+        unsealer_put(
+            &d.moto,
+            &kms,
+            &a_unsealer,
+            &format!("/a/{A_PREFIX}-unseal-key-{i}"),
+            k,
+        )
+        .await;
+    }
+    unsealer_put(
+        &d.moto,
+        &kms,
+        &a_unsealer,
+        &format!("/a/{A_PREFIX}-root-token"),
+        &a.root_token,
+    )
+    .await;
+    name_ssm_store(&d.w.cluster, "vault", &a_unsealer, "/a/", A_PREFIX).await;
+    a.kv_put("app/db", json!({"password": "via-ssm"}))
+        .await
+        .unwrap();
+    let snapshot = d.backup("cfg-1").await;
+    let escrow = d.manifest(&snapshot).await.seal.unwrap().escrow.unwrap();
+    assert_eq!(
+        (escrow.store.as_str(), escrow.keys),
+        ("awsKmsSsm", 5),
+        "{escrow:?}"
+    );
+
+    let b = OpenBao::start().await.unwrap();
+    d.w.cluster
+        .vault_binding("target", &b.addr, &b.root_token)
+        .await
+        .unwrap();
+    unsealer_put(
+        &d.moto,
+        &kms,
+        &b_unsealer,
+        &format!("/b/{B_PREFIX}-unseal-key-0"),
+        &b.unseal_key,
+    )
+    .await;
+    name_ssm_store(&d.w.cluster, "target", &b_unsealer, "/b/", B_PREFIX).await;
+    let o = d.restore("rs-ssm", "target", &snapshot).await;
+    assert!(
+        matches!(
+            o,
+            Outcome::Succeeded {
+                sealed_after: false,
+                ..
+            }
+        ),
+        "{o:?}"
+    );
+    let v = b
+        .kv_get_with_token("app/db", &a.root_token)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(v["password"], "via-ssm");
+    for (i, k) in d.a_keys.iter().enumerate() {
+        assert_eq!(
+            &unsealer_get(&d.moto, &kms, &format!("/b/{B_PREFIX}-unseal-key-{i}")).await,
+            k
+        );
+    }
+    assert_eq!(
+        unsealer_get(&d.moto, &kms, &format!("/b/{B_PREFIX}-root-token")).await,
+        a.root_token
+    );
+}
